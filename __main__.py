@@ -1,0 +1,80 @@
+"""The Sluice stack program: reads `sluice:*` config, builds ThrottledFanOut, exports outputs.
+
+The composition root: the only place that reads pulumi.Config. No logic beyond mapping keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+
+from components import ThrottledFanOut, ThrottledFanOutArgs
+from components.validation import config_key
+
+INT_ARGS = (
+    "worker_timeout_seconds",
+    "memory_mb",
+    "batch_size",
+    "esm_maximum_concurrency",
+    "force_after_receives",
+    "max_attempts",
+    "yield_delay_seconds",
+    "max_receive_count",
+    "visibility_timeout_seconds",
+    "message_retention_seconds",
+    "dlq_retention_seconds",
+    "callback_timeout_seconds",
+    "map_max_concurrency",
+    "log_retention_days",
+)
+FLOAT_ARGS = ("retry_base_seconds", "retry_max_seconds", "tolerated_failure_percentage")
+STR_ARGS = (
+    "dispatch",
+    "target_dir",
+    "target_handler",
+    "default_priority",
+    "direct_function_arn",
+    "log_level",
+)
+OBJECT_ARGS = ("priorities", "throttle_rule", "input_bucket_arns")
+HTTP_KEYS = {
+    "url": "httpUrl",
+    "secret_arn": "httpSecretArn",
+    "ssm_parameter_arn": "httpSsmParameterArn",
+    "ssm_parameter_name": "httpSsmParameterName",
+    "auth_header": "httpAuthHeader",
+}
+
+
+def _key(arg: str) -> str:
+    return config_key(arg).removeprefix("sluice:")
+
+
+config = pulumi.Config("sluice")
+args: dict[str, Any] = {"concurrency": config.require_int("concurrency")}
+for arg in INT_ARGS:
+    if (value := config.get_int(_key(arg))) is not None:
+        args[arg] = value
+for arg in FLOAT_ARGS:
+    if (number := config.get_float(_key(arg))) is not None:
+        args[arg] = number
+for arg in STR_ARGS:
+    if (text := config.get(_key(arg))) is not None:
+        args[arg] = text
+for arg in OBJECT_ARGS:
+    if (obj := config.get_object(_key(arg))) is not None:
+        args[arg] = obj
+http: dict[str, Any] = {k: v for k, key in HTTP_KEYS.items() if (v := config.get(key)) is not None}
+if (timeout := config.get_float("httpTimeoutSeconds")) is not None:
+    http["timeout_seconds"] = timeout
+if http:
+    args["http_target"] = http
+
+fan_out = ThrottledFanOut("sluice", ThrottledFanOutArgs(**args))  # type: ignore[typeddict-item]  # keys mapped above
+
+pulumi.export("stateMachineArn", fan_out.state_machine_arn)
+pulumi.export("queueUrls", fan_out.queue_urls)
+pulumi.export("dlqUrls", fan_out.dlq_urls)
+pulumi.export("workerFunctionName", fan_out.worker_function_name)
+pulumi.export("resultsBucket", fan_out.results_bucket)

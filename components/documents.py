@@ -1,0 +1,468 @@
+"""Pure builders for the JSON documents Sluice deploys: ASL, IAM policies, redrive.
+
+Plain values in, plain dicts out, so tests can assert them exactly and lint them
+(asl-validator, parliament) without any Pulumi engine.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from handlers.contract import (
+    DIRECT_PATH,
+    ERROR_MALFORMED,
+    ERROR_PERMANENT,
+    ERROR_RETRIES_EXHAUSTED,
+    ERROR_UNKNOWN_PRIORITY,
+    FIELD_EXECUTION,
+    FIELD_INDEX,
+    FIELD_ITEM,
+    FIELD_PRIORITY,
+    FIELD_TOKEN,
+    STATUS_FAILED,
+    STATUS_SUCCEEDED,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+DEFAULT_THROTTLE_RULE: dict[str, Any] = {"Variable": "$.item.priority", "IsPresent": True}
+"""Items that carry a `priority` go through the queues; the rest take the direct path."""
+
+# Error names the worker reports are verdicts (it already retried); the state machine must not
+# send the item round again. Anything else a Task reports is a transient integration error.
+WORKER_VERDICTS = [ERROR_PERMANENT, ERROR_RETRIES_EXHAUSTED, ERROR_MALFORMED, ERROR_UNKNOWN_PRIORITY]
+LAMBDA_TRANSIENT_ERRORS = [
+    "Lambda.ServiceException",
+    "Lambda.AWSLambdaException",
+    "Lambda.SdkClientException",
+    "Lambda.TooManyRequestsException",
+]
+
+
+INLINE_PREFIX = "Inline-"
+S3_PREFIX = "FromS3-"
+
+
+def _transient_retry() -> dict[str, Any]:
+    return {
+        "ErrorEquals": ["States.TaskFailed"],
+        "IntervalSeconds": 2,
+        "MaxAttempts": 3,
+        "BackoffRate": 2.0,
+        "JitterStrategy": "FULL",
+    }
+
+
+def _catch_to(state: str) -> list[dict[str, Any]]:
+    return [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": state}]
+
+
+def _failed(priority: str | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"status": STATUS_FAILED, "index.$": "$.index", "error.$": "$.error"}
+    if priority is not None:
+        params["priority"] = priority
+    return {"Type": "Pass", "Parameters": params, "End": True}
+
+
+def build_item_processor(
+    *,
+    priorities: Sequence[str],
+    queue_urls: Mapping[str, str],
+    throttle_rule: Mapping[str, Any],
+    default_priority: str,
+    callback_timeout_seconds: int,
+    direct_function_arn: str | None,
+    prefix: str = "",
+) -> dict[str, Any]:
+    """The child workflow run once per item. Every path ends in a structured result.
+
+    State names are unique across a whole state machine, nested Maps included, so each Map's
+    copy of this workflow names its states with its own `prefix`.
+
+    Input: `{"item": ..., "index": n, "execution": parent ARN}` (the Map's ItemSelector).
+    Output: `{"status": "SUCCEEDED"|"FAILED", "index", "priority"?, "path"?, "result"|"error"}`.
+    """
+    states: dict[str, Any] = {
+        "Route": {
+            "Type": "Choice",
+            "Comment": "Throttled items wait in a priority queue; the rest go direct.",
+            "Choices": [{**throttle_rule, "Next": "ByPriority"}],
+            "Default": "Direct",
+        },
+        "ByPriority": {
+            "Type": "Choice",
+            "Choices": [
+                {
+                    "Not": {"Variable": "$.item.priority", "IsPresent": True},
+                    "Next": f"Enqueue{default_priority}",
+                },
+                *(
+                    {"Variable": "$.item.priority", "StringEquals": p, "Next": f"Enqueue{p}"}
+                    for p in priorities
+                ),
+            ],
+            "Default": "UnknownPriority",
+        },
+        "UnknownPriority": {
+            "Type": "Pass",
+            "Parameters": {
+                "status": STATUS_FAILED,
+                "index.$": "$.index",
+                "error": {
+                    "Error": ERROR_UNKNOWN_PRIORITY,
+                    "Cause": f"the item's priority is not one of {', '.join(priorities)}",
+                },
+            },
+            "End": True,
+        },
+    }
+    for p in priorities:
+        states[f"Enqueue{p}"] = {
+            "Type": "Task",
+            "Comment": "Waits, using no compute, until the worker completes the token.",
+            "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
+            "Parameters": {
+                "QueueUrl": queue_urls[p],
+                "MessageBody": {
+                    f"{FIELD_TOKEN}.$": "$$.Task.Token",
+                    f"{FIELD_ITEM}.$": "$.item",
+                    f"{FIELD_INDEX}.$": "$.index",
+                    f"{FIELD_EXECUTION}.$": "$.execution",
+                    FIELD_PRIORITY: p,
+                },
+            },
+            # No HeartbeatSeconds: it would fire while the message merely waits its turn.
+            "TimeoutSeconds": callback_timeout_seconds,
+            "ResultPath": "$.result",
+            "Retry": [{"ErrorEquals": WORKER_VERDICTS, "MaxAttempts": 0}, _transient_retry()],
+            "Catch": _catch_to(f"Failed{p}"),
+            "Next": f"Succeeded{p}",
+        }
+        states[f"Succeeded{p}"] = {
+            "Type": "Pass",
+            "Parameters": {
+                "status": STATUS_SUCCEEDED,
+                "index.$": "$.index",
+                "priority": p,
+                "result.$": "$.result",
+            },
+            "End": True,
+        }
+        states[f"Failed{p}"] = _failed(p)
+
+    def direct_succeeded(result_path: str) -> dict[str, Any]:
+        return {
+            "Type": "Pass",
+            "Parameters": {
+                "status": STATUS_SUCCEEDED,
+                "index.$": "$.index",
+                "path": DIRECT_PATH,
+                "result.$": result_path,
+            },
+            "End": True,
+        }
+
+    if direct_function_arn is None:
+        # No direct function configured: the item passes through as its own result.
+        states["Direct"] = direct_succeeded("$.item")
+    else:
+        states["Direct"] = {
+            "Type": "Task",
+            "Resource": "arn:aws:states:::lambda:invoke",
+            "Parameters": {
+                "FunctionName": direct_function_arn,
+                "Payload": {"item.$": "$.item", "index.$": "$.index", "execution.$": "$.execution"},
+            },
+            "ResultSelector": {"value.$": "$.Payload"},
+            "ResultPath": "$.result",
+            "Retry": [
+                {
+                    "ErrorEquals": LAMBDA_TRANSIENT_ERRORS,
+                    "IntervalSeconds": 2,
+                    "MaxAttempts": 3,
+                    "BackoffRate": 2.0,
+                    "JitterStrategy": "FULL",
+                }
+            ],
+            "Catch": _catch_to("DirectFailed"),
+            "Next": "DirectSucceeded",
+        }
+        states["DirectSucceeded"] = direct_succeeded("$.result.value")
+        states["DirectFailed"] = _failed(None)
+    return {
+        "ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
+        "StartAt": prefix + "Route",
+        "States": {prefix + name: _prefixed(state, prefix) for name, state in states.items()},
+    }
+
+
+def _prefixed(state: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """`state` with every transition target renamed by `prefix`."""
+
+    def rename(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {
+                key: (
+                    prefix + value if key in ("Next", "Default") and isinstance(value, str) else rename(value)
+                )
+                for key, value in node.items()
+            }
+        if isinstance(node, list):
+            return [rename(v) for v in node]
+        return node
+
+    return rename(state)  # type: ignore[no-any-return]
+
+
+def build_state_machine_definition(
+    *,
+    priorities: Sequence[str],
+    queue_urls: Mapping[str, str],
+    aggregate_function_arn: str,
+    results_bucket: str,
+    throttle_rule: Mapping[str, Any] | None = None,
+    default_priority: str | None = None,
+    callback_timeout_seconds: int = 86_400,
+    map_max_concurrency: int = 1_000,
+    tolerated_failure_percentage: float = 5.0,
+    direct_function_arn: str | None = None,
+) -> dict[str, Any]:
+    """The parent state machine.
+
+    Input: `{"items": [...]}` (inline; results come back inline) or
+    `{"source": {"bucket": ..., "key": ...}}` (a JSON array in S3; results are written to
+    `results_bucket` under `results/` and the output points at the manifest).
+    """
+
+    def processor(prefix: str) -> dict[str, Any]:
+        return build_item_processor(
+            priorities=priorities,
+            queue_urls=queue_urls,
+            throttle_rule=throttle_rule or DEFAULT_THROTTLE_RULE,
+            default_priority=default_priority or priorities[-1],
+            callback_timeout_seconds=callback_timeout_seconds,
+            direct_function_arn=direct_function_arn,
+            prefix=prefix,
+        )
+
+    common = {
+        "Type": "Map",
+        "ItemSelector": {
+            "item.$": "$$.Map.Item.Value",
+            "index.$": "$$.Map.Item.Index",
+            "execution.$": "$$.Execution.Id",
+        },
+        "MaxConcurrency": map_max_concurrency,
+        # Children never fail by design (each ends in a result), so a failed child means broken
+        # infrastructure; past this share the batch fails loudly instead of limping on.
+        "ToleratedFailurePercentage": float(tolerated_failure_percentage),
+        "Next": "Aggregate",
+    }
+    return {
+        "Comment": "Sluice: fan a batch out; throttled items wait in priority queues for the worker.",
+        "StartAt": "Source",
+        "States": {
+            "Source": {
+                "Type": "Choice",
+                "Choices": [{"Variable": "$.source", "IsPresent": True, "Next": "FanOutFromS3"}],
+                "Default": "FanOutInline",
+            },
+            "FanOutInline": {
+                **common,
+                "Label": "Inline",
+                "ItemsPath": "$.items",
+                "ItemProcessor": processor(INLINE_PREFIX),
+            },
+            "FanOutFromS3": {
+                **common,
+                "ItemProcessor": processor(S3_PREFIX),
+                "Label": "FromS3",
+                "ItemReader": {
+                    "Resource": "arn:aws:states:::s3:getObject",
+                    "ReaderConfig": {"InputType": "JSON"},
+                    "Parameters": {"Bucket.$": "$.source.bucket", "Key.$": "$.source.key"},
+                },
+                # Big batches: results go to S3 instead of the 256 KiB execution payload.
+                "ResultWriter": {
+                    "Resource": "arn:aws:states:::s3:putObject",
+                    "Parameters": {"Bucket": results_bucket, "Prefix": "results"},
+                },
+            },
+            "Aggregate": {
+                "Type": "Task",
+                "Resource": "arn:aws:states:::lambda:invoke",
+                "Parameters": {
+                    "FunctionName": aggregate_function_arn,
+                    "Payload": {"map_output.$": "$", "execution.$": "$$.Execution.Id"},
+                },
+                "OutputPath": "$.Payload",
+                "Retry": [
+                    {
+                        "ErrorEquals": LAMBDA_TRANSIENT_ERRORS,
+                        "IntervalSeconds": 2,
+                        "MaxAttempts": 6,
+                        "BackoffRate": 2.0,
+                        "JitterStrategy": "FULL",
+                    }
+                ],
+                "End": True,
+            },
+        },
+    }
+
+
+# ---- IAM -------------------------------------------------------------------------------------
+
+
+def build_assume_role_policy(service: str) -> dict[str, Any]:
+    return {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}],
+    }
+
+
+def _statement(sid: str, actions: Sequence[str], resources: Sequence[str]) -> dict[str, Any]:
+    return {"Sid": sid, "Effect": "Allow", "Action": sorted(actions), "Resource": list(resources)}
+
+
+def build_worker_policy(
+    *,
+    queue_arns: Sequence[str],
+    dlq_arns: Sequence[str],
+    log_group_arn: str,
+    secret_arn: str | None = None,
+    ssm_parameter_arn: str | None = None,
+) -> dict[str, Any]:
+    """What the worker may do: consume its queues, dead-letter, answer tokens, log."""
+    statements = [
+        _statement(
+            "ConsumePriorityQueues",
+            [
+                "sqs:ChangeMessageVisibility",
+                "sqs:DeleteMessage",
+                "sqs:GetQueueAttributes",
+                "sqs:ReceiveMessage",
+            ],
+            queue_arns,
+        ),
+        _statement("DeadLetterMalformed", ["sqs:SendMessage"], dlq_arns),
+        # Unavoidable wildcard: SendTask* support no resource-level permissions (IAM's service
+        # authorization reference lists Resource "*" only; a state machine ARN here grants
+        # nothing). A caller needs a live, unguessable task token to act at all.
+        _statement(
+            "AnswerTaskTokens",
+            ["states:SendTaskFailure", "states:SendTaskHeartbeat", "states:SendTaskSuccess"],
+            ["*"],
+        ),
+        _statement(
+            "WriteOwnLogs",
+            ["logs:CreateLogStream", "logs:PutLogEvents"],
+            [log_group_arn, f"{log_group_arn}:*"],
+        ),
+    ]
+    if secret_arn:
+        statements.append(_statement("ReadApiSecret", ["secretsmanager:GetSecretValue"], [secret_arn]))
+    if ssm_parameter_arn:
+        statements.append(_statement("ReadApiParameter", ["ssm:GetParameter"], [ssm_parameter_arn]))
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def build_aggregate_policy(*, results_bucket_arn: str, log_group_arn: str) -> dict[str, Any]:
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            _statement("ReadMapResults", ["s3:GetObject"], [f"{results_bucket_arn}/results/*"]),
+            _statement(
+                "WriteOwnLogs",
+                ["logs:CreateLogStream", "logs:PutLogEvents"],
+                [log_group_arn, f"{log_group_arn}:*"],
+            ),
+        ],
+    }
+
+
+def build_state_machine_policy(
+    *,
+    queue_arns: Sequence[str],
+    function_arns: Sequence[str],
+    results_bucket_arn: str,
+    input_bucket_arns: Sequence[str],
+) -> dict[str, Any]:
+    """What the state machine needs before it exists (CreateStateMachine checks logging)."""
+    input_objects = [f"{arn}/*" for arn in input_bucket_arns]
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            _statement("EnqueueThrottledItems", ["sqs:SendMessage"], queue_arns),
+            _statement(
+                "InvokeFunctions",
+                ["lambda:InvokeFunction"],
+                [*function_arns, *(f"{arn}:*" for arn in function_arns)],
+            ),
+            _statement("ReadBatchItems", ["s3:GetObject"], input_objects),
+            _statement(
+                "WriteMapResults",
+                ["s3:AbortMultipartUpload", "s3:ListMultipartUploadParts", "s3:PutObject"],
+                [f"{results_bucket_arn}/results/*"],
+            ),
+            # CloudWatch Logs vended delivery has no resource-level permissions: AWS documents
+            # these actions with Resource "*" for Step Functions logging.
+            _statement(
+                "DeliverExecutionLogs",
+                [
+                    "logs:CreateLogDelivery",
+                    "logs:DeleteLogDelivery",
+                    "logs:DescribeLogGroups",
+                    "logs:DescribeResourcePolicies",
+                    "logs:GetLogDelivery",
+                    "logs:ListLogDeliveries",
+                    "logs:PutResourcePolicy",
+                    "logs:UpdateLogDelivery",
+                ],
+                ["*"],
+            ),
+        ],
+    }
+
+
+def build_map_run_policy(*, state_machine_arn: str) -> dict[str, Any]:
+    """What a Distributed Map needs to run its children: start, watch and stop its own runs."""
+    execution_arns = state_machine_arn.replace(":stateMachine:", ":execution:") + "/*"
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            _statement("StartChildExecutions", ["states:StartExecution"], [state_machine_arn]),
+            _statement(
+                "ManageChildExecutions",
+                ["states:DescribeExecution", "states:RedriveExecution", "states:StopExecution"],
+                [execution_arns],
+            ),
+        ],
+    }
+
+
+def build_redrive_policy(*, dead_letter_arn: str, max_receive_count: int) -> dict[str, Any]:
+    return {"deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": max_receive_count}
+
+
+def build_redrive_allow_policy(*, source_queue_arn: str) -> dict[str, Any]:
+    """Only its own source queue may use a DLQ, so a DLQ's contents always have one home."""
+    return {"redrivePermission": "byQueue", "sourceQueueArns": [source_queue_arn]}
+
+
+def build_tls_only_queue_policy(*, queue_arn: str) -> dict[str, Any]:
+    """Deny any access to the queue that does not use TLS."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "DenyInsecureTransport",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "sqs:*",
+                "Resource": queue_arn,
+                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+            }
+        ],
+    }

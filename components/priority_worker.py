@@ -1,0 +1,297 @@
+"""PriorityWorker: the worker Lambda, its role, and one event source mapping per priority queue.
+
+How concurrency is capped (the `yield` dispatch):
+- reserved concurrency = `concurrency` is the hard cap: never more invocations, hence never
+  more calls in flight to the legacy API, than its limit;
+- each mapping's ScalingConfig.MaximumConcurrency = max(2, concurrency) (AWS's minimum is 2),
+  so no single queue's pollers scale far past what the function can take.
+The overpull trap: with N queues, the mappings together may try N x MaximumConcurrency
+invocations while reserved concurrency admits `concurrency`. The excess is throttled, the
+throttled messages return to their queue with a higher receive count, and receive counts feed
+both the force rule and the DLQ's maxReceiveCount. Keep max_receive_count well above
+force_after_receives - 1 + max_attempts (validated) to leave room for such receives.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NotRequired, TypedDict
+
+import pulumi
+import pulumi_aws as aws
+
+from components import validation as v
+from components.bundle import handler_archive
+from components.documents import build_assume_role_policy, build_worker_policy
+from handlers import contract
+
+COMPONENT = "PriorityWorker"
+LAMBDA_RUNTIME = "python3.13"
+SQS_MAX_BATCH = 10  # an SQS event source mapping batch above 10 needs a batching window; kept simple
+LAMBDA_MAX_TIMEOUT_SECONDS = 900
+
+
+class HttpTargetArgs(TypedDict):
+    url: pulumi.Input[str]
+    """The legacy API endpoint the bundled HTTP target POSTs each item to."""
+    timeout_seconds: NotRequired[float]
+    """Per-call timeout. Default 10."""
+    secret_arn: NotRequired[pulumi.Input[str]]
+    """Secrets Manager secret whose SecretString is sent as the auth header's value."""
+    ssm_parameter_arn: NotRequired[pulumi.Input[str]]
+    """SSM parameter (SecureString) whose value is sent as the auth header's value."""
+    ssm_parameter_name: NotRequired[pulumi.Input[str]]
+    """Name of that SSM parameter (the API takes the name, IAM takes the ARN)."""
+    auth_header: NotRequired[str]
+    """Header carrying the credential. Default Authorization."""
+
+
+class PriorityWorkerArgs(TypedDict):
+    priorities: Sequence[str]
+    """Priority names, highest first (as given to PriorityQueues)."""
+    queue_urls: pulumi.Input[Mapping[str, str]]
+    queue_arns: pulumi.Input[Mapping[str, str]]
+    dlq_urls: pulumi.Input[Mapping[str, str]]
+    dlq_arns: pulumi.Input[Mapping[str, str]]
+    concurrency: int
+    """The legacy API's limit on calls in flight: the function's reserved concurrency."""
+    target_dir: NotRequired[str]
+    """Directory with the user's target code, placed at the archive root."""
+    target_handler: NotRequired[str]
+    """The target as `module.function`, e.g. `erp_client.call`."""
+    http_target: NotRequired[HttpTargetArgs]
+    """Use the bundled HTTP target instead of user code."""
+    esm_maximum_concurrency: NotRequired[int]
+    """Per-mapping MaximumConcurrency (2..1000). Default max(2, concurrency)."""
+    batch_size: NotRequired[int]
+    """Messages per invocation, 1..10. Default 1: one invocation is one call in flight."""
+    timeout_seconds: NotRequired[int]
+    """Function timeout. Default 30."""
+    memory_mb: NotRequired[int]
+    """Default 256."""
+    force_after_receives: NotRequired[int]
+    """A lower-priority message is processed anyway from this receive on. Default 3."""
+    max_attempts: NotRequired[int]
+    """Real attempts at an item before it fails. Default 3."""
+    max_receive_count: NotRequired[int]
+    """The queues' maxReceiveCount, to check the budgets fit below it. Default 10."""
+    yield_delay_seconds: NotRequired[int]
+    """How long a yielded message stays invisible. Default 2."""
+    retry_base_seconds: NotRequired[float]
+    """First backoff after a retryable error; doubles per receive. Default 2."""
+    retry_max_seconds: NotRequired[float]
+    """Backoff cap. Default 300."""
+    log_retention_days: NotRequired[int]
+    """Default 14."""
+
+
+class PriorityWorker(pulumi.ComponentResource):
+    """The worker function that works the priority queues within the API's limit."""
+
+    function_name: pulumi.Output[str]
+    function_arn: pulumi.Output[str]
+    role_arn: pulumi.Output[str]
+    mapping_uuids: pulumi.Output[dict[str, str]]
+    """Event source mapping UUID by priority (to pause a queue: disable its mapping)."""
+
+    def __init__(
+        self, name: str, args: PriorityWorkerArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        cfg = check_worker_args(name, args)
+        super().__init__("sluice:index:PriorityWorker", name, {}, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        priorities = cfg.priorities
+
+        role = aws.iam.Role(
+            f"{name}-role",
+            assume_role_policy=pulumi.Output.json_dumps(build_assume_role_policy("lambda.amazonaws.com")),
+            opts=child,
+        )
+        log_group = aws.cloudwatch.LogGroup(
+            f"{name}-logs", retention_in_days=cfg.log_retention_days, opts=child
+        )
+        http = args.get("http_target")
+        queue_arns = pulumi.Output.from_input(args["queue_arns"])
+        dlq_arns = pulumi.Output.from_input(args["dlq_arns"])
+        policy = aws.iam.RolePolicy(
+            f"{name}-policy",
+            role=role.id,
+            policy=pulumi.Output.json_dumps(
+                pulumi.Output.all(
+                    queue_arns=queue_arns,
+                    dlq_arns=dlq_arns,
+                    log_group_arn=log_group.arn,
+                    secret_arn=http.get("secret_arn") if http else None,
+                    ssm_parameter_arn=http.get("ssm_parameter_arn") if http else None,
+                ).apply(
+                    lambda a: build_worker_policy(
+                        queue_arns=[a["queue_arns"][p] for p in priorities],
+                        dlq_arns=[a["dlq_arns"][p] for p in priorities],
+                        log_group_arn=a["log_group_arn"],
+                        secret_arn=a["secret_arn"],
+                        ssm_parameter_arn=a["ssm_parameter_arn"],
+                    )
+                )
+            ),
+            opts=child,
+        )
+
+        queues_env = pulumi.Output.json_dumps(
+            pulumi.Output.all(urls=args["queue_urls"], arns=queue_arns, dlq_urls=args["dlq_urls"]).apply(
+                lambda a: [
+                    {"priority": p, "url": a["urls"][p], "arn": a["arns"][p], "dlq_url": a["dlq_urls"][p]}
+                    for p in priorities
+                ]
+            )
+        )
+        env: dict[str, pulumi.Input[str]] = {
+            contract.ENV_QUEUES: queues_env,
+            contract.ENV_TARGET: cfg.target,
+            contract.ENV_FORCE_AFTER_RECEIVES: str(cfg.force_after_receives),
+            contract.ENV_MAX_ATTEMPTS: str(cfg.max_attempts),
+            contract.ENV_YIELD_DELAY_SECONDS: str(cfg.yield_delay_seconds),
+            contract.ENV_RETRY_BASE_SECONDS: str(cfg.retry_base_seconds),
+            contract.ENV_RETRY_MAX_SECONDS: str(cfg.retry_max_seconds),
+            "POWERTOOLS_SERVICE_NAME": "sluice-worker",
+        }
+        if http is not None:
+            env[contract.ENV_HTTP_URL] = http["url"]
+            env[contract.ENV_HTTP_TIMEOUT_SECONDS] = str(http.get("timeout_seconds", 10.0))
+            env[contract.ENV_HTTP_AUTH_HEADER] = http.get("auth_header", "Authorization")
+            if "secret_arn" in http:
+                env[contract.ENV_HTTP_SECRET_ARN] = http["secret_arn"]
+            if "ssm_parameter_name" in http:
+                env[contract.ENV_HTTP_SSM_PARAMETER] = http["ssm_parameter_name"]
+
+        function = aws.lambda_.Function(
+            f"{name}-function",
+            role=role.arn,
+            runtime=LAMBDA_RUNTIME,
+            handler=contract.WORKER_HANDLER,
+            code=handler_archive(args.get("target_dir")),
+            timeout=cfg.timeout_seconds,
+            memory_size=cfg.memory_mb,
+            reserved_concurrent_executions=cfg.concurrency,
+            environment={"variables": env},
+            logging_config={"log_format": "JSON", "log_group": log_group.name},
+            # The mappings start polling as soon as they exist: the role must already allow it.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[policy]),
+        )
+        mappings = {}
+        for priority in priorities:
+            mappings[priority] = aws.lambda_.EventSourceMapping(
+                f"{name}-{priority.lower()}-mapping",
+                event_source_arn=_entry_of(queue_arns, priority),
+                function_name=function.arn,
+                batch_size=cfg.batch_size,
+                function_response_types=["ReportBatchItemFailures"],
+                scaling_config={"maximum_concurrency": cfg.esm_maximum_concurrency},
+                opts=child,
+            )
+
+        self.function_name = function.name
+        self.function_arn = function.arn
+        self.role_arn = role.arn
+        self.mapping_uuids = pulumi.Output.all(**{p: m.uuid for p, m in mappings.items()}).apply(dict)
+        self.register_outputs(
+            {
+                "function_name": self.function_name,
+                "function_arn": self.function_arn,
+                "role_arn": self.role_arn,
+                "mapping_uuids": self.mapping_uuids,
+            }
+        )
+
+
+def _entry_of(values: pulumi.Output[Mapping[str, str]], key: str) -> pulumi.Output[str]:
+    return values.apply(lambda d: d[key])
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    priorities: list[str]
+    concurrency: int
+    target: str
+    timeout_seconds: int
+    memory_mb: int
+    batch_size: int
+    esm_maximum_concurrency: int
+    force_after_receives: int
+    max_attempts: int
+    yield_delay_seconds: int
+    retry_base_seconds: float
+    retry_max_seconds: float
+    log_retention_days: int
+
+
+def check_worker_args(name: str, args: Mapping[str, Any], component: str = COMPONENT) -> WorkerSettings:
+    """Check every plain arg (Inputs are not read); return them with defaults filled in."""
+    c = component
+    priorities = v.check_priorities(c, name, args.get("priorities"))
+    concurrency = v.check_int(c, name, "concurrency", args.get("concurrency"), low=1, high=1_000)
+    has_code = "target_dir" in args or "target_handler" in args
+    if has_code == ("http_target" in args):
+        raise v.SluiceConfigError(
+            f"{c} {name!r}: give either target_dir with target_handler (your code) or http_target "
+            f"(the bundled HTTP target), not {'both' if has_code else 'neither'} "
+            "(set sluice:targetDir and sluice:targetHandler, or sluice:httpUrl)"
+        )
+    if has_code:
+        target = v.check_handler(c, name, "target_handler", args.get("target_handler"))
+        target_dir = args.get("target_dir")
+        if not isinstance(target_dir, str) or not os.path.isdir(target_dir):
+            raise v.fail(c, name, "target_dir", "must be an existing directory", target_dir)
+    else:
+        target = contract.HTTP_TARGET
+        http = args["http_target"]
+        if "secret_arn" in http and ("ssm_parameter_arn" in http or "ssm_parameter_name" in http):
+            raise v.fail(
+                c, name, "http_target", "takes a secret_arn or an SSM parameter, not both", sorted(http)
+            )
+        if ("ssm_parameter_arn" in http) != ("ssm_parameter_name" in http):
+            raise v.fail(
+                c, name, "http_target", "needs both ssm_parameter_arn and ssm_parameter_name", sorted(http)
+            )
+        v.check_number(c, name, "http_timeout_seconds", http.get("timeout_seconds", 10.0), low=0.1, high=900)
+
+    def whole(arg: str, default: int, low: int, high: int | None = None) -> int:
+        return v.check_int(c, name, arg, args.get(arg, default), low=low, high=high)
+
+    def number(arg: str, default: float, low: float, high: float | None = None) -> float:
+        return v.check_number(c, name, arg, args.get(arg, default), low=low, high=high)
+
+    force = whole("force_after_receives", 3, 1, 100)
+    attempts = whole("max_attempts", 3, 1, 100)
+    max_receive_count = whole("max_receive_count", 10, 1, contract.SQS_MAX_MAX_RECEIVE_COUNT)
+    budget = force - 1 + attempts
+    if max_receive_count <= budget:
+        raise v.fail(
+            c,
+            name,
+            "max_receive_count",
+            f"must exceed force_after_receives - 1 + max_attempts = {budget}, so the worker fails "
+            "an item itself before SQS dead-letters it with its execution still waiting",
+            max_receive_count,
+        )
+    return WorkerSettings(
+        priorities=priorities,
+        concurrency=concurrency,
+        target=target,
+        timeout_seconds=whole("timeout_seconds", 30, 1, LAMBDA_MAX_TIMEOUT_SECONDS),
+        memory_mb=whole("memory_mb", 256, 128, 10_240),
+        batch_size=whole("batch_size", 1, 1, SQS_MAX_BATCH),
+        esm_maximum_concurrency=whole(
+            "esm_maximum_concurrency",
+            max(contract.ESM_MIN_MAXIMUM_CONCURRENCY, concurrency),
+            contract.ESM_MIN_MAXIMUM_CONCURRENCY,
+            contract.ESM_MAX_MAXIMUM_CONCURRENCY,
+        ),
+        force_after_receives=force,
+        max_attempts=attempts,
+        yield_delay_seconds=whole("yield_delay_seconds", 2, 0, contract.SQS_MAX_VISIBILITY_SECONDS),
+        retry_base_seconds=number("retry_base_seconds", 2.0, 0),
+        retry_max_seconds=number("retry_max_seconds", 300.0, 0, contract.SQS_MAX_VISIBILITY_SECONDS),
+        log_retention_days=whole("log_retention_days", 14, 1),
+    )

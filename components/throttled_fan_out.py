@@ -1,0 +1,211 @@
+"""ThrottledFanOut: the top component. Queues, workflow and worker wired together."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, NotRequired, TypedDict, cast
+
+import pulumi
+
+from components import validation as v
+from components.fan_out_workflow import FanOutWorkflow, FanOutWorkflowArgs, check_workflow_args
+from components.priority_queues import PriorityQueues, PriorityQueuesArgs, check_queue_args
+from components.priority_worker import (
+    HttpTargetArgs,
+    PriorityWorker,
+    PriorityWorkerArgs,
+    check_worker_args,
+)
+from handlers.contract import DEFAULT_PRIORITIES
+
+COMPONENT = "ThrottledFanOut"
+DISPATCH_MODES = ("yield",)
+"""`ticket` is designed (DESIGN.md) but not built yet."""
+
+# Args handed through unchanged to one sub-component; validated there.
+_QUEUE_ARGS = ("visibility_timeout_seconds", "message_retention_seconds", "dlq_retention_seconds")
+_WORKER_ARGS = (
+    "target_dir",
+    "target_handler",
+    "http_target",
+    "esm_maximum_concurrency",
+    "batch_size",
+    "memory_mb",
+    "force_after_receives",
+    "max_attempts",
+    "yield_delay_seconds",
+    "retry_base_seconds",
+    "retry_max_seconds",
+)
+_WORKFLOW_ARGS = (
+    "throttle_rule",
+    "default_priority",
+    "callback_timeout_seconds",
+    "map_max_concurrency",
+    "tolerated_failure_percentage",
+    "direct_function_arn",
+    "input_bucket_arns",
+    "log_level",
+)
+
+
+class ThrottledFanOutArgs(TypedDict):
+    concurrency: int
+    """The legacy API's limit on calls in flight. Required."""
+    priorities: NotRequired[Sequence[str]]
+    """Priority names, highest first. Default HIGH, NORMAL, BATCH."""
+    dispatch: NotRequired[str]
+    """How the worker honours priority. Default and only mode so far: `yield`."""
+    target_dir: NotRequired[str]
+    """Directory with your target code (see handlers/target.py for the contract)."""
+    target_handler: NotRequired[str]
+    """Your target as `module.function` inside target_dir."""
+    http_target: NotRequired[HttpTargetArgs]
+    """Use the bundled HTTP target: POST each item to a URL."""
+    worker_timeout_seconds: NotRequired[int]
+    """Worker function timeout. Default 30."""
+    memory_mb: NotRequired[int]
+    """Worker memory. Default 256."""
+    batch_size: NotRequired[int]
+    """Messages per worker invocation. Default 1."""
+    esm_maximum_concurrency: NotRequired[int]
+    """Per-queue mapping MaximumConcurrency. Default max(2, concurrency)."""
+    force_after_receives: NotRequired[int]
+    """Receive count from which a lower-priority message no longer yields. Default 3."""
+    max_attempts: NotRequired[int]
+    """Real attempts per item before it fails. Default 3."""
+    yield_delay_seconds: NotRequired[int]
+    """Delay before a yielded message is visible again. Default 2."""
+    retry_base_seconds: NotRequired[float]
+    """First backoff after a retryable error. Default 2."""
+    retry_max_seconds: NotRequired[float]
+    """Backoff cap. Default 300."""
+    max_receive_count: NotRequired[int]
+    """Receives before a message is dead-lettered. Default 10."""
+    visibility_timeout_seconds: NotRequired[int]
+    """Queue visibility timeout. Default 6x worker_timeout_seconds."""
+    message_retention_seconds: NotRequired[int]
+    """Default 4 days."""
+    dlq_retention_seconds: NotRequired[int]
+    """Default 14 days."""
+    throttle_rule: NotRequired[Mapping[str, Any]]
+    """ASL Choice rule selecting the items that go through the queues. Default: items with a
+    `priority`."""
+    default_priority: NotRequired[str]
+    """Queue for selected items without a priority. Default: the lowest."""
+    callback_timeout_seconds: NotRequired[int]
+    """Longest an item may wait for the worker, queueing included. Default 86400."""
+    map_max_concurrency: NotRequired[int]
+    """Child executions at once. Default 1000."""
+    tolerated_failure_percentage: NotRequired[float]
+    """Default 5."""
+    direct_function_arn: NotRequired[pulumi.Input[str]]
+    """Lambda for items that skip the queues. Default none (item passes through)."""
+    input_bucket_arns: NotRequired[Sequence[pulumi.Input[str]]]
+    """Extra buckets batches may be read from."""
+    log_level: NotRequired[str]
+    """State machine log level. Default ERROR."""
+    log_retention_days: NotRequired[int]
+    """Default 14."""
+
+
+class ThrottledFanOut(pulumi.ComponentResource):
+    """Fan a batch out with Step Functions and feed a rate-limited API by priority."""
+
+    state_machine_arn: pulumi.Output[str]
+    """Start an execution here with `{"items": [...]}` or `{"source": {"bucket", "key"}}`."""
+    queue_urls: pulumi.Output[dict[str, str]]
+    """Queue URL by priority."""
+    dlq_urls: pulumi.Output[dict[str, str]]
+    """Dead-letter queue URL by priority."""
+    worker_function_name: pulumi.Output[str]
+    results_bucket: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, args: ThrottledFanOutArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        v.check_choice(COMPONENT, name, "dispatch", args.get("dispatch", "yield"), DISPATCH_MODES)
+        priorities = v.check_priorities(COMPONENT, name, args.get("priorities", DEFAULT_PRIORITIES))
+        known = {
+            "concurrency",
+            "priorities",
+            "dispatch",
+            "worker_timeout_seconds",
+            "max_receive_count",
+            "log_retention_days",
+            *_QUEUE_ARGS,
+            *_WORKER_ARGS,
+            *_WORKFLOW_ARGS,
+        }
+        unknown = sorted(set(args) - known)
+        if unknown:
+            raise v.SluiceConfigError(
+                f"{COMPONENT} {name!r}: unknown args {unknown!r}; known args are {sorted(known)!r}"
+            )
+        worker_timeout = args.get("worker_timeout_seconds", 30)
+        max_receive_count = args.get("max_receive_count", 10)
+        retention = args.get("log_retention_days", 14)
+
+        def pick(keys: Sequence[str]) -> dict[str, Any]:
+            return {k: args[k] for k in keys if k in args}  # type: ignore[literal-required]  # keys are from the TypedDict
+
+        queue_args = {
+            "priorities": priorities,
+            "worker_timeout_seconds": worker_timeout,
+            "max_receive_count": max_receive_count,
+            **pick(_QUEUE_ARGS),
+        }
+        worker_args_plain = {
+            "priorities": priorities,
+            "concurrency": args.get("concurrency"),
+            "timeout_seconds": worker_timeout,
+            "max_receive_count": max_receive_count,
+            "log_retention_days": retention,
+            **pick(_WORKER_ARGS),
+        }
+        workflow_args_plain = {
+            "priorities": priorities,
+            "log_retention_days": retention,
+            **pick(_WORKFLOW_ARGS),
+        }
+        # Check every sub-component's args before any resource exists, so a bad stack is
+        # rejected whole at preview instead of half-built.
+        check_queue_args(name, queue_args, COMPONENT)
+        check_worker_args(name, worker_args_plain, COMPONENT)
+        check_workflow_args(name, workflow_args_plain, COMPONENT)
+
+        super().__init__("sluice:index:ThrottledFanOut", name, {}, opts)
+        child = pulumi.ResourceOptions(parent=self)
+
+        queues = PriorityQueues(f"{name}-queues", cast("PriorityQueuesArgs", queue_args), child)
+        workflow_args = cast(
+            "FanOutWorkflowArgs",
+            {**workflow_args_plain, "queue_urls": queues.queue_urls, "queue_arns": queues.queue_arns},
+        )
+        workflow = FanOutWorkflow(f"{name}-workflow", workflow_args, child)
+        worker_args = cast(
+            "PriorityWorkerArgs",
+            {
+                **worker_args_plain,
+                "queue_urls": queues.queue_urls,
+                "queue_arns": queues.queue_arns,
+                "dlq_urls": queues.dlq_urls,
+                "dlq_arns": queues.dlq_arns,
+            },
+        )
+        worker = PriorityWorker(f"{name}-worker", worker_args, child)
+
+        self.state_machine_arn = workflow.state_machine_arn
+        self.queue_urls = queues.queue_urls
+        self.dlq_urls = queues.dlq_urls
+        self.worker_function_name = worker.function_name
+        self.results_bucket = workflow.results_bucket
+        self.register_outputs(
+            {
+                "state_machine_arn": self.state_machine_arn,
+                "queue_urls": self.queue_urls,
+                "dlq_urls": self.dlq_urls,
+                "worker_function_name": self.worker_function_name,
+                "results_bucket": self.results_bucket,
+            }
+        )

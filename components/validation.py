@@ -1,0 +1,69 @@
+"""Argument checks that run at construction, so a bad stack fails at preview, before any resource."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import TYPE_CHECKING, Any
+
+from handlers.contract import invalid_priorities
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+class SluiceConfigError(ValueError):
+    """A component argument is invalid. The message names the value and where to fix it."""
+
+
+def config_key(arg: str) -> str:
+    """The stack config key that sets a component arg: `max_attempts` -> `sluice:maxAttempts`."""
+    head, *rest = arg.split("_")
+    return "sluice:" + head + "".join(part.title() for part in rest)
+
+
+def fail(component: str, name: str, arg: str, rule: str, value: Any) -> SluiceConfigError:
+    return SluiceConfigError(f"{component} {name!r}: {arg} {rule}, got {value!r} (set {config_key(arg)})")
+
+
+def check_int(component: str, name: str, arg: str, value: Any, *, low: int, high: int | None = None) -> int:
+    """`value` as an int within [low, high]; bools and floats are refused, not truncated."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise fail(component, name, arg, "must be a whole number", value)
+    if value < low or (high is not None and value > high):
+        rule = f"must be >= {low}" if high is None else f"must be between {low} and {high}"
+        raise fail(component, name, arg, rule, value)
+    return value
+
+
+def check_number(
+    component: str, name: str, arg: str, value: Any, *, low: float, high: float | None = None
+) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise fail(component, name, arg, "must be a number", value)
+    if value < low or (high is not None and value > high):
+        rule = f"must be >= {low}" if high is None else f"must be between {low} and {high}"
+        raise fail(component, name, arg, rule, value)
+    return float(value)
+
+
+def check_priorities(component: str, name: str, priorities: Any) -> list[str]:
+    problem = invalid_priorities(priorities)
+    if problem is not None:
+        raise fail(component, name, "priorities", problem, priorities)
+    return list(priorities)
+
+
+def check_choice(component: str, name: str, arg: str, value: Any, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise fail(component, name, arg, f"must be one of {list(choices)!r}", value)
+    return str(value)
+
+
+HANDLER_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+
+
+def check_handler(component: str, name: str, arg: str, value: Any) -> str:
+    if not isinstance(value, str) or not HANDLER_PATTERN.match(value):
+        raise fail(component, name, arg, "must be 'module.function'", value)
+    return value

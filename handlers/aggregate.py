@@ -1,0 +1,157 @@
+"""Aggregate: turns the Distributed Map's child results into the parent execution's output.
+
+The core (`aggregate`) is pure. The Map hands over either the results inline (a list, one
+entry per item, in batch order) or, with a ResultWriter, a pointer to a manifest in S3 whose
+result files list the child executions (`read_result_writer_output`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from handlers.contract import DIRECT_PATH, ERROR_CHILD_FAILED, STATUS_FAILED, STATUS_SUCCEEDED
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from mypy_boto3_s3 import S3Client
+
+MAX_FAILURES_LISTED = 100
+"""The parent's output must stay under 256 KiB, so only this many failures are listed."""
+
+
+def normalise(entry: Any, position: int) -> dict[str, Any]:
+    """One child's result in the structured form; anything else is a recorded failure."""
+    if isinstance(entry, dict) and entry.get("status") in (STATUS_SUCCEEDED, STATUS_FAILED):
+        return entry
+    # A Distributed Map child that failed outright comes back as null (or, from a
+    # ResultWriter, as a FAILED record): the item must still be counted, never dropped.
+    return {
+        "status": STATUS_FAILED,
+        "index": position,
+        "error": {
+            "Error": ERROR_CHILD_FAILED,
+            "Cause": f"child execution returned {json.dumps(entry)[:500]}",
+        },
+    }
+
+
+def error_and_cause(item: dict[str, Any]) -> tuple[str, str]:
+    """A failure's error name and cause, whether Catch left `{"Error", "Cause"}` or flat fields."""
+    error = item.get("error")
+    if isinstance(error, dict):
+        return str(error.get("Error") or ERROR_CHILD_FAILED), str(error.get("Cause") or "")
+    return str(error or ERROR_CHILD_FAILED), str(item.get("cause") or "")
+
+
+def aggregate(results: Sequence[Any]) -> dict[str, Any]:
+    """Totals, counts by status and by priority, and the failures with their reasons."""
+    items = [normalise(entry, i) for i, entry in enumerate(results)]
+    by_status = Counter(item["status"] for item in items)
+    by_priority: dict[str, Counter[str]] = defaultdict(Counter)
+    failures = []
+    for item in items:
+        group = item.get("priority") or DIRECT_PATH
+        by_priority[group][item["status"]] += 1
+        if item["status"] == STATUS_FAILED:
+            error, cause = error_and_cause(item)
+            failures.append(
+                {"index": item.get("index"), "priority": item.get("priority"), "error": error, "cause": cause}
+            )
+    return {
+        "total": len(items),
+        "succeeded": by_status[STATUS_SUCCEEDED],
+        "failed": by_status[STATUS_FAILED],
+        "by_priority": {
+            group: {
+                "total": sum(counts.values()),
+                "succeeded": counts[STATUS_SUCCEEDED],
+                "failed": counts[STATUS_FAILED],
+            }
+            for group, counts in sorted(by_priority.items())
+        },
+        "failures": failures[:MAX_FAILURES_LISTED],
+        "failures_not_listed": max(0, len(failures) - MAX_FAILURES_LISTED),
+    }
+
+
+def result_writer_entries(manifest: dict[str, Any], read_json: Any) -> list[Any]:
+    """Child results in batch order from a ResultWriter manifest.
+
+    Each result file is a JSON array of child execution records (`Status`, `Input`, `Output`
+    as JSON strings, `Error`/`Cause` when failed). `read_json(key)` returns a parsed file.
+    """
+    records: list[tuple[int, Any]] = []
+    files = manifest.get("ResultFiles", {})
+    for status in ("SUCCEEDED", "FAILED", "PENDING"):
+        for ref in files.get(status, []):
+            for position, record in enumerate(read_json(ref["Key"])):
+                child_input = _loads(record.get("Input"))
+                index = child_input.get("index", position) if isinstance(child_input, dict) else position
+                if record.get("Status") == "SUCCEEDED":
+                    records.append((index, _loads(record.get("Output"))))
+                else:
+                    records.append(
+                        (
+                            index,
+                            {
+                                "status": STATUS_FAILED,
+                                "index": index,
+                                "error": {
+                                    "Error": record.get("Error") or ERROR_CHILD_FAILED,
+                                    "Cause": record.get("Cause") or f"child execution {record.get('Status')}",
+                                },
+                            },
+                        )
+                    )
+    records.sort(key=lambda pair: pair[0])
+    return [entry for _, entry in records]
+
+
+def _loads(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def handle(event: dict[str, Any], s3: S3Client | None) -> dict[str, Any]:
+    """Aggregate inline results, or the ResultWriter output the event points at."""
+    map_output = event.get("map_output")
+    if isinstance(map_output, list):
+        summary = aggregate(map_output)
+        summary["results"] = map_output
+    elif isinstance(map_output, dict) and "ResultWriterDetails" in map_output:
+        if s3 is None:
+            raise ValueError("an S3 client is needed to read ResultWriter output")
+        details = map_output["ResultWriterDetails"]
+        bucket = details["Bucket"]
+
+        def read_json(key: str) -> Any:
+            return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+        summary = aggregate(result_writer_entries(read_json(details["Key"]), read_json))
+        summary["results_location"] = {"bucket": bucket, "manifest_key": details["Key"]}
+    else:
+        raise ValueError(
+            "event.map_output must be the Map's result list or its ResultWriter output, "
+            f"got {json.dumps(map_output)[:200]}"
+        )
+    summary["execution"] = event.get("execution")
+    return summary
+
+
+@lru_cache(maxsize=1)
+def _s3() -> S3Client:
+    import boto3  # noqa: PLC0415 - deferred so importing this module makes no AWS client
+
+    return boto3.client("s3")
+
+
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:  # noqa: ARG001 - Lambda signature
+    return handle(event, _s3() if isinstance(event.get("map_output"), dict) else None)

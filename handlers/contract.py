@@ -1,0 +1,89 @@
+"""Names and limits shared by the components (deploy time) and the handlers (run time).
+
+Pure Python only: the components import this module, so it must never import boto3.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+DEFAULT_PRIORITIES: tuple[str, ...] = ("HIGH", "NORMAL", "BATCH")
+"""Highest first."""
+
+# Priority names become resource names, queue names and ASL state names.
+PRIORITY_PATTERN = re.compile(r"^[A-Z][A-Z0-9_]{0,19}$")
+
+# Environment variables of the worker function.
+ENV_QUEUES = "SLUICE_QUEUES"
+"""JSON list of {"priority", "url", "arn", "dlq_url"}, highest priority first."""
+ENV_TARGET = "SLUICE_TARGET"
+"""The user's target as `module.function`."""
+ENV_FORCE_AFTER_RECEIVES = "SLUICE_FORCE_AFTER_RECEIVES"
+ENV_MAX_ATTEMPTS = "SLUICE_MAX_ATTEMPTS"
+ENV_YIELD_DELAY_SECONDS = "SLUICE_YIELD_DELAY_SECONDS"
+ENV_RETRY_BASE_SECONDS = "SLUICE_RETRY_BASE_SECONDS"
+ENV_RETRY_MAX_SECONDS = "SLUICE_RETRY_MAX_SECONDS"
+
+# Environment variables of the bundled HTTP target.
+ENV_HTTP_URL = "SLUICE_HTTP_URL"
+ENV_HTTP_TIMEOUT_SECONDS = "SLUICE_HTTP_TIMEOUT_SECONDS"
+ENV_HTTP_SECRET_ARN = "SLUICE_HTTP_SECRET_ARN"  # noqa: S105 - the variable name, not a secret
+ENV_HTTP_SSM_PARAMETER = "SLUICE_HTTP_SSM_PARAMETER"
+ENV_HTTP_AUTH_HEADER = "SLUICE_HTTP_AUTH_HEADER"
+
+HTTP_TARGET = "handlers.http_target.call"
+"""The bundled HTTP target, as a `module.function` the worker can load."""
+
+# Entry points inside the deployed archive.
+WORKER_HANDLER = "handlers.worker.lambda_handler"
+AGGREGATE_HANDLER = "handlers.aggregate.lambda_handler"
+
+# Fields of the message body the state machine sends to a priority queue.
+FIELD_TOKEN = "token"  # noqa: S105 - a field name, not a secret
+FIELD_ITEM = "item"
+FIELD_INDEX = "index"
+FIELD_PRIORITY = "priority"
+FIELD_EXECUTION = "execution"
+
+# Error names the worker sends with SendTaskFailure; the aggregate reports them verbatim.
+ERROR_PERMANENT = "Sluice.PermanentFailure"
+ERROR_RETRIES_EXHAUSTED = "Sluice.RetriesExhausted"
+ERROR_MALFORMED = "Sluice.MalformedMessage"
+ERROR_UNKNOWN_PRIORITY = "Sluice.UnknownPriority"
+ERROR_CHILD_FAILED = "Sluice.ChildExecutionFailed"
+
+# Attribute set on a message the worker dead-letters itself, so an operator reading the DLQ
+# sees why without digging through logs.
+ATTR_DEAD_LETTER_REASON = "SluiceDeadLetterReason"
+
+STATUS_SUCCEEDED = "SUCCEEDED"
+STATUS_FAILED = "FAILED"
+DIRECT_PATH = "DIRECT"
+"""The pseudo-priority under which items that skip the queues are counted."""
+
+# AWS limits.
+SFN_MAX_ERROR_CHARS = 256  # SendTaskFailure `error` maximum length
+SFN_MAX_CAUSE_CHARS = 32_768  # SendTaskFailure `cause` maximum length
+SQS_MAX_VISIBILITY_SECONDS = 43_200  # ChangeMessageVisibility maximum (12 hours)
+SQS_MIN_MAX_RECEIVE_COUNT = 1  # RedrivePolicy maxReceiveCount range is 1..1000
+SQS_MAX_MAX_RECEIVE_COUNT = 1_000
+ESM_MIN_MAXIMUM_CONCURRENCY = 2  # ScalingConfig.MaximumConcurrency range is 2..1000
+ESM_MAX_MAXIMUM_CONCURRENCY = 1_000
+
+
+def invalid_priorities(priorities: Sequence[str]) -> str | None:
+    """Return why `priorities` is unusable, or None when it is fine."""
+    if isinstance(priorities, str):
+        return "must be a list of names, got a single string"
+    if not priorities:
+        return "must name at least one priority"
+    bad = [p for p in priorities if not isinstance(p, str) or not PRIORITY_PATTERN.match(p)]
+    if bad:
+        return f"names must match {PRIORITY_PATTERN.pattern} (upper case), got {bad!r}"
+    if len(set(priorities)) != len(priorities):
+        return f"names must be unique, got {list(priorities)!r}"
+    return None

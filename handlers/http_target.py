@@ -1,0 +1,141 @@
+"""The bundled target: POST the item as JSON to the legacy API's URL.
+
+Status mapping:
+- 2xx: success; the JSON response body is the item's result (`{"status_code", "body"}` when
+  the body is not JSON);
+- 429: RetryLater, after Retry-After seconds when the API sends it;
+- 5xx, timeouts, connection errors: retryable errors (the worker's attempt budget applies);
+- other 4xx: PermanentFailure, since resending the same request cannot succeed.
+
+Credentials come from Secrets Manager or SSM Parameter Store, never from a plain environment
+value, and are sent in one header (Authorization unless configured otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from handlers import contract
+from handlers.target import PermanentFailure, RetryLater, TargetContext
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+DEFAULT_TIMEOUT_SECONDS = 10.0
+DEFAULT_RETRY_AFTER_SECONDS = 5.0
+HTTP_TOO_MANY_REQUESTS = 429
+
+
+class HttpTargetConfigError(Exception):
+    """The HTTP target's environment is incomplete."""
+
+
+class ApiUnavailable(Exception):  # noqa: N818 - reads as the condition it reports
+    """The API answered 5xx, timed out or could not be reached: worth retrying."""
+
+
+@dataclass(frozen=True)
+class HttpTargetConfig:
+    url: str
+    timeout_seconds: float
+    auth_header: str
+    secret_arn: str | None
+    ssm_parameter: str | None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> HttpTargetConfig:
+        url = env.get(contract.ENV_HTTP_URL, "")
+        if not url.startswith(("http://", "https://")):
+            raise HttpTargetConfigError(
+                f"{contract.ENV_HTTP_URL} must be an http(s) URL, got {url!r} (set sluice:httpUrl)"
+            )
+        try:
+            timeout = float(env.get(contract.ENV_HTTP_TIMEOUT_SECONDS) or DEFAULT_TIMEOUT_SECONDS)
+        except ValueError as exc:
+            raise HttpTargetConfigError(
+                f"{contract.ENV_HTTP_TIMEOUT_SECONDS} must be a number of seconds, "
+                f"got {env.get(contract.ENV_HTTP_TIMEOUT_SECONDS)!r}"
+            ) from exc
+        return cls(
+            url=url,
+            timeout_seconds=timeout,
+            auth_header=env.get(contract.ENV_HTTP_AUTH_HEADER) or "Authorization",
+            secret_arn=env.get(contract.ENV_HTTP_SECRET_ARN) or None,
+            ssm_parameter=env.get(contract.ENV_HTTP_SSM_PARAMETER) or None,
+        )
+
+
+def retry_after_seconds(header: str | None) -> float:
+    """Seconds from a Retry-After header given in seconds; a default when absent or a date."""
+    if header is None:
+        return DEFAULT_RETRY_AFTER_SECONDS
+    try:
+        return max(0.0, float(header))
+    except ValueError:
+        return DEFAULT_RETRY_AFTER_SECONDS
+
+
+def post_item(
+    item: Any,
+    ctx: TargetContext,
+    config: HttpTargetConfig,
+    credential: str | None,
+    opener: Callable[..., Any] = urllib.request.urlopen,
+) -> Any:
+    """POST one item and map the answer to a result or one of the target exceptions."""
+    headers = {
+        "Content-Type": "application/json",
+        # Lets an API that supports it deduplicate retries of the same item.
+        "Idempotency-Key": f"{ctx.execution}#{ctx.index}",
+    }
+    if credential is not None:
+        headers[config.auth_header] = credential
+    request = urllib.request.Request(  # noqa: S310 - scheme checked in HttpTargetConfig.from_env
+        config.url, data=json.dumps(item).encode(), headers=headers, method="POST"
+    )
+    try:
+        with opener(request, timeout=config.timeout_seconds) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        if exc.code == HTTP_TOO_MANY_REQUESTS:
+            raise RetryLater(retry_after_seconds(exc.headers.get("Retry-After")), "HTTP 429") from exc
+        if exc.code >= 500:
+            raise ApiUnavailable(f"HTTP {exc.code} from {config.url}") from exc
+        raise PermanentFailure(f"HTTP {exc.code} from {config.url}: {exc.read()[:500]!r}") from exc
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+        raise ApiUnavailable(f"{type(exc).__name__} calling {config.url}: {exc}") from exc
+    try:
+        return json.loads(body) if body else {}
+    except json.JSONDecodeError:
+        return {"status_code": 200, "body": body.decode(errors="replace")[:10_000]}
+
+
+def fetch_credential(config: HttpTargetConfig) -> str | None:
+    """The credential from Secrets Manager or SSM (decrypted), or None when none is set."""
+    import boto3  # noqa: PLC0415 - only targets with credentials need AWS clients
+
+    if config.secret_arn:
+        secret = boto3.client("secretsmanager").get_secret_value(SecretId=config.secret_arn)
+        return secret["SecretString"]
+    if config.ssm_parameter:
+        param = boto3.client("ssm").get_parameter(Name=config.ssm_parameter, WithDecryption=True)
+        return param["Parameter"]["Value"]
+    return None
+
+
+@lru_cache(maxsize=1)
+def _configured() -> tuple[HttpTargetConfig, str | None]:
+    """Read once per sandbox: the secret is fetched on the first call, not per item."""
+    config = HttpTargetConfig.from_env(os.environ)
+    return config, fetch_credential(config)
+
+
+def call(item: Any, ctx: TargetContext) -> Any:
+    config, credential = _configured()
+    return post_item(item, ctx, config, credential)

@@ -1,0 +1,300 @@
+"""The priority worker: SQS records in, legacy-API calls out, task tokens completed.
+
+Each record ends in exactly one of:
+- processed: the target ran and the token got SendTaskSuccess or SendTaskFailure; the
+  message is deleted (reported as a success to the event source mapping);
+- returned: a yield, a RetryLater or a retryable error; the message's visibility is set to the
+  wanted delay and it is reported in batchItemFailures, so SQS delivers it again;
+- malformed: failed with a reason (token known) or moved to the DLQ (no token); deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+
+from handlers import contract, priority
+from handlers.adapters import SqsQueues, TaskTokens
+from handlers.messages import MalformedMessage, WorkMessage, parse_message
+from handlers.target import PermanentFailure, RetryLater, Target, TargetContext, load_target
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+logger = Logger(service="sluice-worker")
+
+N = TypeVar("N", int, float)
+
+# Step Functions rejects task output above 256 KiB (SendTaskSuccess `output` maximum).
+SFN_MAX_OUTPUT_CHARS = 262_144
+# When no Lambda context is given (tests, local runs), assume a generous deadline.
+NO_CONTEXT_REMAINING_MS = 900_000
+
+
+class WorkerConfigError(Exception):
+    """The worker's environment is wrong; the deploy, not the message, needs fixing."""
+
+
+class MessageReturned(Exception):  # noqa: N818 - a control signal, not an error
+    """The message goes back to its queue (visibility already set); report it as failed."""
+
+
+@dataclass(frozen=True)
+class QueueRef:
+    priority: str
+    url: str
+    arn: str
+    dlq_url: str
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    queues: tuple[QueueRef, ...]
+    """Highest priority first."""
+    force_after_receives: int
+    max_attempts: int
+    yield_delay_seconds: int
+    retry_base_seconds: float
+    retry_max_seconds: float
+
+    @property
+    def priorities(self) -> list[str]:
+        return [q.priority for q in self.queues]
+
+    def queue_for_arn(self, arn: str) -> QueueRef:
+        for queue in self.queues:
+            if queue.arn == arn:
+                return queue
+        raise WorkerConfigError(
+            f"record from {arn!r}, which is not one of this worker's queues "
+            f"({[q.arn for q in self.queues]!r}); check {contract.ENV_QUEUES}"
+        )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> WorkerConfig:
+        raw = env.get(contract.ENV_QUEUES)
+        if not raw:
+            raise WorkerConfigError(f"{contract.ENV_QUEUES} is not set")
+        try:
+            queues = tuple(QueueRef(q["priority"], q["url"], q["arn"], q["dlq_url"]) for q in json.loads(raw))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise WorkerConfigError(
+                f"{contract.ENV_QUEUES} must be a JSON list of objects with priority, url, arn "
+                f"and dlq_url, got {raw!r}"
+            ) from exc
+        return cls(
+            queues=queues,
+            force_after_receives=_env_number(env, contract.ENV_FORCE_AFTER_RECEIVES, 3, int),
+            max_attempts=_env_number(env, contract.ENV_MAX_ATTEMPTS, 3, int),
+            yield_delay_seconds=_env_number(env, contract.ENV_YIELD_DELAY_SECONDS, 2, int),
+            retry_base_seconds=_env_number(env, contract.ENV_RETRY_BASE_SECONDS, 2.0, float),
+            retry_max_seconds=_env_number(env, contract.ENV_RETRY_MAX_SECONDS, 300.0, float),
+        )
+
+
+def _env_number(env: Mapping[str, str], name: str, default: N, kind: type[N]) -> N:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError as exc:
+        raise WorkerConfigError(f"{name} must be a {kind.__name__}, got {raw!r}") from exc
+    if value < 0:
+        raise WorkerConfigError(f"{name} must be >= 0, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class WorkerDeps:
+    config: WorkerConfig
+    queues: SqsQueues
+    tokens: TaskTokens
+    target: Target
+
+
+class VisibleDepths(Mapping[str, int]):
+    """Queue depths by priority, each fetched at most once per invocation and only if asked.
+
+    The decision asks only for strictly higher queues, so a HIGH batch makes no extra calls.
+    """
+
+    def __init__(self, config: WorkerConfig, queues: SqsQueues) -> None:
+        self._urls = {q.priority: q.url for q in config.queues}
+        self._queues = queues
+        self._seen: dict[str, int] = {}
+
+    def __getitem__(self, key: str) -> int:
+        if key not in self._seen:
+            self._seen[key] = self._queues.visible_depth(self._urls[key])
+        return self._seen[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._urls)
+
+    def __len__(self) -> int:
+        return len(self._urls)
+
+
+def handle_batch(event: dict[str, Any], context: LambdaContext | None, deps: WorkerDeps) -> dict[str, Any]:
+    """Work one SQS batch; return the partial batch response."""
+    depths = VisibleDepths(deps.config, deps.queues)
+    remaining_ms = context.get_remaining_time_in_millis if context else (lambda: NO_CONTEXT_REMAINING_MS)
+
+    def record_handler(record: SQSRecord) -> None:
+        handle_record(record, deps, depths, remaining_ms())
+
+    # Returning every record is normal here (a batch may all yield), so the processor must not
+    # raise for it: that would make the whole batch, including any successes, come back.
+    processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+    return dict(process_partial_response(event, record_handler, processor, context))
+
+
+def handle_record(record: SQSRecord, deps: WorkerDeps, depths: Mapping[str, int], remaining_ms: int) -> None:
+    """Work one record. Returns normally when the message may be deleted."""
+    config = deps.config
+    queue = config.queue_for_arn(record.event_source_arn)
+    receive_count = int(record.attributes.approximate_receive_count)
+    log = {"message_id": record.message_id, "queue_priority": queue.priority, "receive_count": receive_count}
+    try:
+        message = parse_message(record.body, config.priorities)
+    except MalformedMessage as exc:
+        _handle_malformed(exc, record, queue, deps, log)
+        return
+    log |= {"index": message.index, "priority": message.priority, "execution": message.execution}
+
+    decision = priority.decide(
+        priority=queue.priority,
+        priorities=config.priorities,
+        receive_count=receive_count,
+        force_after_receives=config.force_after_receives,
+        visible_depths=depths,
+        yield_delay_seconds=config.yield_delay_seconds,
+    )
+    if isinstance(decision, priority.Yield):
+        deps.queues.change_visibility(queue.url, record.receipt_handle, decision.delay_seconds)
+        logger.info("yielded to higher priority work", extra=log | {"delay_s": decision.delay_seconds})
+        raise MessageReturned("yielded")
+    if decision.forced:
+        logger.info("forced past waiting higher priority work", extra=log)
+
+    ctx = TargetContext(
+        index=message.index,
+        priority=message.priority,
+        execution=message.execution,
+        receive_count=receive_count,
+        remaining_ms=remaining_ms,
+    )
+    _call_target(
+        message=message, ctx=ctx, queue=queue, receipt_handle=record.receipt_handle, deps=deps, log=log
+    )
+
+
+def _call_target(
+    *,
+    message: WorkMessage,
+    ctx: TargetContext,
+    queue: QueueRef,
+    receipt_handle: str,
+    deps: WorkerDeps,
+    log: dict[str, Any],
+) -> None:
+    config = deps.config
+    exhausted = priority.attempts_exhausted(
+        receive_count=ctx.receive_count,
+        force_after_receives=config.force_after_receives,
+        max_attempts=config.max_attempts,
+    )
+    try:
+        result = deps.target(message.item, ctx)
+    except PermanentFailure as exc:
+        logger.info("permanent failure", extra=log | {"error": type(exc).__name__})
+        deps.tokens.fail(message.token, contract.ERROR_PERMANENT, str(exc) or type(exc).__name__)
+        return
+    except RetryLater as exc:
+        delay = priority.clamp_visibility(exc.seconds)
+        cause = f"RetryLater after {delay}s: {exc}"
+    except Exception as exc:  # noqa: BLE001 - any target error is retried by contract
+        delay = priority.retry_delay(
+            receive_count=ctx.receive_count,
+            base_seconds=config.retry_base_seconds,
+            max_seconds=config.retry_max_seconds,
+        )
+        cause = f"{type(exc).__name__}: {exc}"
+    else:
+        _succeed(message, result, deps, log)
+        return
+
+    if exhausted:
+        logger.warning("attempts exhausted", extra=log | {"cause": cause[:200]})
+        deps.tokens.fail(message.token, contract.ERROR_RETRIES_EXHAUSTED, cause)
+        return
+    deps.queues.change_visibility(queue.url, receipt_handle, delay)
+    logger.info("will retry", extra=log | {"delay_s": delay, "cause": cause[:200]})
+    raise MessageReturned(cause)
+
+
+def _succeed(message: WorkMessage, result: Any, deps: WorkerDeps, log: dict[str, Any]) -> None:
+    try:
+        output = json.dumps(result)
+    except (TypeError, ValueError) as exc:
+        deps.tokens.fail(
+            message.token, contract.ERROR_PERMANENT, f"target returned a value that is not JSON: {exc}"
+        )
+        return
+    if len(output.encode()) > SFN_MAX_OUTPUT_CHARS:
+        deps.tokens.fail(
+            message.token,
+            contract.ERROR_PERMANENT,
+            f"target result is {len(output.encode())} bytes; Step Functions accepts at most "
+            f"{SFN_MAX_OUTPUT_CHARS} (return a smaller result or a pointer to S3)",
+        )
+        return
+    deps.tokens.succeed(message.token, output)
+    logger.info("processed", extra=log)
+
+
+def _handle_malformed(
+    exc: MalformedMessage, record: SQSRecord, queue: QueueRef, deps: WorkerDeps, log: dict[str, Any]
+) -> None:
+    if exc.token is None:
+        # Nobody is waiting on this message and retrying cannot fix it: straight to the DLQ.
+        deps.queues.dead_letter(queue.dlq_url, record.body, exc.reason)
+        logger.error("malformed message dead-lettered", extra=log | {"reason": exc.reason})
+        return
+    deps.tokens.fail(exc.token, exc.error, exc.reason)
+    logger.error("malformed message failed", extra=log | {"reason": exc.reason, "error": exc.error})
+
+
+@lru_cache(maxsize=1)
+def _deps() -> WorkerDeps:
+    """Built on the first invocation, not at import, and reused while the sandbox lives."""
+    import boto3  # noqa: PLC0415 - deferred so importing this module stays free of AWS set-up
+    from botocore.config import Config  # noqa: PLC0415 - same reason
+
+    config = WorkerConfig.from_env(os.environ)
+    # Standard retry mode backs off on throttling and transient errors, so a throttled
+    # SendTaskSuccess is retried by botocore rather than lost.
+    client_config = Config(retries={"mode": "standard", "max_attempts": 5})
+    return WorkerDeps(
+        config=config,
+        queues=SqsQueues(boto3.client("sqs", config=client_config)),
+        tokens=TaskTokens(boto3.client("stepfunctions", config=client_config), logger),
+        target=load_target(os.environ.get(contract.ENV_TARGET, contract.HTTP_TARGET)),
+    )
+
+
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return handle_batch(event, context, _deps())

@@ -1,0 +1,274 @@
+"""ThrottledFanOut under Pulumi mocks: children, names, exact inputs, parentage, wiring."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+
+from handlers import contract
+from tests.support.mocks import ACCOUNT, REGION, Recorder, run_program
+
+HTTP = {"url": "https://erp.example.internal/api"}
+
+
+def build(args: dict[str, Any], name: str = "orders") -> Recorder:
+    def program() -> Any:
+        from components import ThrottledFanOut
+
+        fan_out = ThrottledFanOut(name, args)  # type: ignore[arg-type]
+        return pulumi.Output.all(
+            fan_out.state_machine_arn,
+            fan_out.queue_urls,
+            fan_out.dlq_urls,
+            fan_out.worker_function_name,
+            fan_out.results_bucket,
+        )
+
+    return run_program(program)
+
+
+@pytest.fixture(scope="module")
+def default() -> Recorder:
+    return build({"concurrency": 4, "http_target": HTTP})
+
+
+def url(name: str) -> str:
+    return f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/{name}"
+
+
+def arn(name: str) -> str:
+    return f"arn:aws:sqs:{REGION}:{ACCOUNT}:{name}"
+
+
+def test_children_by_type(default: Recorder) -> None:
+    assert Counter(r.typ for r in default.resources) == {
+        "sluice:index:ThrottledFanOut": 1,
+        "sluice:index:PriorityQueues": 1,
+        "sluice:index:FanOutWorkflow": 1,
+        "sluice:index:PriorityWorker": 1,
+        "aws:sqs/queue:Queue": 6,
+        "aws:sqs/queuePolicy:QueuePolicy": 6,
+        "aws:sqs/redriveAllowPolicy:RedriveAllowPolicy": 3,
+        "aws:lambda/function:Function": 2,
+        "aws:lambda/eventSourceMapping:EventSourceMapping": 3,
+        "aws:iam/role:Role": 3,
+        "aws:iam/rolePolicy:RolePolicy": 4,
+        "aws:cloudwatch/logGroup:LogGroup": 3,
+        "aws:s3/bucket:Bucket": 1,
+        "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock": 1,
+        "aws:sfn/stateMachine:StateMachine": 1,
+    }
+
+
+def test_every_child_is_named_after_and_parented_to_its_component(default: Recorder) -> None:
+    by_urn = {r.urn: r for r in default.resources}
+    for record in default.resources:
+        if record.typ == "sluice:index:ThrottledFanOut":
+            assert record.parent_urn.endswith("::sluice-test")
+            continue
+        parent = by_urn[record.parent_urn]
+        assert record.name.startswith(f"{parent.name}-"), (record.name, parent.name)
+
+
+def test_queues_and_dead_letter_queues(default: Recorder) -> None:
+    for p in ("high", "normal", "batch"):
+        queue = default.named(f"orders-queues-{p}")
+        assert queue.inputs == {
+            "visibilityTimeoutSeconds": 180,  # 6 x the 30 s worker timeout
+            "messageRetentionSeconds": 345_600,
+            "sqsManagedSseEnabled": True,
+            "redrivePolicy": json.dumps(
+                {"deadLetterTargetArn": arn(f"orders-queues-{p}-dlq"), "maxReceiveCount": 10}
+            ),
+        }
+        assert default.named(f"orders-queues-{p}-dlq").inputs == {
+            "messageRetentionSeconds": 1_209_600,
+            "sqsManagedSseEnabled": True,
+        }
+        allow = default.named(f"orders-queues-{p}-dlq-redrive-allow").inputs
+        assert allow["queueUrl"] == url(f"orders-queues-{p}-dlq")
+        assert json.loads(allow["redriveAllowPolicy"]) == {
+            "redrivePermission": "byQueue",
+            "sourceQueueArns": [arn(f"orders-queues-{p}")],
+        }
+        for q in (f"orders-queues-{p}", f"orders-queues-{p}-dlq"):
+            policy = json.loads(default.named(f"{q}-tls-only").inputs["policy"])
+            (statement,) = policy["Statement"]
+            assert statement["Effect"] == "Deny"
+            assert statement["Resource"] == arn(q)
+            assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_event_source_mappings(default: Recorder) -> None:
+    for p in ("high", "normal", "batch"):
+        assert default.named(f"orders-worker-{p}-mapping").inputs == {
+            "eventSourceArn": arn(f"orders-queues-{p}"),
+            "functionName": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:orders-worker-function",
+            "batchSize": 1,
+            "functionResponseTypes": ["ReportBatchItemFailures"],
+            "scalingConfig": {"maximumConcurrency": 4},
+        }
+
+
+def test_worker_function(default: Recorder) -> None:
+    fn = default.named("orders-worker-function").inputs
+    assert fn["runtime"] == "python3.13"
+    assert fn["handler"] == contract.WORKER_HANDLER
+    assert fn["reservedConcurrentExecutions"] == 4
+    assert fn["timeout"] == 30
+    assert fn["loggingConfig"] == {"logFormat": "JSON", "logGroup": "orders-worker-logs"}
+    assert sorted(fn["code"].assets) == [
+        "aws_lambda_powertools",
+        "handlers",
+        "jmespath",
+        "typing_extensions.py",
+    ]
+    env = fn["environment"]["variables"]
+    assert json.loads(env[contract.ENV_QUEUES]) == [
+        {
+            "priority": p.upper(),
+            "url": url(f"orders-queues-{p}"),
+            "arn": arn(f"orders-queues-{p}"),
+            "dlq_url": url(f"orders-queues-{p}-dlq"),
+        }
+        for p in ("high", "normal", "batch")
+    ]
+    assert env[contract.ENV_TARGET] == contract.HTTP_TARGET
+    assert env[contract.ENV_HTTP_URL] == HTTP["url"]
+    assert (env[contract.ENV_FORCE_AFTER_RECEIVES], env[contract.ENV_MAX_ATTEMPTS]) == ("3", "3")
+    assert env[contract.ENV_YIELD_DELAY_SECONDS] == "2"
+    # Secrets never travel as plain environment values: only a pointer would.
+    assert contract.ENV_HTTP_SECRET_ARN not in env
+
+
+def test_worker_policy_is_scoped_to_its_own_queues(default: Recorder) -> None:
+    policy = json.loads(default.named("orders-worker-policy").inputs["policy"])
+    by_sid = {s["Sid"]: s for s in policy["Statement"]}
+    assert by_sid["ConsumePriorityQueues"]["Resource"] == [
+        arn(f"orders-queues-{p}") for p in ("high", "normal", "batch")
+    ]
+    assert by_sid["DeadLetterMalformed"] == {
+        "Sid": "DeadLetterMalformed",
+        "Effect": "Allow",
+        "Action": ["sqs:SendMessage"],
+        "Resource": [arn(f"orders-queues-{p}-dlq") for p in ("high", "normal", "batch")],
+    }
+    assert set(by_sid) == {"ConsumePriorityQueues", "DeadLetterMalformed", "AnswerTaskTokens", "WriteOwnLogs"}
+    assert all("*" not in action for s in policy["Statement"] for action in s["Action"])
+
+
+def definition(recorder: Recorder) -> dict[str, Any]:
+    sm = recorder.named("orders-workflow-state-machine")
+    return json.loads(sm.inputs["definition"])  # type: ignore[no-any-return]
+
+
+def test_state_machine_structure(default: Recorder) -> None:
+    sm = default.named("orders-workflow-state-machine").inputs
+    assert sm["type"] == "STANDARD"
+    assert sm["loggingConfiguration"] == {
+        "level": "ERROR",
+        "includeExecutionData": False,
+        "logDestination": f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:orders-workflow-sfn-logs:*",
+    }
+    asl = definition(default)
+    assert list(asl["States"]) == ["Source", "FanOutInline", "FanOutFromS3", "Aggregate"]
+    inline, from_s3 = asl["States"]["FanOutInline"], asl["States"]["FanOutFromS3"]
+    # The same child workflow in both Maps, each with its own state names (unique per machine).
+    assert json.dumps(inline["ItemProcessor"]).replace("Inline-", "") == json.dumps(
+        from_s3["ItemProcessor"]
+    ).replace("FromS3-", "")
+    assert inline["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
+    assert from_s3["ResultWriter"]["Parameters"] == {"Bucket": "orders-workflow-results", "Prefix": "results"}
+    assert "ResultWriter" not in inline
+    assert asl["States"]["Aggregate"]["Parameters"]["FunctionName"] == (
+        f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:orders-workflow-aggregate"
+    )
+    states = inline["ItemProcessor"]["States"]
+    for p in ("HIGH", "NORMAL", "BATCH"):
+        enqueue = states[f"Inline-Enqueue{p}"]
+        assert enqueue["Resource"] == "arn:aws:states:::sqs:sendMessage.waitForTaskToken"
+        assert enqueue["Parameters"]["QueueUrl"] == url(f"orders-queues-{p.lower()}")
+        assert enqueue["Parameters"]["MessageBody"]["priority"] == p
+        assert enqueue["TimeoutSeconds"] == 86_400
+        assert "HeartbeatSeconds" not in enqueue
+        assert enqueue["Catch"][0]["Next"] == f"Inline-Failed{p}"
+    # Items selected but without a priority go to the lowest queue by default.
+    assert states["Inline-ByPriority"]["Choices"][0]["Next"] == "Inline-EnqueueBATCH"
+
+
+def test_state_machine_policy(default: Recorder) -> None:
+    policy = json.loads(default.named("orders-workflow-sfn-policy").inputs["policy"])
+    by_sid = {s["Sid"]: s for s in policy["Statement"]}
+    assert by_sid["EnqueueThrottledItems"]["Resource"] == [
+        arn(f"orders-queues-{p}") for p in ("high", "normal", "batch")
+    ]
+    map_run = json.loads(default.named("orders-workflow-sfn-map-run-policy").inputs["policy"])
+    sm_arn = f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:orders-workflow-state-machine"
+    assert map_run["Statement"][0]["Resource"] == [sm_arn]
+    assert map_run["Statement"][1]["Resource"] == [
+        f"arn:aws:states:{REGION}:{ACCOUNT}:execution:orders-workflow-state-machine/*"
+    ]
+
+
+def test_custom_priorities_and_user_code(tmp_path: Path) -> None:
+    (tmp_path / "erp_client.py").write_text("def call(item, ctx):\n    return {}\n")
+    rec = build(
+        {
+            "concurrency": 1,
+            "priorities": ["URGENT", "LATER"],
+            "target_dir": str(tmp_path),
+            "target_handler": "erp_client.call",
+            "default_priority": "URGENT",
+        },
+        name="erp",
+    )
+    assert sorted(r.name for r in rec.of_type("aws:sqs/queue:Queue")) == [
+        "erp-queues-later",
+        "erp-queues-later-dlq",
+        "erp-queues-urgent",
+        "erp-queues-urgent-dlq",
+    ]
+    # Concurrency 1 still needs the mapping minimum of 2; reserved concurrency holds the cap.
+    assert rec.named("erp-worker-urgent-mapping").inputs["scalingConfig"] == {"maximumConcurrency": 2}
+    fn = rec.named("erp-worker-function").inputs
+    assert fn["reservedConcurrentExecutions"] == 1
+    assert fn["environment"]["variables"][contract.ENV_TARGET] == "erp_client.call"
+    assert "erp_client.py" in fn["code"].assets
+    states = json.loads(rec.named("erp-workflow-state-machine").inputs["definition"])["States"]
+    processor = states["FanOutInline"]["ItemProcessor"]["States"]
+    assert {s for s in processor if "Enqueue" in s} == {"Inline-EnqueueURGENT", "Inline-EnqueueLATER"}
+    assert processor["Inline-ByPriority"]["Choices"][0]["Next"] == "Inline-EnqueueURGENT"
+
+
+def test_stack_program_from_config() -> None:
+    import runpy
+
+    root = Path(__file__).resolve().parents[2]
+    config = {
+        "sluice:concurrency": "2",
+        "sluice:httpUrl": "https://erp.example.internal/api",
+        "sluice:httpSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:erp-AbCdEf",
+        "sluice:priorities": '["A", "B"]',
+        "sluice:maxAttempts": "4",
+        "sluice:workerTimeoutSeconds": "20",
+    }
+    rec = run_program(lambda: runpy.run_path(str(root / "__main__.py")), config=config)
+    fn = rec.named("sluice-worker-function").inputs
+    assert fn["reservedConcurrentExecutions"] == 2
+    assert fn["timeout"] == 20
+    env = fn["environment"]["variables"]
+    assert env[contract.ENV_MAX_ATTEMPTS] == "4"
+    assert env[contract.ENV_HTTP_SECRET_ARN] == config["sluice:httpSecretArn"]
+    assert rec.named("sluice-queues-a").inputs["visibilityTimeoutSeconds"] == 120
+    policy = json.loads(rec.named("sluice-worker-policy").inputs["policy"])
+    assert {
+        "Sid": "ReadApiSecret",
+        "Effect": "Allow",
+        "Action": ["secretsmanager:GetSecretValue"],
+        "Resource": [config["sluice:httpSecretArn"]],
+    } in policy["Statement"]

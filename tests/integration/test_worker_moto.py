@@ -1,0 +1,253 @@
+"""The worker against moto: real SQS semantics and the real child workflow run by moto's
+Step Functions interpreter (the ItemProcessor Sluice deploys, started as its own state machine).
+
+What this cannot prove: IAM (moto does not enforce it), Lambda's own event source mapping (the
+test receives messages itself and hands them over in the ESM's event shape), quotas.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from components.documents import DEFAULT_THROTTLE_RULE, build_item_processor
+from handlers.adapters import SqsQueues, TaskTokens
+from handlers.contract import ATTR_DEAD_LETTER_REASON
+from handlers.target import PermanentFailure, RetryLater, TargetContext
+from handlers.worker import QueueRef, WorkerConfig, WorkerDeps, handle_batch, logger
+from tests.support.sqs_events import receive_event
+
+PRIORITIES = ["HIGH", "NORMAL", "BATCH"]
+DEADLINE_S = 10.0
+
+
+@dataclass
+class Rig:
+    sqs: Any
+    sfn: Any
+    queues: dict[str, QueueRef]
+    state_machine_arn: str
+    sfn_calls: Counter[str] = field(default_factory=Counter)
+    target_calls: list[tuple[Any, TargetContext]] = field(default_factory=list)
+
+    def start(self, item: Any, index: int = 0) -> str:
+        return str(
+            self.sfn.start_execution(
+                stateMachineArn=self.state_machine_arn,
+                name=uuid.uuid4().hex,
+                input=json.dumps({"item": item, "index": index, "execution": "arn:parent"}),
+            )["executionArn"]
+        )
+
+    def deps(self, target: Callable[[Any, TargetContext], Any], **overrides: Any) -> WorkerDeps:
+        settings = {
+            "force_after_receives": 3,
+            "max_attempts": 2,
+            "yield_delay_seconds": 1,
+            "retry_base_seconds": 1.0,
+            "retry_max_seconds": 1.0,
+        } | overrides
+
+        def recording(item: Any, ctx: TargetContext) -> Any:
+            self.target_calls.append((item, ctx))
+            return target(item, ctx)
+
+        config = WorkerConfig(queues=tuple(self.queues[p] for p in PRIORITIES), **settings)
+        return WorkerDeps(config, SqsQueues(self.sqs), TaskTokens(self.sfn, logger), recording)
+
+    def receive(self, priority: str, wait_s: float = DEADLINE_S) -> dict[str, Any]:
+        """Receive from a queue like the event source mapping, waiting up to a deadline."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            event = receive_event(self.sqs, self.queues[priority].url, self.queues[priority].arn)
+            if event["Records"] or time.monotonic() > deadline:
+                return event
+            time.sleep(0.1)
+
+    def finished(self, execution_arn: str) -> dict[str, Any]:
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            described = self.sfn.describe_execution(executionArn=execution_arn)
+            if described["status"] != "RUNNING":
+                return dict(described)
+            assert time.monotonic() < deadline, f"{execution_arn} still RUNNING after {DEADLINE_S}s"
+            time.sleep(0.1)
+
+    def output(self, execution_arn: str) -> Any:
+        described = self.finished(execution_arn)
+        assert described["status"] == "SUCCEEDED", described
+        return json.loads(described["output"])
+
+    def visible(self, priority: str) -> int:
+        attrs = self.sqs.get_queue_attributes(
+            QueueUrl=self.queues[priority].url, AttributeNames=["ApproximateNumberOfMessages"]
+        )
+        return int(attrs["Attributes"]["ApproximateNumberOfMessages"])
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+        sqs = boto3.client("sqs")
+        sfn = boto3.client("stepfunctions")
+        queues = {}
+        for p in PRIORITIES:
+            dlq_url = sqs.create_queue(QueueName=f"{p.lower()}-dlq")["QueueUrl"]
+            url = sqs.create_queue(QueueName=p.lower(), Attributes={"VisibilityTimeout": "30"})["QueueUrl"]
+            arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+                "QueueArn"
+            ]
+            queues[p] = QueueRef(p, url, arn, dlq_url)
+        processor = build_item_processor(
+            priorities=PRIORITIES,
+            queue_urls={p: q.url for p, q in queues.items()},
+            throttle_rule=DEFAULT_THROTTLE_RULE,
+            default_priority="BATCH",
+            callback_timeout_seconds=60,
+            direct_function_arn=None,
+        )
+        processor.pop("ProcessorConfig")  # run the child workflow as a state machine of its own
+        arn = sfn.create_state_machine(
+            name="child", definition=json.dumps(processor), roleArn="arn:aws:iam::123456789012:role/sfn"
+        )["stateMachineArn"]
+        built = Rig(sqs, sfn, queues, arn)
+
+        def count(event_name: str, **_: Any) -> None:
+            built.sfn_calls[event_name.rsplit(".", 1)[-1]] += 1
+
+        sfn.meta.events.register("before-call.sfn.*", count)
+        yield built
+
+
+def ok(item: Any, ctx: TargetContext) -> Any:
+    return {"echo": item, "index": ctx.index}
+
+
+def test_success_sends_exactly_one_send_task_success(rig: Rig) -> None:
+    execution = rig.start({"id": "a", "priority": "NORMAL"}, index=3)
+    event = rig.receive("NORMAL")
+    assert handle_batch(event, None, rig.deps(ok)) == {"batchItemFailures": []}
+    assert rig.output(execution) == {
+        "status": "SUCCEEDED",
+        "index": 3,
+        "priority": "NORMAL",
+        "result": {"echo": {"id": "a", "priority": "NORMAL"}, "index": 3},
+    }
+    assert rig.sfn_calls["SendTaskSuccess"] == 1
+    assert rig.sfn_calls["SendTaskFailure"] == 0
+
+
+def test_permanent_failure_sends_exactly_one_send_task_failure(rig: Rig) -> None:
+    def reject(item: Any, ctx: TargetContext) -> Any:
+        raise PermanentFailure("HTTP 400: order 7 is closed")
+
+    execution = rig.start({"id": "b", "priority": "HIGH"})
+    assert handle_batch(rig.receive("HIGH"), None, rig.deps(reject)) == {"batchItemFailures": []}
+    out = rig.output(execution)
+    assert out["status"] == "FAILED"
+    assert out["priority"] == "HIGH"
+    assert out["error"]["Error"] == "Sluice.PermanentFailure"
+    assert (rig.sfn_calls["SendTaskFailure"], rig.sfn_calls["SendTaskSuccess"]) == (1, 0)
+
+
+def test_retryable_errors_return_the_message_then_fail_once_the_budget_is_spent(rig: Rig) -> None:
+    def flaky(item: Any, ctx: TargetContext) -> Any:
+        raise ConnectionError("API down")
+
+    execution = rig.start({"id": "c", "priority": "HIGH"})
+    deps = rig.deps(flaky, force_after_receives=1, max_attempts=2)
+    first = rig.receive("HIGH")
+    message_id = first["Records"][0]["messageId"]
+    assert handle_batch(first, None, deps) == {"batchItemFailures": [{"itemIdentifier": message_id}]}
+    assert rig.sfn_calls["SendTaskFailure"] == 0
+    second = rig.receive("HIGH")  # visible again after the 1 s backoff
+    assert second["Records"][0]["attributes"]["ApproximateReceiveCount"] == "2"
+    assert handle_batch(second, None, deps) == {"batchItemFailures": []}
+    out = rig.output(execution)
+    assert out["error"]["Error"] == "Sluice.RetriesExhausted"
+    assert len(rig.target_calls) == 2
+    assert rig.sfn_calls["SendTaskFailure"] == 1
+
+
+def test_retry_later_sets_the_visibility_the_api_asked_for(rig: Rig) -> None:
+    def busy(item: Any, ctx: TargetContext) -> Any:
+        raise RetryLater(30)
+
+    rig.start({"id": "d", "priority": "HIGH"})
+    event = rig.receive("HIGH")
+    assert len(handle_batch(event, None, rig.deps(busy))["batchItemFailures"]) == 1
+    # Invisible for the API's 30 s, not the 1 s backoff: nothing comes back within 2 s.
+    assert rig.receive("HIGH", wait_s=2.0) == {"Records": []}
+    assert rig.sfn_calls["SendTaskSuccess"] + rig.sfn_calls["SendTaskFailure"] == 0
+
+
+def test_a_lower_message_yields_while_higher_work_waits_then_is_forced(rig: Rig) -> None:
+    batch_execution = rig.start({"id": "bulk", "priority": "BATCH"}, index=0)
+    batch_event = rig.receive("BATCH")
+    rig.start({"id": "urgent", "priority": "HIGH"}, index=1)
+    deadline = time.monotonic() + DEADLINE_S
+    while rig.visible("HIGH") == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+    deps = rig.deps(ok, force_after_receives=2, yield_delay_seconds=1)
+    batch_id = batch_event["Records"][0]["messageId"]
+    assert handle_batch(batch_event, None, deps) == {"batchItemFailures": [{"itemIdentifier": batch_id}]}
+    assert rig.target_calls == []
+    # The yield shortened visibility from the queue's 30 s to 1 s: it is back within seconds.
+    again = rig.receive("BATCH", wait_s=5.0)
+    assert again["Records"][0]["attributes"]["ApproximateReceiveCount"] == "2"
+    # HIGH still waits, but receive 2 reaches the force threshold: processed anyway.
+    assert handle_batch(again, None, deps) == {"batchItemFailures": []}
+    assert rig.output(batch_execution)["status"] == "SUCCEEDED"
+    assert [item["id"] for item, _ in rig.target_calls] == ["bulk"]
+
+
+def test_a_duplicate_delivery_after_completion_is_tolerated(rig: Rig) -> None:
+    execution = rig.start({"id": "e", "priority": "HIGH"})
+    event = rig.receive("HIGH")
+    deps = rig.deps(ok)
+    assert handle_batch(event, None, deps) == {"batchItemFailures": []}
+    rig.output(execution)
+    # At-least-once delivery: the same message again. The token is finished; no crash, no retry loop.
+    assert handle_batch(event, None, deps) == {"batchItemFailures": []}
+    assert rig.sfn_calls["SendTaskSuccess"] == 2
+    assert rig.output(execution)["status"] == "SUCCEEDED"
+
+
+def test_malformed_messages_neither_crash_the_batch_nor_loop(rig: Rig) -> None:
+    good = rig.start({"id": "f", "priority": "NORMAL"}, index=0)
+    real = rig.receive("NORMAL")["Records"][0]
+    token = json.loads(real["body"])["token"]
+    stolen = rig.start({"id": "g", "priority": "NORMAL"}, index=1)
+    stolen_record = rig.receive("NORMAL")["Records"][0]
+    stolen_token = json.loads(stolen_record["body"])["token"]
+    normal = rig.queues["NORMAL"]
+    for body in ("{not json", json.dumps({"token": stolen_token, "index": 1, "priority": "NORMAL"})):
+        rig.sqs.send_message(QueueUrl=normal.url, MessageBody=body)
+    junk = rig.receive("NORMAL")
+    assert len(junk["Records"]) == 2
+    event = {"Records": [real, *junk["Records"]]}
+
+    assert handle_batch(event, None, rig.deps(ok)) == {"batchItemFailures": []}
+    assert rig.output(good)["status"] == "SUCCEEDED"
+    # With a token but no item: the waiting execution is told why.
+    failed = rig.output(stolen)
+    assert failed["error"]["Error"] == "Sluice.MalformedMessage"
+    # Without a token: straight to the DLQ with the reason, and not redelivered.
+    dead = rig.sqs.receive_message(QueueUrl=normal.dlq_url, MessageAttributeNames=["All"], WaitTimeSeconds=0)[
+        "Messages"
+    ]
+    assert [m["Body"] for m in dead] == ["{not json"]
+    assert "not JSON" in dead[0]["MessageAttributes"][ATTR_DEAD_LETTER_REASON]["StringValue"]
+    assert token not in dead[0]["Body"]
+    assert [item["id"] for item, _ in rig.target_calls] == ["f"]

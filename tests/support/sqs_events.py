@@ -1,0 +1,33 @@
+"""Turn real ReceiveMessage results into the event an SQS event source mapping would send."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.support.mocks import REGION
+
+
+def receive_event(sqs: Any, queue_url: str, queue_arn: str, max_messages: int = 10) -> dict[str, Any]:
+    """Receive up to `max_messages` (no long poll) and shape them as Lambda's SQS event."""
+    response = sqs.receive_message(
+        QueueUrl=queue_url,
+        MaxNumberOfMessages=max_messages,
+        AttributeNames=["All"],
+        MessageAttributeNames=["All"],
+        WaitTimeSeconds=0,
+    )
+    return {"Records": [to_record(m, queue_arn) for m in response.get("Messages", [])]}
+
+
+def to_record(message: dict[str, Any], queue_arn: str) -> dict[str, Any]:
+    return {
+        "messageId": message["MessageId"],
+        "receiptHandle": message["ReceiptHandle"],
+        "body": message["Body"],
+        "attributes": message.get("Attributes", {}),
+        "messageAttributes": message.get("MessageAttributes", {}),
+        "md5OfBody": message["MD5OfBody"],
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn,
+        "awsRegion": REGION,
+    }
