@@ -1,41 +1,51 @@
-# Everything sets itself up: `make test` on a fresh machine creates .venv, installs the pinned
-# requirements and the Node ASL validator, then runs ruff, mypy and pytest.
+# Everything sets itself up: `make demo` and `make test` create .venv and install the pinned
+# requirements they need on a fresh machine (make test also installs the Node ASL validator).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+LOCAL_STAMP := $(VENV)/.installed-local
+DEV_STAMP := $(VENV)/.installed-dev
 NODE_STAMP := node_modules/.installed
+OUT := out
 
 .PHONY: test lint typecheck pytest venv tools demo clean
 
 test: lint typecheck pytest
 
-venv: $(STAMP)
+venv: $(DEV_STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
-	touch $(STAMP)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# The demo needs only the runtime and the embedded AWS; tests add linters and type stubs.
+$(LOCAL_STAMP): requirements.txt requirements-local.txt | $(BIN)/python
+	$(PIP) -r requirements-local.txt
+	touch $@
+
+$(DEV_STAMP): requirements-dev.txt $(LOCAL_STAMP)
+	$(PIP) -r requirements-dev.txt
+	touch $@
 
 tools: $(NODE_STAMP)
 
 $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
-	touch $(NODE_STAMP)
+	touch $@
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: $(STAMP)
+typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) $(NODE_STAMP)
+pytest: $(DEV_STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest
 
-demo: $(STAMP)
-	@echo "make demo needs the embedded AWS (localcloud/), which is not built yet: see issue 3." >&2
-	@exit 2
+demo: $(LOCAL_STAMP)
+	mkdir -p $(OUT)
+	$(BIN)/python -m localcloud demo --report $(OUT)/demo-report.json --plot $(OUT)/demo.png
 
 clean:
-	rm -rf $(VENV) node_modules
+	rm -rf $(VENV) node_modules $(OUT)

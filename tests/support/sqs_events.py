@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.support.mocks import REGION
+from localcloud.esm import to_record
 
 
 def receive_event(sqs: Any, queue_url: str, queue_arn: str, max_messages: int = 10) -> dict[str, Any]:
@@ -17,17 +17,3 @@ def receive_event(sqs: Any, queue_url: str, queue_arn: str, max_messages: int = 
         WaitTimeSeconds=0,
     )
     return {"Records": [to_record(m, queue_arn) for m in response.get("Messages", [])]}
-
-
-def to_record(message: dict[str, Any], queue_arn: str) -> dict[str, Any]:
-    return {
-        "messageId": message["MessageId"],
-        "receiptHandle": message["ReceiptHandle"],
-        "body": message["Body"],
-        "attributes": message.get("Attributes", {}),
-        "messageAttributes": message.get("MessageAttributes", {}),
-        "md5OfBody": message["MD5OfBody"],
-        "eventSource": "aws:sqs",
-        "eventSourceARN": queue_arn,
-        "awsRegion": REGION,
-    }

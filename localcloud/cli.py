@@ -1,0 +1,149 @@
+"""`python -m localcloud demo | run --scenario FILE --report FILE [--plot FILE.png]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from localcloud.report import build_report
+from localcloud.runner import ExecutionRecord, RunResult, run_scenario
+from localcloud.scenario import DEMO, Scenario, ScenarioError, load
+
+if TYPE_CHECKING:
+    from localcloud.legacy_api import LegacyApi
+
+console = Console(stderr=True)
+
+
+def run_with_progress(scenario: Scenario) -> RunResult:
+    totals: Counter[str] = Counter()
+    for batch in scenario.batches:
+        totals.update(batch.counts)
+    with Progress(
+        TextColumn("{task.description:>8}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        tasks = {p: progress.add_task(p, total=n) for p, n in sorted(totals.items())}
+
+        def tick(api: LegacyApi, _executions: list[ExecutionRecord]) -> None:
+            done: dict[str, set[str]] = {p: set() for p in tasks}
+            for call in api.snapshot():
+                if 200 <= call.status < 300 and call.priority in done:
+                    done[call.priority].add(call.key)
+            for p, task in tasks.items():
+                progress.update(task, completed=len(done[p]))
+
+        return run_scenario(scenario, tick)
+
+
+def summary_table(report: dict[str, Any]) -> Table:
+    table = Table(title=f"Sluice run: {report['scenario']}")
+    table.add_column("priority")
+    table.add_column("items", justify="right")
+    table.add_column("succeeded", justify="right")
+    table.add_column("failed", justify="right")
+    table.add_column("wait p50 s", justify="right")
+    table.add_column("wait p95 s", justify="right")
+    table.add_column("wait max s", justify="right")
+    for p, row in report["by_priority"].items():
+        w = row["wait_s"]
+        table.add_row(
+            p,
+            str(row["count"]),
+            str(row["succeeded"]),
+            str(row["failed"]),
+            str(w["p50"]),
+            str(w["p95"]),
+            str(w["max"]),
+        )
+    items, down, worker, ex = report["items"], report["downstream"], report["worker"], report["execution"]
+    table.caption = (
+        f"items {items['total']} (throttled {items['throttled']}, direct {items['direct']}): "
+        f"succeeded {items['succeeded']}, failed {items['failed']}, lost {items['lost']}\n"
+        f"API limit {down['limit']}: max in flight {down['max_in_flight']}, over limit {down['over_limit']}, "
+        f"calls {down['calls']}, duplicates {down['duplicate_calls']}, utilization {down['utilization']}\n"
+        f"worker invocations {worker['invocations']}, yields {worker['yields']}, forced {worker['forced']}, "
+        f"throttled {worker['throttled']}; executions {ex['status']} in {ex['wall_s']} s"
+    )
+    return table
+
+
+def plot(result: RunResult, path: Path) -> None:
+    import matplotlib  # noqa: PLC0415 - only --plot needs it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - same
+
+    calls = [c for c in result.calls if c.in_flight > 0]
+    if not calls:
+        raise ValueError("no API calls to plot")
+    t0 = min(c.start for c in calls)
+    events = sorted([(c.start - t0, 1) for c in calls] + [(c.end - t0, -1) for c in calls])
+    xs, ys, level = [0.0], [0], 0
+    for t, delta in events:
+        xs.append(t)
+        ys.append(level)
+        level += delta
+        xs.append(t)
+        ys.append(level)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    top.plot(xs, ys, label="calls in flight")
+    top.axhline(result.scenario.api.concurrency_limit, color="red", linestyle="--", label="API limit")
+    top.set_ylabel("in flight")
+    top.legend(loc="upper right")
+    for priority in sorted({str(c.priority) for c in calls if c.priority}):
+        done = sorted(c.end - t0 for c in calls if c.priority == priority and 200 <= c.status < 300)
+        bottom.step(done, range(1, len(done) + 1), where="post", label=priority)
+    bottom.set_xlabel("seconds since first call")
+    bottom.set_ylabel("completed items")
+    bottom.legend(loc="lower right")
+    fig.suptitle(f"Sluice {result.scenario.name}: in-flight calls and completions by priority")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m localcloud", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="deploy the stack to the embedded AWS and push a mixed batch")
+    demo.add_argument("--report", type=Path, help="write the report JSON here")
+    demo.add_argument("--plot", type=Path, help="write a PNG of in-flight calls and completions")
+    demo.add_argument("--scale", type=float, default=1.0, help="multiply the demo's item counts")
+    run = sub.add_parser("run", help="run a scenario file")
+    run.add_argument("--scenario", type=Path, required=True)
+    run.add_argument("--report", type=Path, required=True)
+    run.add_argument("--plot", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        scenario = DEMO.scaled(args.scale) if args.command == "demo" else load(args.scenario)
+    except ScenarioError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
+    result = run_with_progress(scenario)
+    report = build_report(result)
+    Console(width=110).print(summary_table(report))
+    if args.report:
+        args.report.write_text(json.dumps(report, indent=2) + "\n")
+        console.print(f"report: {args.report}")
+    if args.plot:
+        plot(result, args.plot)
+        console.print(f"plot: {args.plot}")
+    ok = report["items"]["lost"] == 0 and report["downstream"]["over_limit"] == 0
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

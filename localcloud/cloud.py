@@ -1,0 +1,103 @@
+"""The embedded AWS: moto in server mode on 127.0.0.1, Step Functions execution on, and
+moto's Docker-only Lambda invoke replaced by the sandbox runner."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+from moto.awslambda.models import LambdaFunction
+from moto.server import ThreadedMotoServer
+
+from localcloud.lambda_runner import LambdaRunner
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+REGION = "us-east-1"
+FAKE_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class EmbeddedAws:
+    endpoint: str
+    runner: LambdaRunner
+
+    def client(self, service: str) -> Any:
+        # boto3's stubs type clients per literal service name; this factory takes any name.
+        factory: Any = boto3.client
+        return factory(
+            service,
+            endpoint_url=self.endpoint,
+            region_name=REGION,
+            # Many threads share these clients during a run; a small pool would serialize them.
+            config=Config(max_pool_connections=64, retries={"mode": "standard", "max_attempts": 5}),
+            **{k.lower(): v for k, v in FAKE_CREDENTIALS.items()},
+        )
+
+
+def _post(url: str, body: dict[str, Any]) -> None:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")  # noqa: S310 - loopback
+    urllib.request.urlopen(request, timeout=10).close()  # noqa: S310 - our own server on loopback
+
+
+@contextmanager
+def embedded_aws() -> Iterator[EmbeddedAws]:
+    """Start moto on 127.0.0.1 with Step Functions execution and in-process Lambda."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in ("MOTO_PORT", "AWS_DEFAULT_REGION", *FAKE_CREDENTIALS)}
+    # moto's Step Functions integrations call back into the server at localhost:$MOTO_PORT.
+    os.environ.update({"MOTO_PORT": str(port), "AWS_DEFAULT_REGION": REGION, **FAKE_CREDENTIALS})
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    # moto's interpreter logs each Choice that reads a missing path (IsPresent false) as an
+    # exception, and each ToleratedFailurePercentage it ignores; outcomes show in executions.
+    logging.getLogger("moto.stepfunctions").setLevel(logging.CRITICAL)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    # moto's backends live in this process and outlast a server: start every run from empty.
+    _post(f"{endpoint}/moto-api/reset", {})
+    _post(f"{endpoint}/moto-api/config", {"stepfunctions": {"execute_state_machine": True}})
+
+    runner = LambdaRunner(
+        {**FAKE_CREDENTIALS, "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION, "AWS_ENDPOINT_URL": endpoint}
+    )
+    original = LambdaFunction._invoke_lambda
+
+    def invoke_in_sandbox(self: LambdaFunction, event: Any = None) -> tuple[str, bool, str]:
+        payload = json.loads(event) if isinstance(event, str) else (event or {})
+        result = runner.invoke(self.function_name, payload, wait_for_slot=True)
+        if result.error is not None:
+            return json.dumps(result.error), True, ""
+        return json.dumps(result.payload), False, ""
+
+    LambdaFunction._invoke_lambda = invoke_in_sandbox  # type: ignore[method-assign]
+    try:
+        yield EmbeddedAws(endpoint, runner)
+    finally:
+        LambdaFunction._invoke_lambda = original  # type: ignore[method-assign]
+        runner.close()
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -1,0 +1,226 @@
+"""Deploy the real stack program to the embedded AWS.
+
+The program (`__main__.py`) and its components run unchanged under Pulumi mocks; the mocks'
+resource hook creates each resource in moto and hands back moto's real ids, ARNs and URLs.
+There is no second, hand-written copy of the infrastructure. Event source mappings are not
+created in moto (its mapping invokes synchronously inside SendMessage and never retries); they are
+recorded for the local poller, which keeps AWS's semantics.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import runpy
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pulumi
+from pulumi.runtime.settings import get_root_resource
+
+if TYPE_CHECKING:
+    from localcloud.cloud import EmbeddedAws
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class MappingSpec:
+    """An event source mapping as deployed: what the local poller needs."""
+
+    uuid: str
+    queue_arn: str
+    function_name: str
+    batch_size: int
+    maximum_concurrency: int
+    report_batch_item_failures: bool
+
+
+@dataclass
+class DeployedStack:
+    outputs: dict[str, Any]
+    mappings: list[MappingSpec]
+    resources: dict[str, str] = field(default_factory=dict)
+    """Pulumi type by resource name, for tests and the summary."""
+
+
+def archive_zip(archive: Any) -> bytes:
+    """Zip a Pulumi AssetArchive as `pulumi up` would upload it."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        _add(zf, archive, "")
+    return buffer.getvalue()
+
+
+def _add(zf: zipfile.ZipFile, node: Any, prefix: str) -> None:
+    if isinstance(node, pulumi.AssetArchive):
+        for name, child in node.assets.items():
+            _add(zf, child, f"{prefix}{name}" if isinstance(child, pulumi.Asset) else f"{prefix}{name}/")
+    elif isinstance(node, pulumi.FileArchive):
+        base = Path(node.path)
+        for path in sorted(base.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                zf.write(path, prefix + str(path.relative_to(base)))
+    elif isinstance(node, pulumi.FileAsset):
+        zf.write(node.path, prefix.rstrip("/"))
+    elif isinstance(node, pulumi.StringAsset):
+        zf.writestr(prefix.rstrip("/"), node.text)
+    else:
+        raise TypeError(f"cannot zip {type(node).__name__} at {prefix!r}")
+
+
+class MotoResources(pulumi.runtime.Mocks):
+    """Creates each registered resource in moto and returns its real attributes."""
+
+    def __init__(self, aws: EmbeddedAws) -> None:
+        self.aws = aws
+        self.mappings: list[MappingSpec] = []
+        self.types: dict[str, str] = {}
+        self._clients: dict[str, Any] = {}
+
+    def _c(self, service: str) -> Any:
+        if service not in self._clients:
+            self._clients[service] = self.aws.client(service)
+        return self._clients[service]
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:  # noqa: ARG002 - Mocks' signature
+        return {}, None
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        self.types[args.name] = args.typ
+        create = getattr(self, "_" + args.typ.split(":")[-1], None)
+        if args.typ.startswith("sluice:") or create is None:
+            if not args.typ.startswith("sluice:") and args.custom:
+                raise NotImplementedError(f"the embedded AWS cannot create {args.typ} ({args.name})")
+            return f"{args.name}-id", dict(args.inputs)
+        physical_id, attributes = create(args.name, args.inputs)
+        return physical_id, {**args.inputs, **attributes}
+
+    # One method per resource type the components create, named after the type's last part.
+
+    def _Queue(self, name: str, i: dict[str, Any]) -> tuple[str, dict[str, Any]]:  # noqa: N802 - one signature for every creator
+        attrs = {
+            "VisibilityTimeout": str(int(i.get("visibilityTimeoutSeconds", 30))),
+            "MessageRetentionPeriod": str(int(i.get("messageRetentionSeconds", 345_600))),
+            "SqsManagedSseEnabled": str(bool(i.get("sqsManagedSseEnabled", False))).lower(),
+        }
+        if "redrivePolicy" in i:
+            attrs["RedrivePolicy"] = i["redrivePolicy"]
+        url = self._c("sqs").create_queue(QueueName=name, Attributes=attrs)["QueueUrl"]
+        arn = self._c("sqs").get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
+        return url, {"url": url, "arn": arn, "name": name}
+
+    def _QueuePolicy(self, name: str, i: dict[str, Any]) -> tuple[str, dict[str, Any]]:  # noqa: N802, ARG002 - one signature for every creator
+        self._c("sqs").set_queue_attributes(QueueUrl=i["queueUrl"], Attributes={"Policy": i["policy"]})
+        return i["queueUrl"], {}
+
+    def _RedriveAllowPolicy(self, name: str, i: dict[str, Any]) -> tuple[str, dict[str, Any]]:  # noqa: N802, ARG002 - one signature for every creator
+        self._c("sqs").set_queue_attributes(
+            QueueUrl=i["queueUrl"], Attributes={"RedriveAllowPolicy": i["redriveAllowPolicy"]}
+        )
+        return i["queueUrl"], {}
+
+    def _Role(self, name: str, i: dict[str, Any]) -> tuple[str, dict[str, Any]]:  # noqa: N802 - one signature for every creator
+        role = self._c("iam").create_role(RoleName=name, AssumeRolePolicyDocument=i["assumeRolePolicy"])[
+            "Role"
+        ]
+        return name, {"arn": role["Arn"], "name": name}
+
+    def _RolePolicy(self, name: str, i: dict[str, Any]) -> tuple[str, dict[str, Any]]:  # noqa: N802 - one signature for every creator
+        self._c("iam").put_role_policy(RoleName=i["role"], PolicyName=name, PolicyDocument=i["policy"])
+        return f"{i['role']}:{name}", {"name": name}
+
+    def _LogGroup(self, name: str, i: dict[str, Any]) -> tuple[str, dict[str, Any]]:  # noqa: N802 - one signature for every creator
+        group = i.get("namePrefix", "") + name if "namePrefix" in i else i.get("name", name)
+        self._c("logs").create_log_group(logGroupName=group)
+        described = self._c("logs").describe_log_groups(logGroupNamePrefix=group)["logGroups"][0]
+        return group, {"arn": described["arn"].removesuffix(":*"), "name": group}
+
+    def _Bucket(self, name: str, i: dict[str, Any]) -> tuple[str, dict[str, Any]]:  # noqa: N802, ARG002 - one signature for every creator
+        self._c("s3").create_bucket(Bucket=name)
+        return name, {"bucket": name, "arn": f"arn:aws:s3:::{name}"}
+
+    def _BucketPublicAccessBlock(self, name: str, i: dict[str, Any]) -> tuple[str, dict[str, Any]]:  # noqa: N802, ARG002 - one signature for every creator
+        self._c("s3").put_public_access_block(
+            Bucket=i["bucket"],
+            PublicAccessBlockConfiguration={
+                "BlockPublicAcls": True,
+                "IgnorePublicAcls": True,
+                "BlockPublicPolicy": True,
+                "RestrictPublicBuckets": True,
+            },
+        )
+        return i["bucket"], {}
+
+    def _Function(self, name: str, i: dict[str, Any]) -> tuple[str, dict[str, Any]]:  # noqa: N802 - one signature for every creator
+        code = archive_zip(i["code"])
+        env = dict(i.get("environment", {}).get("variables", {}))
+        created = self._c("lambda").create_function(
+            FunctionName=name,
+            Runtime=i["runtime"],
+            Role=i["role"],
+            Handler=i["handler"],
+            Code={"ZipFile": code},
+            Timeout=int(i.get("timeout", 3)),
+            MemorySize=int(i.get("memorySize", 128)),
+            Environment={"Variables": env},
+        )
+        reserved = i.get("reservedConcurrentExecutions")
+        if reserved is not None:
+            self._c("lambda").put_function_concurrency(
+                FunctionName=name, ReservedConcurrentExecutions=int(reserved)
+            )
+        self.aws.runner.register(
+            name=name,
+            arn=created["FunctionArn"],
+            zip_bytes=code,
+            handler=i["handler"],
+            env=env,
+            timeout_s=float(i.get("timeout", 3)),
+            memory_mb=int(i.get("memorySize", 128)),
+            reserved=int(reserved) if reserved is not None else None,
+        )
+        return name, {"arn": created["FunctionArn"], "name": name, "invokeArn": created["FunctionArn"]}
+
+    def _EventSourceMapping(self, name: str, i: dict[str, Any]) -> tuple[str, dict[str, Any]]:  # noqa: N802 - one signature for every creator
+        uuid = f"esm-{name}"
+        self.mappings.append(
+            MappingSpec(
+                uuid=uuid,
+                queue_arn=i["eventSourceArn"],
+                function_name=i["functionName"].rsplit(":", 1)[-1],
+                batch_size=int(i.get("batchSize", 10)),
+                maximum_concurrency=int(i.get("scalingConfig", {}).get("maximumConcurrency", 1000)),
+                report_batch_item_failures="ReportBatchItemFailures" in i.get("functionResponseTypes", []),
+            )
+        )
+        return uuid, {"uuid": uuid}
+
+    def _StateMachine(self, name: str, i: dict[str, Any]) -> tuple[str, dict[str, Any]]:  # noqa: N802 - one signature for every creator
+        arn = self._c("stepfunctions").create_state_machine(
+            name=name, definition=i["definition"], roleArn=i["roleArn"], type=i.get("type", "STANDARD")
+        )["stateMachineArn"]
+        return arn, {"arn": arn, "name": name}
+
+
+def deploy(aws: EmbeddedAws, config: dict[str, Any], program: Path = ROOT / "__main__.py") -> DeployedStack:
+    """Run the stack program against the embedded AWS with `config` (keys like `sluice:concurrency`)."""
+    mocks = MotoResources(aws)
+    pulumi.runtime.set_mocks(mocks, project="sluice", stack="local", preview=False)
+    pulumi.runtime.set_all_config({k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()})
+
+    outputs: dict[str, Any] = {}
+
+    def run_stack_program() -> Any:
+        runpy.run_path(str(program), run_name="__main__")
+        # `pulumi.export` puts Outputs on the root stack; resolve them to plain values.
+        exported = get_root_resource().outputs  # type: ignore[union-attr]
+        return pulumi.Output.all(**exported).apply(outputs.update)
+
+    run_under_mocks: Any = pulumi.runtime.test  # untyped in the SDK
+    run_under_mocks(run_stack_program)()
+    return DeployedStack(outputs=outputs, mappings=mocks.mappings, resources=mocks.types)

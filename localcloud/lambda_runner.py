@@ -1,0 +1,181 @@
+"""Runs deployed Lambda functions in-process-tree: each from its own zip, in warm sandboxes.
+
+Concurrency follows Lambda: at most `reserved` sandboxes busy at once per function; an event
+source mapping's invoke beyond that is throttled (the caller decides what that means for its
+messages), a synchronous invoke (Step Functions) waits for a slot.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import multiprocessing
+import shutil
+import tempfile
+import threading
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from localcloud.sandbox import serve
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+COLD_START_ALLOWANCE_S = 30.0
+
+
+@dataclass
+class FunctionSpec:
+    name: str
+    arn: str
+    handler: str
+    env: dict[str, str]
+    timeout_s: float
+    memory_mb: int
+    reserved: int | None
+    code_dir: str
+
+
+@dataclass
+class Invocation:
+    payload: Any = None
+    error: dict[str, Any] | None = None
+    throttled: bool = False
+
+
+@dataclass
+class _Sandbox:
+    process: Any
+    conn: Connection
+
+
+@dataclass
+class _Function:
+    spec: FunctionSpec
+    slots: threading.Semaphore | None
+    idle: list[_Sandbox] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    invocations: int = 0
+    throttles: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+
+
+class LambdaRunner:
+    """Registry and executor of deployed functions."""
+
+    def __init__(self, base_env: dict[str, str]) -> None:
+        self._base_env = base_env
+        self._functions: dict[str, _Function] = {}
+        self._workdir = Path(tempfile.mkdtemp(prefix="sluice-lambda-"))
+        self._ctx = multiprocessing.get_context("spawn")
+
+    def register(
+        self,
+        *,
+        name: str,
+        arn: str,
+        zip_bytes: bytes,
+        handler: str,
+        env: dict[str, str],
+        timeout_s: float,
+        memory_mb: int,
+        reserved: int | None,
+    ) -> None:
+        code_dir = self._workdir / name
+        with zipfile.ZipFile(io.BytesIO(zip_bytes)) as archive:
+            archive.extractall(code_dir)
+        spec = FunctionSpec(name, arn, handler, env, timeout_s, memory_mb, reserved, str(code_dir))
+        self._functions[name] = _Function(spec, threading.Semaphore(reserved) if reserved else None)
+
+    def has(self, name: str) -> bool:
+        return name in self._functions
+
+    def stats(self, name: str) -> dict[str, int]:
+        fn = self._functions[name]
+        return {"invocations": fn.invocations, "throttles": fn.throttles, "max_in_flight": fn.max_in_flight}
+
+    def invoke(self, name: str, event: Any, *, wait_for_slot: bool) -> Invocation:
+        fn = self._functions[name]
+        if fn.slots is not None and not fn.slots.acquire(blocking=wait_for_slot):
+            with fn.lock:
+                fn.throttles += 1
+            return Invocation(throttled=True)
+        try:
+            with fn.lock:
+                fn.invocations += 1
+                fn.in_flight += 1
+                fn.max_in_flight = max(fn.max_in_flight, fn.in_flight)
+                sandbox = fn.idle.pop() if fn.idle else None
+            cold = sandbox is None
+            if sandbox is None:
+                sandbox = self._start(fn.spec)
+            result = self._call(fn.spec, sandbox, event, cold=cold)
+            if result.error is None or result.error.get("errorType") != "Sandbox.Timedout":
+                with fn.lock:
+                    fn.idle.append(sandbox)
+            return result
+        finally:
+            with fn.lock:
+                fn.in_flight -= 1
+            if fn.slots is not None:
+                fn.slots.release()
+
+    def log_path(self, name: str) -> Path:
+        return self._workdir / f"{name}.log"
+
+    def log_records(self, name: str) -> list[dict[str, Any]]:
+        """The function's JSON log lines (Powertools' structured logs)."""
+        path = self.log_path(name)
+        if not path.exists():
+            return []
+        records = []
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+        return records
+
+    def _start(self, spec: FunctionSpec) -> _Sandbox:
+        parent, child = self._ctx.Pipe()
+        env = {**self._base_env, **spec.env, "AWS_LAMBDA_FUNCTION_NAME": spec.name}
+        meta = {
+            "name": spec.name,
+            "arn": spec.arn,
+            "memory": spec.memory_mb,
+            "log_path": str(self.log_path(spec.name)),
+        }
+        process = self._ctx.Process(
+            target=serve, args=(child, spec.code_dir, spec.handler, env, meta), daemon=True
+        )
+        process.start()
+        child.close()
+        return _Sandbox(process, parent)
+
+    def _call(self, spec: FunctionSpec, sandbox: _Sandbox, event: Any, *, cold: bool) -> Invocation:
+        sandbox.conn.send((str(uuid.uuid4()), event, spec.timeout_s))
+        # A cold sandbox first spawns and imports (Lambda's init phase): allow for it.
+        if not sandbox.conn.poll(spec.timeout_s + (COLD_START_ALLOWANCE_S if cold else 0.5)):
+            sandbox.process.kill()
+            return Invocation(
+                error={
+                    "errorType": "Sandbox.Timedout",
+                    "errorMessage": f"Task timed out after {spec.timeout_s:.2f} seconds",
+                }
+            )
+        payload, error = sandbox.conn.recv()
+        return Invocation(payload=payload, error=error)
+
+    def close(self) -> None:
+        for fn in self._functions.values():
+            for sandbox in fn.idle:
+                sandbox.conn.close()
+                sandbox.process.kill()
+            fn.idle.clear()
+        shutil.rmtree(self._workdir, ignore_errors=True)

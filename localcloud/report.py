@@ -1,0 +1,124 @@
+"""The run report: a stable JSON document that tests and benchmarks read.
+
+Format (version 1), all times in seconds:
+    items.{total, throttled, direct, succeeded, failed, lost}
+    by_priority.<P>.{count, succeeded, failed, wait_s.{p50, p95, max}}
+        wait: from the item's message being sent to its queue to the start of its first API call
+    downstream.{limit, max_in_flight, over_limit, calls, calls_ok, duplicate_calls, utilization}
+        over_limit: calls the API refused because Sluice exceeded its limits (must be 0)
+        utilization: busy call-time / (limit x time from first call start to last call end)
+    worker.{invocations, yields, forced, throttled}
+        throttled: invokes refused for lack of reserved concurrency (the mapping retries them)
+    execution.{status, wall_s, executions}
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from localcloud.runner import RunResult
+
+REPORT_VERSION = 1
+YIELD_MESSAGE = "yielded to higher priority work"
+FORCED_MESSAGE = "forced past waiting higher priority work"
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return round(ordered[rank - 1], 3)
+
+
+def build_report(result: RunResult) -> dict[str, Any]:
+    limit = result.scenario.api.concurrency_limit
+    submitted = [(r, item) for r in result.executions for item in r.items]
+    priority_of_key = {
+        f"{r.arn}#{i}": str(item["priority"])
+        for r in result.executions
+        for i, item in enumerate(r.items)
+        if item.get("priority")
+    }
+    counts = Counter(priority_of_key.values())
+
+    succeeded = failed = accounted = 0
+    by_priority_outcome: dict[str, Counter[str]] = defaultdict(Counter)
+    for record in result.executions:
+        out = record.output if isinstance(record.output, dict) else {}
+        if record.status == "SUCCEEDED" and "total" in out:
+            accounted += int(out["total"])
+            succeeded += int(out["succeeded"])
+            failed += int(out["failed"])
+            for group, stats in out.get("by_priority", {}).items():
+                by_priority_outcome[group]["succeeded"] += stats["succeeded"]
+                by_priority_outcome[group]["failed"] += stats["failed"]
+
+    first_call: dict[str, float] = {}
+    ok_calls: Counter[str] = Counter()
+    for call in sorted(result.calls, key=lambda c: c.start):
+        first_call.setdefault(call.key, call.start)
+        if 200 <= call.status < 300:
+            ok_calls[call.key] += 1
+    waits: dict[str, list[float]] = defaultdict(list)
+    for key, started in first_call.items():
+        if key in result.enqueued_at and key in priority_of_key:
+            waits[priority_of_key[key]].append(max(0.0, started - result.enqueued_at[key]))
+
+    admitted = [c for c in result.calls if c.in_flight > 0]
+    busy = sum(c.end - c.start for c in admitted)
+    window = (max(c.end for c in admitted) - min(c.start for c in admitted)) if admitted else 0.0
+    statuses = [r.status for r in result.executions]
+    return {
+        "version": REPORT_VERSION,
+        "scenario": result.scenario.name,
+        "items": {
+            "total": len(submitted),
+            "throttled": sum(counts.values()),
+            "direct": len(submitted) - sum(counts.values()),
+            "succeeded": succeeded,
+            "failed": failed,
+            "lost": len(submitted) - accounted,
+        },
+        "by_priority": {
+            p: {
+                "count": counts[p],
+                "succeeded": by_priority_outcome[p]["succeeded"],
+                "failed": by_priority_outcome[p]["failed"],
+                "wait_s": {
+                    "p50": percentile(waits[p], 50),
+                    "p95": percentile(waits[p], 95),
+                    "max": round(max(waits[p]), 3) if waits[p] else None,
+                },
+            }
+            for p in sorted(counts)
+        },
+        "downstream": {
+            "limit": limit,
+            "max_in_flight": max((c.in_flight for c in result.calls), default=0),
+            "over_limit": sum(1 for c in result.calls if c.in_flight == 0),
+            "calls": len(result.calls),
+            "calls_ok": sum(ok_calls.values()),
+            "duplicate_calls": sum(n - 1 for n in ok_calls.values() if n > 1),
+            "utilization": round(busy / (limit * window), 3) if window else 0.0,
+        },
+        "worker": {
+            "invocations": result.worker_stats["invocations"],
+            "yields": sum(1 for r in result.worker_logs if r.get("message") == YIELD_MESSAGE),
+            "forced": sum(1 for r in result.worker_logs if r.get("message") == FORCED_MESSAGE),
+            "throttled": sum(s.throttled_invokes for s in result.mapping_stats),
+        },
+        "execution": {
+            "status": "SUCCEEDED"
+            if statuses and all(s == "SUCCEEDED" for s in statuses)
+            else next((s for s in statuses if s != "SUCCEEDED"), "NONE"),
+            "wall_s": round(result.wall_s, 2),
+            "executions": len(statuses),
+        },
+    }

@@ -1,0 +1,154 @@
+"""Run a scenario end to end on the embedded AWS: deploy, start the simulator and the mappings,
+start each batch's execution, wait for every execution, and collect what happened."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from localcloud.cloud import EmbeddedAws, embedded_aws
+from localcloud.deploy import DeployedStack, deploy
+from localcloud.esm import EventSourceMappings, MappingStats, message_key
+from localcloud.legacy_api import Call, LegacyApi
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from localcloud.scenario import Scenario
+
+POLL_S = 0.25
+
+
+@dataclass
+class ExecutionRecord:
+    arn: str
+    batch: int
+    items: list[dict[str, Any]]
+    started: float
+    stopped: float | None = None
+    status: str = "RUNNING"
+    output: Any = None
+
+
+@dataclass
+class RunResult:
+    scenario: Scenario
+    executions: list[ExecutionRecord]
+    calls: list[Call]
+    enqueued_at: dict[str, float]
+    """First SentTimestamp (epoch s) per `execution#index` key."""
+    worker_stats: dict[str, int]
+    mapping_stats: list[MappingStats]
+    worker_logs: list[dict[str, Any]]
+    stack: DeployedStack
+    wall_s: float
+
+
+def batch_items(scenario: Scenario, batch_no: int) -> list[dict[str, Any]]:
+    batch = scenario.batches[batch_no]
+    items: list[dict[str, Any]] = []
+    for priority, count in batch.counts.items():
+        rejected = batch.reject.get(priority, 0)
+        items += [
+            {"id": f"b{batch_no}-{priority.lower()}-{i}", "priority": priority}
+            | ({"reject": True} if i < rejected else {})
+            for i in range(count)
+        ]
+    items += [{"id": f"b{batch_no}-direct-{i}"} for i in range(batch.direct)]
+    return items
+
+
+def stack_config(scenario: Scenario, api_url: str) -> dict[str, Any]:
+    """Stack config for local runs: short timers so a run takes seconds, not minutes."""
+    return {
+        "sluice:concurrency": str(scenario.api.concurrency_limit),
+        "sluice:dispatch": scenario.dispatch,
+        "sluice:httpUrl": api_url,
+        "sluice:httpTimeoutSeconds": "5",
+        "sluice:workerTimeoutSeconds": "10",
+        "sluice:yieldDelaySeconds": "1",
+        "sluice:retryBaseSeconds": "1",
+        "sluice:retryMaxSeconds": "4",
+        "sluice:callbackTimeoutSeconds": str(int(scenario.deadline_s) + 60),
+        **scenario.stack_config,
+    }
+
+
+def run_scenario(
+    scenario: Scenario, on_tick: Callable[[LegacyApi, list[ExecutionRecord]], None] | None = None
+) -> RunResult:
+    with embedded_aws() as aws:
+        api = LegacyApi(scenario.api).start()
+        try:
+            return _run(aws, api, scenario, on_tick)
+        finally:
+            api.stop()
+
+
+def _run(
+    aws: EmbeddedAws,
+    api: LegacyApi,
+    scenario: Scenario,
+    on_tick: Callable[[LegacyApi, list[ExecutionRecord]], None] | None,
+) -> RunResult:
+    stack = deploy(aws, stack_config(scenario, api.url))
+    sfn, sqs = aws.client("stepfunctions"), aws.client("sqs")
+    enqueued_at: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def on_receive(message: dict[str, Any]) -> None:
+        key = message_key(message["Body"])
+        if key is None:
+            return
+        sent = int(message.get("Attributes", {}).get("SentTimestamp", "0")) / 1000
+        with lock:
+            enqueued_at.setdefault(f"{key[0]}#{key[1]}", sent)
+
+    mappings = EventSourceMappings(stack.mappings, aws.runner, sqs, on_receive)
+    mappings.start()
+    executions: list[ExecutionRecord] = []
+    t0 = time.time()
+    deadline = t0 + scenario.deadline_s
+    pending = sorted(range(len(scenario.batches)), key=lambda n: scenario.batches[n].start_s)
+    try:
+        while time.time() < deadline:
+            now = time.time()
+            while pending and now - t0 >= scenario.batches[pending[0]].start_s:
+                n = pending.pop(0)
+                items = batch_items(scenario, n)
+                arn = sfn.start_execution(
+                    stateMachineArn=stack.outputs["stateMachineArn"],
+                    name=f"{scenario.name}-{n}-{uuid.uuid4().hex[:8]}",
+                    input=json.dumps({"items": items}),
+                )["executionArn"]
+                executions.append(ExecutionRecord(arn, n, items, time.time()))
+            for record in executions:
+                if record.status == "RUNNING":
+                    described = sfn.describe_execution(executionArn=record.arn)
+                    if described["status"] != "RUNNING":
+                        record.status = described["status"]
+                        record.stopped = time.time()
+                        record.output = json.loads(described.get("output") or "null")
+            if on_tick is not None:
+                on_tick(api, executions)
+            if not pending and all(r.status != "RUNNING" for r in executions):
+                break
+            time.sleep(POLL_S)
+    finally:
+        mappings.stop()
+    worker = stack.outputs["workerFunctionName"]
+    return RunResult(
+        scenario=scenario,
+        executions=executions,
+        calls=api.snapshot(),
+        enqueued_at=enqueued_at,
+        worker_stats=aws.runner.stats(worker),
+        mapping_stats=list(mappings.stats.values()),
+        worker_logs=aws.runner.log_records(worker),
+        stack=stack,
+        wall_s=max((r.stopped or time.time()) for r in executions) - t0 if executions else 0.0,
+    )

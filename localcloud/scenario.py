@@ -1,0 +1,120 @@
+"""Scenario files: what batches to push through the embedded stack, against what API."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from localcloud.legacy_api import ApiProfile
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+class ScenarioError(ValueError):
+    """A scenario file is invalid; the message names the field and the value."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    start_s: float
+    """Offset from the start of the run at which the batch's execution starts."""
+    counts: dict[str, int]
+    """Throttled items by priority."""
+    direct: int = 0
+    """Items without a priority: they take the direct path."""
+    reject: dict[str, int] = field(default_factory=dict)
+    """Of the throttled items, how many per priority the API rejects (400) on purpose."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    batches: tuple[Batch, ...]
+    api: ApiProfile = field(default_factory=ApiProfile)
+    dispatch: str = "yield"
+    stack_config: dict[str, Any] = field(default_factory=dict)
+    """Extra `sluice:*` config for the deployed stack."""
+    deadline_s: float = 110.0
+    """The run gives up (and reports what is unfinished as lost) after this long."""
+
+    @property
+    def items_total(self) -> int:
+        return sum(sum(b.counts.values()) + b.direct for b in self.batches)
+
+    def scaled(self, factor: float) -> Scenario:
+        """The same scenario with every count multiplied by `factor` (at least 1 where non-zero)."""
+
+        def scale(n: int) -> int:
+            return max(1, round(n * factor)) if n else 0
+
+        batches = tuple(
+            Batch(
+                start_s=b.start_s,
+                counts={p: scale(n) for p, n in b.counts.items()},
+                direct=scale(b.direct),
+                reject={p: min(scale(n), scale(b.counts.get(p, 0))) for p, n in b.reject.items()},
+            )
+            for b in self.batches
+        )
+        return replace(self, batches=batches)
+
+
+DEMO = Scenario(
+    name="demo",
+    batches=(
+        Batch(start_s=0.0, counts={"BATCH": 40, "NORMAL": 16}, direct=8, reject={"NORMAL": 2}),
+        # Urgent work arriving behind the bulk backlog: it should overtake it.
+        Batch(start_s=3.0, counts={"HIGH": 8}),
+    ),
+    api=ApiProfile(concurrency_limit=4, service_time_s=0.25),
+)
+
+
+def _number(data: dict[str, Any], key: str, default: float, where: str) -> float:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ScenarioError(f"{where}.{key} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+def load(path: Path) -> Scenario:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ScenarioError(f"cannot read scenario {str(path)!r}: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("batches"), list) or not data["batches"]:
+        raise ScenarioError(f"{path}: needs a non-empty 'batches' list")
+    batches = []
+    for n, raw in enumerate(data["batches"]):
+        where = f"batches[{n}]"
+        counts = raw.get("counts", {})
+        if not isinstance(counts, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts.values()
+        ):
+            raise ScenarioError(f"{where}.counts must map priority to a count >= 0, got {counts!r}")
+        batches.append(
+            Batch(
+                start_s=_number(raw, "start_s", 0, where),
+                counts=dict(counts),
+                direct=int(_number(raw, "direct", 0, where)),
+                reject=dict(raw.get("reject", {})),
+            )
+        )
+    api_raw = data.get("api", {})
+    try:
+        api = ApiProfile(**api_raw)
+    except TypeError as exc:
+        raise ScenarioError(f"{path}: api has an unknown field: {exc}") from exc
+    dispatch = data.get("dispatch", "yield")
+    if dispatch != "yield":
+        raise ScenarioError(f"{path}: dispatch must be 'yield' (the only mode built), got {dispatch!r}")
+    return Scenario(
+        name=str(data.get("name", path.stem)),
+        batches=tuple(batches),
+        api=api,
+        dispatch=dispatch,
+        stack_config=dict(data.get("stack_config", {})),
+        deadline_s=_number(data, "deadline_s", 110, "scenario"),
+    )

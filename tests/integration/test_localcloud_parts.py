@@ -1,0 +1,154 @@
+"""The embedded AWS's own parts: sandboxes run zips, mappings keep SQS semantics, deploy builds
+the real stack in moto. What this cannot prove: the real Lambda service's scaling and timings."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import zipfile
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from localcloud.cloud import EmbeddedAws, embedded_aws
+from localcloud.deploy import MappingSpec, deploy
+from localcloud.esm import EventSourceMappings
+
+pytestmark = pytest.mark.slow
+
+HANDLER = """
+import json, os, time
+def handler(event, context):
+    if isinstance(event, dict) and "Records" in event:
+        failures = []
+        for record in event["Records"]:
+            body = json.loads(record["body"])
+            time.sleep(body.get("sleep", 0))
+            if body.get("fail"):
+                failures.append({"itemIdentifier": record["messageId"]})
+            if body.get("crash"):
+                raise RuntimeError("crashed on purpose")
+        return {"batchItemFailures": failures}
+    if event.get("sleep"):
+        time.sleep(event["sleep"])
+    if event.get("raise"):
+        raise ValueError("bad input " + str(event["raise"]))
+    return {"env": os.environ.get("GREETING"), "remaining_ok": context.get_remaining_time_in_millis() > 0}
+"""
+
+
+@pytest.fixture(scope="module")
+def aws() -> Iterator[EmbeddedAws]:
+    with embedded_aws() as cloud:
+        code = io.BytesIO()
+        with zipfile.ZipFile(code, "w") as zf:
+            zf.writestr("fn.py", HANDLER)
+        cloud.runner.register(
+            name="fn",
+            arn="arn:aws:lambda:us-east-1:123456789012:function:fn",
+            zip_bytes=code.getvalue(),
+            handler="fn.handler",
+            env={"GREETING": "hi"},
+            timeout_s=1.0,
+            memory_mb=128,
+            reserved=1,
+        )
+        yield cloud
+
+
+def test_a_sandbox_runs_the_zip_with_the_function_environment(aws: EmbeddedAws) -> None:
+    result = aws.runner.invoke("fn", {}, wait_for_slot=True)
+    assert (result.payload, result.error) == ({"env": "hi", "remaining_ok": True}, None)
+
+
+def test_errors_come_back_in_lambdas_shape(aws: EmbeddedAws) -> None:
+    result = aws.runner.invoke("fn", {"raise": 7}, wait_for_slot=True)
+    assert result.error is not None
+    assert (result.error["errorType"], result.error["errorMessage"]) == ("ValueError", "bad input 7")
+
+
+def test_a_function_past_its_timeout_is_killed(aws: EmbeddedAws) -> None:
+    aws.runner.invoke("fn", {}, wait_for_slot=True)  # warm, so the timeout is the function's own
+    started = time.monotonic()
+    result = aws.runner.invoke("fn", {"sleep": 5}, wait_for_slot=True)
+    assert result.error is not None
+    assert result.error["errorType"] == "Sandbox.Timedout"
+    assert time.monotonic() - started < 4
+
+
+def _queue(aws: EmbeddedAws, name: str, visibility: int) -> tuple[Any, str, str]:
+    sqs = aws.client("sqs")
+    url = sqs.create_queue(QueueName=name, Attributes={"VisibilityTimeout": str(visibility)})["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    return sqs, url, arn
+
+
+def _drain_wait(sqs: Any, url: str, deadline_s: float) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        attrs = sqs.get_queue_attributes(
+            QueueUrl=url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        if attrs["ApproximateNumberOfMessages"] == attrs["ApproximateNumberOfMessagesNotVisible"] == "0":
+            return
+        time.sleep(0.1)
+
+
+def test_mapping_deletes_successes_keeps_failures_and_retries_throttles(aws: EmbeddedAws) -> None:
+    sqs, url, arn = _queue(aws, "esm-semantics", visibility=30)
+    for body in ({"sleep": 0.3}, {"sleep": 0.3}, {"sleep": 0.3}, {"fail": True}):
+        sqs.send_message(QueueUrl=url, MessageBody=json.dumps(body))
+    spec = MappingSpec("m1", arn, "fn", batch_size=1, maximum_concurrency=3, report_batch_item_failures=True)
+    mappings = EventSourceMappings([spec], aws.runner, sqs)
+    mappings.start()
+    try:
+        _drain_wait(sqs, url, deadline_s=8)
+    finally:
+        mappings.stop()
+    stats = mappings.stats["m1"]
+    # Reserved concurrency 1 against 3 pollers: invokes were refused and retried, none lost.
+    assert stats.throttled_invokes > 0
+    assert stats.deleted == 3
+    assert stats.returned == 1
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"])
+    assert (
+        attrs["Attributes"]["ApproximateNumberOfMessagesNotVisible"] == "1"
+    )  # the failed one, until it lapses
+
+
+def test_a_function_error_returns_the_batch_with_a_raised_receive_count(aws: EmbeddedAws) -> None:
+    sqs, url, arn = _queue(aws, "esm-crash", visibility=1)
+    sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"crash": True}))
+    seen: list[str] = []
+    spec = MappingSpec("m2", arn, "fn", batch_size=1, maximum_concurrency=2, report_batch_item_failures=True)
+    mappings = EventSourceMappings(
+        [spec], aws.runner, sqs, on_receive=lambda m: seen.append(m["Attributes"]["ApproximateReceiveCount"])
+    )
+    mappings.start()
+    try:
+        deadline = time.monotonic() + 8
+        while len(seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        mappings.stop()
+    assert seen[:2] == ["1", "2"]
+    assert mappings.stats["m2"].function_errors >= 2
+
+
+def test_deploy_builds_the_stack_in_moto(aws: EmbeddedAws) -> None:
+    stack = deploy(aws, {"sluice:concurrency": "3", "sluice:httpUrl": "http://127.0.0.1:9/api"})
+    sqs, lam, sfn = aws.client("sqs"), aws.client("lambda"), aws.client("stepfunctions")
+    high = stack.outputs["queueUrls"]["HIGH"]
+    attrs = sqs.get_queue_attributes(QueueUrl=high, AttributeNames=["All"])["Attributes"]
+    assert json.loads(attrs["RedrivePolicy"])["maxReceiveCount"] == 10
+    assert attrs["VisibilityTimeout"] == "180"
+    assert "aws:SecureTransport" in attrs["Policy"]
+    worker = stack.outputs["workerFunctionName"]
+    assert lam.get_function_concurrency(FunctionName=worker)["ReservedConcurrentExecutions"] == 3
+    described = sfn.describe_state_machine(stateMachineArn=stack.outputs["stateMachineArn"])
+    assert "FanOutInline" in json.loads(described["definition"])["States"]
+    assert sorted(m.queue_arn.rsplit("-", 1)[-1] for m in stack.mappings) == ["batch", "high", "normal"]
+    assert {m.maximum_concurrency for m in stack.mappings} == {3}

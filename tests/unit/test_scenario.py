@@ -1,0 +1,49 @@
+"""Scenario files: valid ones load, invalid ones say which field and value is wrong."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from localcloud.scenario import DEMO, Batch, ScenarioError, load
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_example_scenario_loads() -> None:
+    scenario = load(ROOT / "examples" / "scenario-backlog.json")
+    assert scenario.batches == (
+        Batch(start_s=0, counts={"BATCH": 60}),
+        Batch(start_s=5, counts={"HIGH": 12}, direct=4),
+    )
+    assert scenario.api.concurrency_limit == 4
+    assert scenario.items_total == 76
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({}, "non-empty 'batches'"),
+        ({"batches": [{"counts": {"HIGH": -1}}]}, "batches[0].counts"),
+        (
+            {"batches": [{"start_s": "soon", "counts": {}}]},
+            "batches[0].start_s must be a number >= 0, got 'soon'",
+        ),
+        ({"batches": [{"counts": {}}], "api": {"limit": 3}}, "api has an unknown field"),
+        ({"batches": [{"counts": {}}], "dispatch": "ticket"}, "got 'ticket'"),
+    ],
+)
+def test_invalid_scenarios_name_the_problem(data: dict[str, object], message: str, tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ScenarioError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load(path)
+
+
+def test_scaling_keeps_every_kind_of_item() -> None:
+    small = DEMO.scaled(0.1)
+    assert small.batches[0].counts == {"BATCH": 4, "NORMAL": 2}
+    assert small.batches[0].reject == {"NORMAL": 1}
+    assert small.batches[1].counts == {"HIGH": 1}
