@@ -3,7 +3,8 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+# --no-compile: byte-compiling all of pulumi-aws doubles install time; Python compiles what it imports.
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile
 LOCAL_STAMP := $(VENV)/.installed-local
 DEV_STAMP := $(VENV)/.installed-dev
 NODE_STAMP := node_modules/.installed
