@@ -48,6 +48,18 @@ def run_with_progress(scenario: Scenario) -> RunResult:
         return run_scenario(scenario, tick)
 
 
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    items, down, worker, ex = report["items"], report["downstream"], report["worker"], report["execution"]
+    return [
+        f"items {items['total']} (throttled {items['throttled']}, direct {items['direct']}): "
+        f"succeeded {items['succeeded']}, failed {items['failed']}, lost {items['lost']}",
+        f"API limit {down['limit']}: max in flight {down['max_in_flight']}, over limit {down['over_limit']}, "
+        f"calls {down['calls']}, duplicates {down['duplicate_calls']}, utilization {down['utilization']}",
+        f"worker invocations {worker['invocations']}, yields {worker['yields']}, forced {worker['forced']}, "
+        f"throttled {worker['throttled']}; executions {ex['status']} in {ex['wall_s']} s",
+    ]
+
+
 def summary_table(report: dict[str, Any]) -> Table:
     table = Table(title=f"Sluice run: {report['scenario']}")
     table.add_column("priority")
@@ -68,15 +80,6 @@ def summary_table(report: dict[str, Any]) -> Table:
             str(w["p95"]),
             str(w["max"]),
         )
-    items, down, worker, ex = report["items"], report["downstream"], report["worker"], report["execution"]
-    table.caption = (
-        f"items {items['total']} (throttled {items['throttled']}, direct {items['direct']}): "
-        f"succeeded {items['succeeded']}, failed {items['failed']}, lost {items['lost']}\n"
-        f"API limit {down['limit']}: max in flight {down['max_in_flight']}, over limit {down['over_limit']}, "
-        f"calls {down['calls']}, duplicates {down['duplicate_calls']}, utilization {down['utilization']}\n"
-        f"worker invocations {worker['invocations']}, yields {worker['yields']}, forced {worker['forced']}, "
-        f"throttled {worker['throttled']}; executions {ex['status']} in {ex['wall_s']} s"
-    )
     return table
 
 
@@ -134,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     result = run_with_progress(scenario)
     report = build_report(result)
-    Console(width=110).print(summary_table(report))
+    out = Console(width=110)
+    out.print(summary_table(report))
+    for line in summary_lines(report):
+        out.print(line, highlight=False)
     if args.report:
         args.report.write_text(json.dumps(report, indent=2) + "\n")
         console.print(f"report: {args.report}")
