@@ -10,7 +10,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 NODE_STAMP := node_modules/.installed
 OUT := out
 
-.PHONY: test lint typecheck pytest venv tools demo clean
+.PHONY: test lint typecheck pytest venv tools demo bench clean
 
 test: lint typecheck pytest
 
@@ -47,6 +47,11 @@ pytest: $(DEV_STAMP) $(NODE_STAMP)
 demo: $(LOCAL_STAMP)
 	mkdir -p $(OUT)
 	$(BIN)/python -m localcloud demo --report $(OUT)/demo-report.json --plot $(OUT)/demo.png
+
+# The dispatch benchmark behind BENCHMARKS.md (about 10 minutes on 2 cores).
+bench: $(LOCAL_STAMP)
+	mkdir -p $(OUT)
+	$(BIN)/python -m localcloud bench --out $(OUT)/bench.json --markdown $(OUT)/bench.md --plot $(OUT)/bench.png
 
 clean:
 	rm -rf $(VENV) node_modules $(OUT)

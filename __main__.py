@@ -27,6 +27,7 @@ INT_ARGS = (
     "callback_timeout_seconds",
     "map_max_concurrency",
     "log_retention_days",
+    "share_period",
 )
 FLOAT_ARGS = ("retry_base_seconds", "retry_max_seconds", "tolerated_failure_percentage")
 STR_ARGS = (

@@ -74,15 +74,21 @@ def build_item_processor(
     callback_timeout_seconds: int,
     direct_function_arn: str | None,
     prefix: str = "",
+    ticket_queue_url: str | None = None,
 ) -> dict[str, Any]:
     """The child workflow run once per item. Every path ends in a structured result.
 
     State names are unique across a whole state machine, nested Maps included, so each Map's
     copy of this workflow names its states with its own `prefix`.
 
+    With `ticket_queue_url` (the `ticket` dispatch) each throttled item first drops a ticket on
+    the ticket queue, then waits on its priority queue: the worker, woken by any ticket, pulls
+    the highest-priority waiting payload.
+
     Input: `{"item": ..., "index": n, "execution": parent ARN}` (the Map's ItemSelector).
     Output: `{"status": "SUCCEEDED"|"FAILED", "index", "priority"?, "path"?, "result"|"error"}`.
     """
+    first_step = "Ticket" if ticket_queue_url is not None else "Enqueue"
     states: dict[str, Any] = {
         "Route": {
             "Type": "Choice",
@@ -95,10 +101,10 @@ def build_item_processor(
             "Choices": [
                 {
                     "Not": {"Variable": "$.item.priority", "IsPresent": True},
-                    "Next": f"Enqueue{default_priority}",
+                    "Next": f"{first_step}{default_priority}",
                 },
                 *(
-                    {"Variable": "$.item.priority", "StringEquals": p, "Next": f"Enqueue{p}"}
+                    {"Variable": "$.item.priority", "StringEquals": p, "Next": f"{first_step}{p}"}
                     for p in priorities
                 ),
             ],
@@ -118,6 +124,24 @@ def build_item_processor(
         },
     }
     for p in priorities:
+        if ticket_queue_url is not None:
+            states[f"Ticket{p}"] = {
+                "Type": "Task",
+                "Comment": "A ticket wakes one worker slot; it carries no payload.",
+                "Resource": "arn:aws:states:::sqs:sendMessage",
+                "Parameters": {
+                    "QueueUrl": ticket_queue_url,
+                    "MessageBody": {
+                        f"{FIELD_INDEX}.$": "$.index",
+                        f"{FIELD_EXECUTION}.$": "$.execution",
+                        FIELD_PRIORITY: p,
+                    },
+                },
+                "ResultPath": None,
+                "Retry": [_transient_retry()],
+                "Catch": _catch_to(f"Failed{p}"),
+                "Next": f"Enqueue{p}",
+            }
         states[f"Enqueue{p}"] = {
             "Type": "Task",
             "Comment": "Waits, using no compute, until the worker completes the token.",
@@ -227,6 +251,7 @@ def build_state_machine_definition(
     map_max_concurrency: int = 1_000,
     tolerated_failure_percentage: float = 5.0,
     direct_function_arn: str | None = None,
+    ticket_queue_url: str | None = None,
 ) -> dict[str, Any]:
     """The parent state machine.
 
@@ -244,6 +269,7 @@ def build_state_machine_definition(
             callback_timeout_seconds=callback_timeout_seconds,
             direct_function_arn=direct_function_arn,
             prefix=prefix,
+            ticket_queue_url=ticket_queue_url,
         )
 
     common = {

@@ -53,6 +53,10 @@ class FanOutWorkflowArgs(TypedDict):
     """State machine log level. Default ERROR, without execution data."""
     log_retention_days: NotRequired[int]
     """Default 14."""
+    ticket_queue_url: NotRequired[pulumi.Input[str]]
+    """The `ticket` dispatch's ticket queue: each throttled item drops a ticket there first."""
+    ticket_queue_arn: NotRequired[pulumi.Input[str]]
+    """Its ARN, for the state machine's IAM policy."""
 
 
 class FanOutWorkflow(pulumi.ComponentResource):
@@ -130,12 +134,14 @@ class FanOutWorkflow(pulumi.ComponentResource):
             policy=pulumi.Output.json_dumps(
                 pulumi.Output.all(
                     queue_arns=args["queue_arns"],
+                    ticket_arn=args.get("ticket_queue_arn"),
                     function_arns=pulumi.Output.all(*function_arns),
                     bucket_arn=bucket.arn,
                     input_bucket_arns=pulumi.Output.all(*args.get("input_bucket_arns", [])),
                 ).apply(
                     lambda a: build_state_machine_policy(
-                        queue_arns=[a["queue_arns"][p] for p in priorities],
+                        queue_arns=[a["queue_arns"][p] for p in priorities]
+                        + ([a["ticket_arn"]] if a["ticket_arn"] else []),
                         function_arns=a["function_arns"],
                         results_bucket_arn=a["bucket_arn"],
                         input_bucket_arns=[a["bucket_arn"], *a["input_bucket_arns"]],
@@ -157,6 +163,7 @@ class FanOutWorkflow(pulumi.ComponentResource):
             aggregate_arn=aggregate.arn,
             bucket=bucket.bucket,
             direct_arn=direct_arn,
+            ticket_url=args.get("ticket_queue_url"),
         ).apply(
             lambda a: build_state_machine_definition(
                 priorities=priorities,
@@ -169,6 +176,7 @@ class FanOutWorkflow(pulumi.ComponentResource):
                 map_max_concurrency=cfg.map_max_concurrency,
                 tolerated_failure_percentage=cfg.tolerated_failure_percentage,
                 direct_function_arn=a["direct_arn"],
+                ticket_queue_url=a["ticket_url"],
             )
         )
         state_machine = aws.sfn.StateMachine(

@@ -17,6 +17,10 @@ from components.documents import (
 )
 from handlers.contract import DEFAULT_PRIORITIES, SQS_MAX_MAX_RECEIVE_COUNT
 
+TICKET_ROLE = "dispatch-tickets"
+"""Resource-name role of the ticket queue; the hyphen keeps it apart from any priority name."""
+TICKET_MAX_RECEIVE_COUNT = 100
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -44,6 +48,8 @@ class PriorityQueuesArgs(TypedDict):
     """How long an unworked message is kept. Default 4 days."""
     dlq_retention_seconds: NotRequired[int]
     """How long a dead letter is kept. Default 14 days (the maximum), to leave time to redrive."""
+    ticket_queue: NotRequired[bool]
+    """Also create the ticket queue (and its DLQ) the `ticket` dispatch needs. Default False."""
 
 
 class PriorityQueues(pulumi.ComponentResource):
@@ -68,46 +74,16 @@ class PriorityQueues(pulumi.ComponentResource):
         queues: dict[str, aws.sqs.Queue] = {}
         dlqs: dict[str, aws.sqs.Queue] = {}
         for priority in cfg.priorities:
-            role = priority.lower()
-            dlq = aws.sqs.Queue(
-                f"{name}-{role}-dlq",
-                message_retention_seconds=cfg.dlq_retention_seconds,
-                sqs_managed_sse_enabled=True,
-                opts=child,
+            queues[priority], dlqs[priority] = self._queue_pair(
+                name, priority.lower(), cfg, cfg.max_receive_count, child
             )
-            queue = aws.sqs.Queue(
-                f"{name}-{role}",
-                visibility_timeout_seconds=cfg.visibility_timeout_seconds,
-                message_retention_seconds=cfg.message_retention_seconds,
-                sqs_managed_sse_enabled=True,
-                redrive_policy=pulumi.Output.json_dumps(
-                    dlq.arn.apply(
-                        lambda arn: build_redrive_policy(
-                            dead_letter_arn=arn, max_receive_count=cfg.max_receive_count
-                        )
-                    )
-                ),
-                opts=child,
-            )
-            aws.sqs.RedriveAllowPolicy(
-                f"{name}-{role}-dlq-redrive-allow",
-                queue_url=dlq.url,
-                redrive_allow_policy=pulumi.Output.json_dumps(
-                    queue.arn.apply(lambda arn: build_redrive_allow_policy(source_queue_arn=arn))
-                ),
-                opts=child,
-            )
-            for resource_name, q in ((f"{name}-{role}", queue), (f"{name}-{role}-dlq", dlq)):
-                aws.sqs.QueuePolicy(
-                    f"{resource_name}-tls-only",
-                    queue_url=q.url,
-                    policy=pulumi.Output.json_dumps(
-                        q.arn.apply(lambda arn: build_tls_only_queue_policy(queue_arn=arn))
-                    ),
-                    opts=child,
-                )
-            queues[priority] = queue
-            dlqs[priority] = dlq
+        self.ticket_queue_url: pulumi.Output[str] | None = None
+        self.ticket_queue_arn: pulumi.Output[str] | None = None
+        if cfg.ticket_queue:
+            # Tickets are fungible and the worker drops orphans itself; their DLQ only catches a
+            # ticket whose every delivery crashes the worker.
+            ticket, _ = self._queue_pair(name, TICKET_ROLE, cfg, TICKET_MAX_RECEIVE_COUNT, child)
+            self.ticket_queue_url, self.ticket_queue_arn = ticket.url, ticket.arn
 
         self.queue_urls = _by_priority({p: q.url for p, q in queues.items()})
         self.queue_arns = _by_priority({p: q.arn for p, q in queues.items()})
@@ -115,12 +91,55 @@ class PriorityQueues(pulumi.ComponentResource):
         self.dlq_arns = _by_priority({p: q.arn for p, q in dlqs.items()})
         self.register_outputs(
             {
+                "ticket_queue_url": self.ticket_queue_url,
                 "queue_urls": self.queue_urls,
                 "queue_arns": self.queue_arns,
                 "dlq_urls": self.dlq_urls,
                 "dlq_arns": self.dlq_arns,
             }
         )
+
+    @staticmethod
+    def _queue_pair(
+        name: str, role: str, cfg: QueueSettings, max_receive_count: int, child: pulumi.ResourceOptions
+    ) -> tuple[aws.sqs.Queue, aws.sqs.Queue]:
+        """A queue and its DLQ: encrypted, TLS-only, redrive only from its own queue."""
+        dlq = aws.sqs.Queue(
+            f"{name}-{role}-dlq",
+            message_retention_seconds=cfg.dlq_retention_seconds,
+            sqs_managed_sse_enabled=True,
+            opts=child,
+        )
+        queue = aws.sqs.Queue(
+            f"{name}-{role}",
+            visibility_timeout_seconds=cfg.visibility_timeout_seconds,
+            message_retention_seconds=cfg.message_retention_seconds,
+            sqs_managed_sse_enabled=True,
+            redrive_policy=pulumi.Output.json_dumps(
+                dlq.arn.apply(
+                    lambda arn: build_redrive_policy(dead_letter_arn=arn, max_receive_count=max_receive_count)
+                )
+            ),
+            opts=child,
+        )
+        aws.sqs.RedriveAllowPolicy(
+            f"{name}-{role}-dlq-redrive-allow",
+            queue_url=dlq.url,
+            redrive_allow_policy=pulumi.Output.json_dumps(
+                queue.arn.apply(lambda arn: build_redrive_allow_policy(source_queue_arn=arn))
+            ),
+            opts=child,
+        )
+        for resource_name, q in ((f"{name}-{role}", queue), (f"{name}-{role}-dlq", dlq)):
+            aws.sqs.QueuePolicy(
+                f"{resource_name}-tls-only",
+                queue_url=q.url,
+                policy=pulumi.Output.json_dumps(
+                    q.arn.apply(lambda arn: build_tls_only_queue_policy(queue_arn=arn))
+                ),
+                opts=child,
+            )
+        return queue, dlq
 
 
 def _by_priority(values: dict[str, pulumi.Output[str]]) -> pulumi.Output[dict[str, str]]:
@@ -134,6 +153,7 @@ class QueueSettings:
     max_receive_count: int
     message_retention_seconds: int
     dlq_retention_seconds: int
+    ticket_queue: bool
 
 
 def check_queue_args(name: str, args: Mapping[str, Any], component: str = COMPONENT) -> QueueSettings:
@@ -186,4 +206,5 @@ def check_queue_args(name: str, args: Mapping[str, Any], component: str = COMPON
         max_receive_count=max_receive_count,
         message_retention_seconds=retention,
         dlq_retention_seconds=dlq_retention,
+        ticket_queue=bool(args.get("ticket_queue", False)),
     )

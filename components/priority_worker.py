@@ -28,6 +28,8 @@ from components.documents import build_assume_role_policy, build_worker_policy
 from handlers import contract
 
 COMPONENT = "PriorityWorker"
+TICKETS = "TICKETS"
+"""Key of the ticket queue's mapping in mapping_uuids."""
 LAMBDA_RUNTIME = "python3.13"
 SQS_MAX_BATCH = 10  # an SQS event source mapping batch above 10 needs a batching window; kept simple
 LAMBDA_MAX_TIMEOUT_SECONDS = 900
@@ -85,6 +87,12 @@ class PriorityWorkerArgs(TypedDict):
     """Backoff cap. Default 300."""
     log_retention_days: NotRequired[int]
     """Default 14."""
+    dispatch: NotRequired[str]
+    """`yield` (default) or `ticket`; `ticket` needs ticket_queue_url and ticket_queue_arn."""
+    ticket_queue_url: NotRequired[pulumi.Input[str]]
+    ticket_queue_arn: NotRequired[pulumi.Input[str]]
+    share_period: NotRequired[int]
+    """ticket: one item in every share_period gives each lower priority first pick. Default 10."""
 
 
 class PriorityWorker(pulumi.ComponentResource):
@@ -94,7 +102,8 @@ class PriorityWorker(pulumi.ComponentResource):
     function_arn: pulumi.Output[str]
     role_arn: pulumi.Output[str]
     mapping_uuids: pulumi.Output[dict[str, str]]
-    """Event source mapping UUID by priority (to pause a queue: disable its mapping)."""
+    """Event source mapping UUID by priority, or under TICKETS for the ticket dispatch (to pause
+    consumption: disable the mapping)."""
 
     def __init__(
         self, name: str, args: PriorityWorkerArgs, opts: pulumi.ResourceOptions | None = None
@@ -121,13 +130,15 @@ class PriorityWorker(pulumi.ComponentResource):
             policy=pulumi.Output.json_dumps(
                 pulumi.Output.all(
                     queue_arns=queue_arns,
+                    ticket_arn=args.get("ticket_queue_arn"),
                     dlq_arns=dlq_arns,
                     log_group_arn=log_group.arn,
                     secret_arn=http.get("secret_arn") if http else None,
                     ssm_parameter_arn=http.get("ssm_parameter_arn") if http else None,
                 ).apply(
                     lambda a: build_worker_policy(
-                        queue_arns=[a["queue_arns"][p] for p in priorities],
+                        queue_arns=[a["queue_arns"][p] for p in priorities]
+                        + ([a["ticket_arn"]] if a["ticket_arn"] else []),
                         dlq_arns=[a["dlq_arns"][p] for p in priorities],
                         log_group_arn=a["log_group_arn"],
                         secret_arn=a["secret_arn"],
@@ -154,8 +165,12 @@ class PriorityWorker(pulumi.ComponentResource):
             contract.ENV_YIELD_DELAY_SECONDS: str(cfg.yield_delay_seconds),
             contract.ENV_RETRY_BASE_SECONDS: str(cfg.retry_base_seconds),
             contract.ENV_RETRY_MAX_SECONDS: str(cfg.retry_max_seconds),
+            contract.ENV_DISPATCH: cfg.dispatch,
             "POWERTOOLS_SERVICE_NAME": "sluice-worker",
         }
+        if cfg.dispatch == contract.DISPATCH_TICKET:
+            env[contract.ENV_TICKET_QUEUE_URL] = args["ticket_queue_url"]
+            env[contract.ENV_SHARE_PERIOD] = str(cfg.share_period)
         if http is not None:
             env[contract.ENV_HTTP_URL] = http["url"]
             env[contract.ENV_HTTP_TIMEOUT_SECONDS] = str(http.get("timeout_seconds", 10.0))
@@ -179,17 +194,25 @@ class PriorityWorker(pulumi.ComponentResource):
             # The mappings start polling as soon as they exist: the role must already allow it.
             opts=pulumi.ResourceOptions(parent=self, depends_on=[policy]),
         )
-        mappings = {}
-        for priority in priorities:
-            mappings[priority] = aws.lambda_.EventSourceMapping(
-                f"{name}-{priority.lower()}-mapping",
-                event_source_arn=_entry_of(queue_arns, priority),
+        # yield: one mapping per priority queue. ticket: only the ticket queue triggers the
+        # worker; payloads are pulled by the worker itself, highest priority first.
+        sources: dict[str, pulumi.Input[str]] = (
+            {TICKETS: args["ticket_queue_arn"]}
+            if cfg.dispatch == contract.DISPATCH_TICKET
+            else {p: _entry_of(queue_arns, p) for p in priorities}
+        )
+        mappings = {
+            source: aws.lambda_.EventSourceMapping(
+                f"{name}-{source.lower()}-mapping",
+                event_source_arn=arn,
                 function_name=function.arn,
-                batch_size=cfg.batch_size,
+                batch_size=cfg.batch_size if cfg.dispatch == contract.DISPATCH_YIELD else 1,
                 function_response_types=["ReportBatchItemFailures"],
                 scaling_config={"maximum_concurrency": cfg.esm_maximum_concurrency},
                 opts=child,
             )
+            for source, arn in sources.items()
+        }
 
         self.function_name = function.name
         self.function_arn = function.arn
@@ -224,6 +247,8 @@ class WorkerSettings:
     retry_base_seconds: float
     retry_max_seconds: float
     log_retention_days: int
+    dispatch: str
+    share_period: int
 
 
 def check_worker_args(name: str, args: Mapping[str, Any], component: str = COMPONENT) -> WorkerSettings:
@@ -294,4 +319,6 @@ def check_worker_args(name: str, args: Mapping[str, Any], component: str = COMPO
         retry_base_seconds=number("retry_base_seconds", 2.0, 0),
         retry_max_seconds=number("retry_max_seconds", 300.0, 0, contract.SQS_MAX_VISIBILITY_SECONDS),
         log_retention_days=whole("log_retention_days", 14, 1),
+        dispatch=v.check_choice(c, name, "dispatch", args.get("dispatch", "yield"), contract.DISPATCH_MODES),
+        share_period=whole("share_period", 10, 2, 1_000),
     )

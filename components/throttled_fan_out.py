@@ -16,15 +16,17 @@ from components.priority_worker import (
     PriorityWorkerArgs,
     check_worker_args,
 )
-from handlers.contract import DEFAULT_PRIORITIES
+from handlers.contract import DEFAULT_PRIORITIES, DISPATCH_MODES, DISPATCH_TICKET
 
 COMPONENT = "ThrottledFanOut"
-DISPATCH_MODES = ("yield",)
-"""`ticket` is designed (DESIGN.md) but not built yet."""
+DEFAULT_DISPATCH = DISPATCH_TICKET
+"""BENCHMARKS.md: strict priority under a flood, no billed waste, no overpull, for one more state
+transition per item."""
 
 # Args handed through unchanged to one sub-component; validated there.
 _QUEUE_ARGS = ("visibility_timeout_seconds", "message_retention_seconds", "dlq_retention_seconds")
 _WORKER_ARGS = (
+    "share_period",
     "target_dir",
     "target_handler",
     "http_target",
@@ -55,7 +57,9 @@ class ThrottledFanOutArgs(TypedDict):
     priorities: NotRequired[Sequence[str]]
     """Priority names, highest first. Default HIGH, NORMAL, BATCH."""
     dispatch: NotRequired[str]
-    """How the worker honours priority. Default and only mode so far: `yield`."""
+    """How the worker honours priority: `ticket` (default) or `yield` (see README, BENCHMARKS.md)."""
+    share_period: NotRequired[int]
+    """ticket: one item in every share_period gives each lower priority first pick. Default 10."""
     target_dir: NotRequired[str]
     """Directory with your target code (see handlers/target.py for the contract)."""
     target_handler: NotRequired[str]
@@ -124,7 +128,9 @@ class ThrottledFanOut(pulumi.ComponentResource):
     def __init__(
         self, name: str, args: ThrottledFanOutArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
-        v.check_choice(COMPONENT, name, "dispatch", args.get("dispatch", "yield"), DISPATCH_MODES)
+        dispatch = v.check_choice(
+            COMPONENT, name, "dispatch", args.get("dispatch", DEFAULT_DISPATCH), DISPATCH_MODES
+        )
         priorities = v.check_priorities(COMPONENT, name, args.get("priorities", DEFAULT_PRIORITIES))
         known = {
             "concurrency",
@@ -151,12 +157,14 @@ class ThrottledFanOut(pulumi.ComponentResource):
 
         queue_args = {
             "priorities": priorities,
+            "ticket_queue": dispatch == DISPATCH_TICKET,
             "worker_timeout_seconds": worker_timeout,
             "max_receive_count": max_receive_count,
             **pick(_QUEUE_ARGS),
         }
         worker_args_plain = {
             "priorities": priorities,
+            "dispatch": dispatch,
             "concurrency": args.get("concurrency"),
             "timeout_seconds": worker_timeout,
             "max_receive_count": max_receive_count,
@@ -180,7 +188,12 @@ class ThrottledFanOut(pulumi.ComponentResource):
         queues = PriorityQueues(f"{name}-queues", cast("PriorityQueuesArgs", queue_args), child)
         workflow_args = cast(
             "FanOutWorkflowArgs",
-            {**workflow_args_plain, "queue_urls": queues.queue_urls, "queue_arns": queues.queue_arns},
+            {
+                **workflow_args_plain,
+                "queue_urls": queues.queue_urls,
+                "queue_arns": queues.queue_arns,
+                **_ticket_args(queues),
+            },
         )
         workflow = FanOutWorkflow(f"{name}-workflow", workflow_args, child)
         worker_args = cast(
@@ -191,6 +204,7 @@ class ThrottledFanOut(pulumi.ComponentResource):
                 "queue_arns": queues.queue_arns,
                 "dlq_urls": queues.dlq_urls,
                 "dlq_arns": queues.dlq_arns,
+                **_ticket_args(queues),
             },
         )
         worker = PriorityWorker(f"{name}-worker", worker_args, child)
@@ -209,3 +223,9 @@ class ThrottledFanOut(pulumi.ComponentResource):
                 "results_bucket": self.results_bucket,
             }
         )
+
+
+def _ticket_args(queues: PriorityQueues) -> dict[str, Any]:
+    if queues.ticket_queue_url is None:
+        return {}
+    return {"ticket_queue_url": queues.ticket_queue_url, "ticket_queue_arn": queues.ticket_queue_arn}

@@ -33,6 +33,19 @@ class SqsQueues:
             QueueUrl=queue_url, ReceiptHandle=receipt_handle, VisibilityTimeout=seconds
         )
 
+    def receive_one(self, queue_url: str) -> dict[str, Any] | None:
+        """Take the next visible message, if any, without waiting (ticket dispatch pulls)."""
+        messages = self._client.receive_message(
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=1,
+            WaitTimeSeconds=0,
+            AttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+        ).get("Messages", [])
+        return dict(messages[0]) if messages else None
+
+    def delete(self, queue_url: str, receipt_handle: str) -> None:
+        self._client.delete_message(QueueUrl=queue_url, ReceiptHandle=receipt_handle)
+
     def dead_letter(self, dlq_url: str, body: str, reason: str) -> None:
         """Put a message that can never be worked on the DLQ at once, with the reason."""
         self._client.send_message(

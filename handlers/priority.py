@@ -88,3 +88,32 @@ def retry_delay(*, receive_count: int, base_seconds: float, max_seconds: float) 
     # Cap the exponent first so a huge receive count cannot overflow the float.
     delay = base_seconds * (2 ** min(exponent, 32))
     return clamp_visibility(min(delay, max_seconds))
+
+
+# ---- ticket dispatch -------------------------------------------------------------------------
+
+
+def ticket_slot(index: int, share_period: int, receive_count: int = 1) -> int:
+    """Which share slot a ticket falls in.
+
+    Consecutive items cycle through all slots, and so does one ticket that comes back again and
+    again (a retried or empty ticket): a recycled ticket cannot stay on a strict slot forever.
+    """
+    return (index + receive_count - 1) % share_period if share_period > 0 else share_period
+
+
+def ticket_order(priorities: Sequence[str], slot: int) -> list[str]:
+    """The order in which a ticket looks for waiting work.
+
+    Minimum-share rule: slot s < len(priorities) - 1 starts at the (s+1)-th lowest priority, then
+    goes highest first; every other slot goes strictly highest first. With tickets spread over
+    `share_period` slots, every priority below the highest is looked at first by at least one
+    ticket in every `share_period` consecutive items (or deliveries of one ticket), so no queue
+    starves behind a busy HIGH.
+    """
+    ordered = list(priorities)
+    lower = len(ordered) - 1
+    if 0 <= slot < lower:
+        favoured = ordered[lower - slot]
+        return [favoured, *(p for p in ordered if p != favoured)]
+    return ordered

@@ -68,6 +68,11 @@ class WorkerConfig:
     yield_delay_seconds: int
     retry_base_seconds: float
     retry_max_seconds: float
+    dispatch: str = contract.DISPATCH_YIELD
+    ticket_queue_url: str = ""
+    share_period: int = 10
+    orphan_ticket_receives: int = 10
+    empty_ticket_delay_seconds: int = 1
 
     @property
     def priorities(self) -> list[str]:
@@ -101,7 +106,23 @@ class WorkerConfig:
             yield_delay_seconds=_env_number(env, contract.ENV_YIELD_DELAY_SECONDS, 2, int),
             retry_base_seconds=_env_number(env, contract.ENV_RETRY_BASE_SECONDS, 2.0, float),
             retry_max_seconds=_env_number(env, contract.ENV_RETRY_MAX_SECONDS, 300.0, float),
+            dispatch=_dispatch(env),
+            ticket_queue_url=env.get(contract.ENV_TICKET_QUEUE_URL, ""),
+            share_period=_env_number(env, contract.ENV_SHARE_PERIOD, 10, int),
+            orphan_ticket_receives=_env_number(env, contract.ENV_ORPHAN_TICKET_RECEIVES, 10, int),
+            empty_ticket_delay_seconds=_env_number(env, contract.ENV_EMPTY_TICKET_DELAY_SECONDS, 1, int),
         )
+
+
+def _dispatch(env: Mapping[str, str]) -> str:
+    dispatch = env.get(contract.ENV_DISPATCH) or contract.DISPATCH_YIELD
+    if dispatch not in contract.DISPATCH_MODES:
+        raise WorkerConfigError(
+            f"{contract.ENV_DISPATCH} must be one of {contract.DISPATCH_MODES}, got {dispatch!r}"
+        )
+    if dispatch == contract.DISPATCH_TICKET and not env.get(contract.ENV_TICKET_QUEUE_URL):
+        raise WorkerConfigError(f"{contract.ENV_TICKET_QUEUE_URL} is required with the ticket dispatch")
+    return dispatch
 
 
 def _env_number(env: Mapping[str, str], name: str, default: N, kind: type[N]) -> N:
@@ -154,7 +175,10 @@ def handle_batch(event: dict[str, Any], context: LambdaContext | None, deps: Wor
     remaining_ms = context.get_remaining_time_in_millis if context else (lambda: NO_CONTEXT_REMAINING_MS)
 
     def record_handler(record: SQSRecord) -> None:
-        handle_record(record, deps, depths, remaining_ms())
+        if deps.config.dispatch == contract.DISPATCH_TICKET:
+            handle_ticket(record, deps, remaining_ms())
+        else:
+            handle_record(record, deps, depths, remaining_ms())
 
     # Returning every record is normal here (a batch may all yield), so the processor must not
     # raise for it: that would make the whole batch, including any successes, come back.
@@ -171,7 +195,7 @@ def handle_record(record: SQSRecord, deps: WorkerDeps, depths: Mapping[str, int]
     try:
         message = parse_message(record.body, config.priorities)
     except MalformedMessage as exc:
-        _handle_malformed(exc, record, queue, deps, log)
+        _handle_malformed(exc, record.body, queue, deps, log)
         return
     log |= {"index": message.index, "priority": message.priority, "execution": message.execution}
 
@@ -190,6 +214,97 @@ def handle_record(record: SQSRecord, deps: WorkerDeps, depths: Mapping[str, int]
     if decision.forced:
         logger.info("forced past waiting higher priority work", extra=log)
 
+    delay = _call_target(
+        message=message,
+        receive_count=receive_count,
+        remaining_ms=remaining_ms,
+        queue=queue,
+        receipt_handle=record.receipt_handle,
+        deps=deps,
+        log=log,
+    )
+    if delay is not None:
+        raise MessageReturned(f"retry in {delay}s")
+
+
+def handle_ticket(record: SQSRecord, deps: WorkerDeps, remaining_ms: int) -> None:
+    """Ticket dispatch: a ticket is a slot; pull the highest-priority waiting payload and work it.
+
+    The ticket is consumed only with a finished payload, so tickets and payloads stay one to
+    one; when the payload goes back for a retry, its ticket goes back with the same delay.
+    """
+    config = deps.config
+    ticket_receives = int(record.attributes.approximate_receive_count)
+    index = _ticket_index(record.body)
+    order = priority.ticket_order(
+        config.priorities, priority.ticket_slot(index, config.share_period, ticket_receives)
+    )
+    for name in order:
+        queue = next(q for q in config.queues if q.priority == name)
+        payload = deps.queues.receive_one(queue.url)
+        if payload is None:
+            continue
+        delay = _work_payload(payload, queue, deps, remaining_ms)
+        if delay is None:
+            deps.queues.delete(queue.url, payload["ReceiptHandle"])
+            return
+        deps.queues.change_visibility(config.ticket_queue_url, record.receipt_handle, delay)
+        raise MessageReturned(f"payload retries in {delay}s")
+    if ticket_receives >= config.orphan_ticket_receives:
+        # Its payload never arrived (or was dead-lettered): a bounded number of empty looks, then gone.
+        logger.warning("orphan ticket dropped", extra={"ticket_receives": ticket_receives, "index": index})
+        return
+    deps.queues.change_visibility(
+        config.ticket_queue_url, record.receipt_handle, config.empty_ticket_delay_seconds
+    )
+    logger.info("empty ticket returned", extra={"ticket_receives": ticket_receives})
+    raise MessageReturned("no waiting payload")
+
+
+def _ticket_index(body: str) -> int:
+    try:
+        index = json.loads(body).get(contract.FIELD_INDEX, 0)
+    except (ValueError, AttributeError):
+        return 0
+    return index if isinstance(index, int) and not isinstance(index, bool) else 0
+
+
+def _work_payload(
+    payload: dict[str, Any], queue: QueueRef, deps: WorkerDeps, remaining_ms: int
+) -> int | None:
+    """Work one pulled payload; None when it is finished, else the delay before its retry."""
+    receive_count = int(payload.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
+    log: dict[str, Any] = {"queue_priority": queue.priority, "receive_count": receive_count}
+    try:
+        message = parse_message(payload["Body"], deps.config.priorities)
+    except MalformedMessage as exc:
+        _handle_malformed(exc, payload["Body"], queue, deps, log)
+        return None
+    log |= {"index": message.index, "priority": message.priority, "execution": message.execution}
+    return _call_target(
+        message=message,
+        receive_count=receive_count,
+        remaining_ms=remaining_ms,
+        queue=queue,
+        receipt_handle=payload["ReceiptHandle"],
+        deps=deps,
+        log=log,
+    )
+
+
+def _call_target(
+    *,
+    message: WorkMessage,
+    receive_count: int,
+    remaining_ms: int,
+    queue: QueueRef,
+    receipt_handle: str,
+    deps: WorkerDeps,
+    log: dict[str, Any],
+) -> int | None:
+    """Call the target and complete the token; None when done, else the retry delay (visibility
+    already set)."""
+    config = deps.config
     ctx = TargetContext(
         index=message.index,
         priority=message.priority,
@@ -197,24 +312,12 @@ def handle_record(record: SQSRecord, deps: WorkerDeps, depths: Mapping[str, int]
         receive_count=receive_count,
         remaining_ms=remaining_ms,
     )
-    _call_target(
-        message=message, ctx=ctx, queue=queue, receipt_handle=record.receipt_handle, deps=deps, log=log
-    )
-
-
-def _call_target(
-    *,
-    message: WorkMessage,
-    ctx: TargetContext,
-    queue: QueueRef,
-    receipt_handle: str,
-    deps: WorkerDeps,
-    log: dict[str, Any],
-) -> None:
-    config = deps.config
     exhausted = priority.attempts_exhausted(
         receive_count=ctx.receive_count,
-        force_after_receives=config.force_after_receives,
+        # Ticket payloads are received only to be worked: every receive is an attempt.
+        force_after_receives=1
+        if config.dispatch == contract.DISPATCH_TICKET
+        else config.force_after_receives,
         max_attempts=config.max_attempts,
     )
     try:
@@ -222,7 +325,7 @@ def _call_target(
     except PermanentFailure as exc:
         logger.info("permanent failure", extra=log | {"error": type(exc).__name__})
         deps.tokens.fail(message.token, contract.ERROR_PERMANENT, str(exc) or type(exc).__name__)
-        return
+        return None
     except RetryLater as exc:
         delay = priority.clamp_visibility(exc.seconds)
         cause = f"RetryLater after {delay}s: {exc}"
@@ -235,15 +338,15 @@ def _call_target(
         cause = f"{type(exc).__name__}: {exc}"
     else:
         _succeed(message, result, deps, log)
-        return
+        return None
 
     if exhausted:
         logger.warning("attempts exhausted", extra=log | {"cause": cause[:200]})
         deps.tokens.fail(message.token, contract.ERROR_RETRIES_EXHAUSTED, cause)
-        return
+        return None
     deps.queues.change_visibility(queue.url, receipt_handle, delay)
     logger.info("will retry", extra=log | {"delay_s": delay, "cause": cause[:200]})
-    raise MessageReturned(cause)
+    return delay
 
 
 def _succeed(message: WorkMessage, result: Any, deps: WorkerDeps, log: dict[str, Any]) -> None:
@@ -267,11 +370,11 @@ def _succeed(message: WorkMessage, result: Any, deps: WorkerDeps, log: dict[str,
 
 
 def _handle_malformed(
-    exc: MalformedMessage, record: SQSRecord, queue: QueueRef, deps: WorkerDeps, log: dict[str, Any]
+    exc: MalformedMessage, body: str, queue: QueueRef, deps: WorkerDeps, log: dict[str, Any]
 ) -> None:
     if exc.token is None:
         # Nobody is waiting on this message and retrying cannot fix it: straight to the DLQ.
-        deps.queues.dead_letter(queue.dlq_url, record.body, exc.reason)
+        deps.queues.dead_letter(queue.dlq_url, body, exc.reason)
         logger.error("malformed message dead-lettered", extra=log | {"reason": exc.reason})
         return
     deps.tokens.fail(exc.token, exc.error, exc.reason)

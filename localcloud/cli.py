@@ -18,6 +18,8 @@ from localcloud.runner import ExecutionRecord, RunResult, run_scenario
 from localcloud.scenario import DEMO, Scenario, ScenarioError, load
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from localcloud.legacy_api import LegacyApi
 
 console = Console(stderr=True)
@@ -118,6 +120,92 @@ def plot(result: RunResult, path: Path) -> None:
     plt.close(fig)
 
 
+Figures = dict[str, Any]
+BENCH_COLUMNS: tuple[tuple[str, Callable[[Figures], Any]], ...] = (
+    ("util", lambda f: f["utilization"]),
+    ("over", lambda f: f["over_limit"]),
+    ("lost", lambda f: f["lost"]),
+    ("p95 HIGH s", lambda f: f["p95_wait_s"].get("HIGH", "-")),
+    ("p95 NORMAL s", lambda f: f["p95_wait_s"].get("NORMAL", "-")),
+    ("p95 BATCH s", lambda f: f["p95_wait_s"].get("BATCH", "-")),
+    ("wasted/item", lambda f: f["wasted_per_item"]),
+    ("billed wasted/item", lambda f: f["billed_wasted_per_item"]),
+    ("SQS req/item", lambda f: f["sqs_requests_per_item"]),
+    ("invokes/item", lambda f: f["invocations_per_item"]),
+    ("transitions/item", lambda f: f["transitions_per_item"]),
+    ("USD/M items", lambda f: f["usd_per_million_items"]),
+)
+
+
+def bench_table(results: dict[str, Any]) -> Table:
+    table = Table(title="Sluice dispatch benchmark")
+    table.add_column("scenario")
+    table.add_column("mode")
+    for name, _ in BENCH_COLUMNS:
+        table.add_column(name, justify="right")
+    for name, modes in results.items():
+        for mode, f in modes.items():
+            table.add_row(name, mode, *(str(get(f)) for _, get in BENCH_COLUMNS))
+    return table
+
+
+def bench_markdown(results: dict[str, Any]) -> str:
+    header = ["scenario", "mode", *(name for name, _ in BENCH_COLUMNS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, modes in results.items():
+        for mode, f in modes.items():
+            lines.append("| " + " | ".join([name, mode, *(str(get(f)) for _, get in BENCH_COLUMNS)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def bench_plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib  # noqa: PLC0415 - only --plot needs it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - same
+
+    names = list(results)
+    modes = list(next(iter(results.values())))
+    fig, (util, wait) = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / len(modes)
+    for n, mode in enumerate(modes):
+        xs = [i + n * width for i in range(len(names))]
+        util.bar(xs, [results[s][mode]["utilization"] for s in names], width, label=mode)
+        wait.bar(xs, [results[s][mode]["p95_wait_s"].get("HIGH") or 0 for s in names], width, label=mode)
+    for ax, title in ((util, "utilization of the API's capacity"), (wait, "HIGH p95 wait (s)")):
+        ax.set_xticks([i + width * (len(modes) - 1) / 2 for i in range(len(names))], names, rotation=20)
+        ax.set_title(title)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_bench_command(
+    names: list[str] | None,
+    scale: float,
+    out: Path | None,
+    markdown: Path | None = None,
+    plot_path: Path | None = None,
+) -> int:
+    from localcloud.bench import run_bench  # noqa: PLC0415 - only the bench command needs it
+
+    def done(name: str, mode: str, figures: dict[str, Any]) -> None:
+        console.print(f"{name} {mode}: utilization {figures['utilization']}, wall {figures['wall_s']} s")
+
+    results = run_bench(names, scale, done)
+    Console(width=200).print(bench_table(results))
+    if out is not None:
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        console.print(f"figures: {out}")
+    if markdown is not None:
+        markdown.write_text(bench_markdown(results))
+    if plot_path is not None:
+        bench_plot(results, plot_path)
+    ok = all(f["lost"] == 0 and f["over_limit"] == 0 for modes in results.values() for f in modes.values())
+    return 0 if ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localcloud", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,7 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--scenario", type=Path, required=True)
     run.add_argument("--report", type=Path, required=True)
     run.add_argument("--plot", type=Path)
+    bench = sub.add_parser("bench", help="run the dispatch benchmark: yield vs ticket vs fifo")
+    bench.add_argument("--scenarios", nargs="*", help="only these (default: all)")
+    bench.add_argument("--scale", type=float, default=1.0, help="multiply every scenario's item counts")
+    bench.add_argument("--out", type=Path, help="write the figures as JSON here")
+    bench.add_argument("--markdown", type=Path, help="write the table as Markdown here")
+    bench.add_argument("--plot", type=Path, help="write a PNG comparing the modes")
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        return run_bench_command(args.scenarios, args.scale, args.out, args.markdown, args.plot)
     try:
         scenario = DEMO.scaled(args.scale) if args.command == "demo" else load(args.scenario)
     except ScenarioError as exc:

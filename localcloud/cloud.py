@@ -7,14 +7,17 @@ import json
 import logging
 import os
 import socket
+import threading
 import urllib.request
+from collections import Counter
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
 from moto.awslambda.models import LambdaFunction
+from moto.core.responses import BaseResponse
 from moto.server import ThreadedMotoServer
 
 from localcloud.lambda_runner import LambdaRunner
@@ -40,6 +43,8 @@ def free_port() -> int:
 class EmbeddedAws:
     endpoint: str
     runner: LambdaRunner
+    requests: Counter[str] = field(default_factory=Counter)
+    """API requests the embedded AWS served, by `service:Action`."""
 
     def client(self, service: str) -> Any:
         # boto3's stubs type clients per literal service name; this factory takes any name.
@@ -90,9 +95,22 @@ def embedded_aws() -> Iterator[EmbeddedAws]:
         return json.dumps(result.payload), False, ""
 
     LambdaFunction._invoke_lambda = invoke_in_sandbox  # type: ignore[method-assign]
+    cloud = EmbeddedAws(endpoint, runner)
+    original_call_action = BaseResponse.call_action
+    lock = threading.Lock()
+
+    def counting_call_action(self: BaseResponse) -> Any:
+        # Every request, whoever makes it (state machine, sandboxes, pollers): the benchmark's
+        # requests per item come from here, not from estimates.
+        with lock:
+            cloud.requests[f"{self.service_name}:{self._get_action()}"] += 1
+        return original_call_action(self)
+
+    BaseResponse.call_action = counting_call_action  # type: ignore[method-assign]
     try:
-        yield EmbeddedAws(endpoint, runner)
+        yield cloud
     finally:
+        BaseResponse.call_action = original_call_action  # type: ignore[method-assign]
         LambdaFunction._invoke_lambda = original  # type: ignore[method-assign]
         runner.close()
         server.stop()

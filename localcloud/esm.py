@@ -35,6 +35,8 @@ LONG_POLL_S = 1  # short, so stop() is prompt
 
 @dataclass
 class MappingStats:
+    receives: int = 0
+    empty_receives: int = 0
     batches: int = 0
     messages: int = 0
     throttled_invokes: int = 0
@@ -129,6 +131,7 @@ class EventSourceMappings:
                     return
                 time.sleep(0.2)
                 continue
+            stats.add(receives=1, empty_receives=0 if received else 1)
             if not received:
                 continue
             received_at = time.monotonic()

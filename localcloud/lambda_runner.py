@@ -13,6 +13,7 @@ import multiprocessing
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 import zipfile
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ class _Function:
     throttles: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
+    busy_s: float = 0.0
 
 
 class LambdaRunner:
@@ -96,7 +98,13 @@ class LambdaRunner:
 
     def stats(self, name: str) -> dict[str, int]:
         fn = self._functions[name]
-        return {"invocations": fn.invocations, "throttles": fn.throttles, "max_in_flight": fn.max_in_flight}
+        return {
+            "invocations": fn.invocations,
+            "throttles": fn.throttles,
+            "max_in_flight": fn.max_in_flight,
+            "busy_ms": round(fn.busy_s * 1000),
+            "memory_mb": fn.spec.memory_mb,
+        }
 
     def invoke(self, name: str, event: Any, *, wait_for_slot: bool) -> Invocation:
         fn = self._functions[name]
@@ -113,7 +121,10 @@ class LambdaRunner:
             cold = sandbox is None
             if sandbox is None:
                 sandbox = self._start(fn.spec)
+            started = time.monotonic()
             result = self._call(fn.spec, sandbox, event, cold=cold)
+            with fn.lock:
+                fn.busy_s += time.monotonic() - started
             if result.error is None or result.error.get("errorType") != "Sandbox.Timedout":
                 with fn.lock:
                     fn.idle.append(sandbox)

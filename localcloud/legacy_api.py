@@ -117,7 +117,8 @@ class LegacyApi:
     def handle(self, item: Any, key: str) -> tuple[int, Any, dict[str, str]]:
         start = time.time()
         item_id = item.get("id") if isinstance(item, dict) else None
-        priority = item.get("priority") if isinstance(item, dict) else None
+        # The class an item was submitted with (the fifo baseline sends no priority).
+        priority = item.get("class", item.get("priority")) if isinstance(item, dict) else None
         in_flight = self._admit(start)
         body: dict[str, Any]
         if in_flight == 0:

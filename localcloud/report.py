@@ -3,6 +3,7 @@
 Format (version 1), all times in seconds:
     items.{total, throttled, direct, succeeded, failed, lost}
     by_priority.<P>.{count, succeeded, failed, wait_s.{p50, p95, max}}
+        P is the item's class: its priority (in the fifo baseline, the priority it would have had)
         wait: from the item's message being sent to its queue to the start of its first API call
     downstream.{limit, max_in_flight, over_limit, calls, calls_ok, duplicate_calls, utilization}
         over_limit: calls the API refused because Sluice exceeded its limits (must be 0)
@@ -41,10 +42,10 @@ def build_report(result: RunResult) -> dict[str, Any]:
     limit = result.scenario.api.concurrency_limit
     submitted = [(r, item) for r in result.executions for item in r.items]
     priority_of_key = {
-        f"{r.arn}#{i}": str(item["priority"])
+        f"{r.arn}#{i}": str(item["class"])
         for r in result.executions
         for i, item in enumerate(r.items)
-        if item.get("priority")
+        if item.get("class")
     }
     counts = Counter(priority_of_key.values())
 
@@ -56,9 +57,12 @@ def build_report(result: RunResult) -> dict[str, Any]:
             accounted += int(out["total"])
             succeeded += int(out["succeeded"])
             failed += int(out["failed"])
-            for group, stats in out.get("by_priority", {}).items():
-                by_priority_outcome[group]["succeeded"] += stats["succeeded"]
-                by_priority_outcome[group]["failed"] += stats["failed"]
+            for entry in out.get("results", []):
+                if isinstance(entry, dict) and isinstance(entry.get("index"), int):
+                    item_class = record.items[entry["index"]].get("class")
+                    if item_class:
+                        outcome = "succeeded" if entry.get("status") == "SUCCEEDED" else "failed"
+                        by_priority_outcome[str(item_class)][outcome] += 1
 
     first_call: dict[str, float] = {}
     ok_calls: Counter[str] = Counter()

@@ -14,6 +14,7 @@ from localcloud.cloud import EmbeddedAws, embedded_aws
 from localcloud.deploy import DeployedStack, deploy
 from localcloud.esm import EventSourceMappings, MappingStats, message_key
 from localcloud.legacy_api import Call, LegacyApi
+from localcloud.scenario import FIFO_QUEUE
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -46,6 +47,10 @@ class RunResult:
     worker_logs: list[dict[str, Any]]
     stack: DeployedStack
     wall_s: float
+    requests: dict[str, int]
+    """Requests the embedded AWS served during the run (deploy excluded), by `service:Action`."""
+    parent_transitions: int
+    """State transitions in the parent executions' histories."""
 
 
 def batch_items(scenario: Scenario, batch_no: int) -> list[dict[str, Any]]:
@@ -53,8 +58,11 @@ def batch_items(scenario: Scenario, batch_no: int) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     for priority, count in batch.counts.items():
         rejected = batch.reject.get(priority, 0)
+        # `class` is the priority the item would have; the fifo baseline routes on it without
+        # giving the item a priority, so every item shares one queue.
         items += [
-            {"id": f"b{batch_no}-{priority.lower()}-{i}", "priority": priority}
+            {"id": f"b{batch_no}-{priority.lower()}-{i}", "class": priority}
+            | ({} if scenario.dispatch == "fifo" else {"priority": priority})
             | ({"reject": True} if i < rejected else {})
             for i in range(count)
         ]
@@ -64,9 +72,18 @@ def batch_items(scenario: Scenario, batch_no: int) -> list[dict[str, Any]]:
 
 def stack_config(scenario: Scenario, api_url: str) -> dict[str, Any]:
     """Stack config for local runs: short timers so a run takes seconds, not minutes."""
+    mode: dict[str, Any] = (
+        {
+            "sluice:dispatch": "yield",
+            "sluice:priorities": [FIFO_QUEUE],
+            "sluice:throttleRule": {"Variable": "$.item.class", "IsPresent": True},
+        }
+        if scenario.dispatch == "fifo"
+        else {"sluice:dispatch": scenario.dispatch}
+    )
     return {
         "sluice:concurrency": str(scenario.api.concurrency_limit),
-        "sluice:dispatch": scenario.dispatch,
+        **mode,
         "sluice:httpUrl": api_url,
         "sluice:httpTimeoutSeconds": "5",
         "sluice:workerTimeoutSeconds": "10",
@@ -96,6 +113,7 @@ def _run(
     on_tick: Callable[[LegacyApi, list[ExecutionRecord]], None] | None,
 ) -> RunResult:
     stack = deploy(aws, stack_config(scenario, api.url))
+    before = dict(aws.requests)
     sfn, sqs = aws.client("stepfunctions"), aws.client("sqs")
     enqueued_at: dict[str, float] = {}
     lock = threading.Lock()
@@ -141,6 +159,7 @@ def _run(
     finally:
         mappings.stop()
     worker = stack.outputs["workerFunctionName"]
+    requests = {k: n - before.get(k, 0) for k, n in aws.requests.items() if n - before.get(k, 0)}
     return RunResult(
         scenario=scenario,
         executions=executions,
@@ -151,4 +170,19 @@ def _run(
         worker_logs=aws.runner.log_records(worker),
         stack=stack,
         wall_s=max((r.stopped or time.time()) for r in executions) - t0 if executions else 0.0,
+        requests=requests,
+        parent_transitions=sum(_transitions(sfn, r.arn) for r in executions),
     )
+
+
+def _transitions(sfn: Any, execution_arn: str) -> int:
+    """State entries in an execution's history (what Step Functions bills as transitions)."""
+    count, token = 0, None
+    while True:
+        page = sfn.get_execution_history(
+            executionArn=execution_arn, maxResults=1000, **({"nextToken": token} if token else {})
+        )
+        count += sum(1 for e in page["events"] if e["type"].endswith("StateEntered"))
+        token = page.get("nextToken")
+        if not token:
+            return count

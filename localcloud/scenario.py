@@ -12,6 +12,10 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
+MODES = ("yield", "ticket", "fifo")
+FIFO_QUEUE = "FIFO"
+
+
 class ScenarioError(ValueError):
     """A scenario file is invalid; the message names the field and the value."""
 
@@ -33,7 +37,9 @@ class Scenario:
     name: str
     batches: tuple[Batch, ...]
     api: ApiProfile = field(default_factory=ApiProfile)
-    dispatch: str = "yield"
+    dispatch: str = "ticket"
+    """`ticket` (the default) or `yield` (Sluice's dispatch modes), or `fifo`: one queue, no
+    priority (the benchmark's baseline)."""
     stack_config: dict[str, Any] = field(default_factory=dict)
     """Extra `sluice:*` config for the deployed stack."""
     deadline_s: float = 110.0
@@ -107,9 +113,9 @@ def load(path: Path) -> Scenario:
         api = ApiProfile(**api_raw)
     except TypeError as exc:
         raise ScenarioError(f"{path}: api has an unknown field: {exc}") from exc
-    dispatch = data.get("dispatch", "yield")
-    if dispatch != "yield":
-        raise ScenarioError(f"{path}: dispatch must be 'yield' (the only mode built), got {dispatch!r}")
+    dispatch = data.get("dispatch", "ticket")
+    if dispatch not in MODES:
+        raise ScenarioError(f"{path}: dispatch must be one of {list(MODES)}, got {dispatch!r}")
     return Scenario(
         name=str(data.get("name", path.stem)),
         batches=tuple(batches),

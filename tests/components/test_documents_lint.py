@@ -37,6 +37,13 @@ DEFINITIONS = {
         aggregate_function_arn=f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:agg",
         results_bucket="results",
     ),
+    "ticket": build_state_machine_definition(
+        priorities=["HIGH", "NORMAL", "BATCH"],
+        queue_urls=queue_urls(["HIGH", "NORMAL", "BATCH"]),
+        aggregate_function_arn=f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:agg",
+        results_bucket="results",
+        ticket_queue_url=f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/tickets",
+    ),
     "one-priority-direct-function-custom-rule": build_state_machine_definition(
         priorities=["ONLY"],
         queue_urls=queue_urls(["ONLY"]),

@@ -34,7 +34,9 @@ def build(args: dict[str, Any], name: str = "orders") -> Recorder:
 
 @pytest.fixture(scope="module")
 def default() -> Recorder:
-    return build({"concurrency": 4, "http_target": HTTP})
+    """The yield dispatch, whose per-priority mappings most of these tests look at; the ticket
+    dispatch (the default) has its own test below."""
+    return build({"concurrency": 4, "http_target": HTTP, "dispatch": "yield"})
 
 
 def url(name: str) -> str:
@@ -224,6 +226,7 @@ def test_custom_priorities_and_user_code(tmp_path: Path) -> None:
             "target_dir": str(tmp_path),
             "target_handler": "erp_client.call",
             "default_priority": "URGENT",
+            "dispatch": "yield",
         },
         name="erp",
     )
@@ -272,3 +275,36 @@ def test_stack_program_from_config() -> None:
         "Action": ["secretsmanager:GetSecretValue"],
         "Resource": [config["sluice:httpSecretArn"]],
     } in policy["Statement"]
+
+
+def test_ticket_dispatch_is_the_default() -> None:
+    rec = build({"concurrency": 2, "http_target": HTTP, "share_period": 5})
+    ticket = "orders-queues-dispatch-tickets"
+    assert rec.named(ticket).inputs["visibilityTimeoutSeconds"] == 180
+    assert json.loads(rec.named(ticket).inputs["redrivePolicy"]) == {
+        "deadLetterTargetArn": arn(f"{ticket}-dlq"),
+        "maxReceiveCount": 100,
+    }
+    # Only the ticket queue triggers the worker: its concurrency is the API's limit alone.
+    (mapping,) = rec.of_type("aws:lambda/eventSourceMapping:EventSourceMapping")
+    assert mapping.name == "orders-worker-tickets-mapping"
+    assert mapping.inputs["eventSourceArn"] == arn(ticket)
+    assert mapping.inputs["batchSize"] == 1
+    assert mapping.inputs["scalingConfig"] == {"maximumConcurrency": 2}
+    env = rec.named("orders-worker-function").inputs["environment"]["variables"]
+    assert env[contract.ENV_DISPATCH] == "ticket"
+    assert env[contract.ENV_TICKET_QUEUE_URL] == url(ticket)
+    assert env[contract.ENV_SHARE_PERIOD] == "5"
+    worker_policy = json.loads(rec.named("orders-worker-policy").inputs["policy"])
+    consume = next(s for s in worker_policy["Statement"] if s["Sid"] == "ConsumePriorityQueues")
+    assert consume["Resource"][-1] == arn(ticket)
+    sm_policy = json.loads(rec.named("orders-workflow-sfn-policy").inputs["policy"])
+    enqueue = next(s for s in sm_policy["Statement"] if s["Sid"] == "EnqueueThrottledItems")
+    assert arn(ticket) in enqueue["Resource"]
+    states = json.loads(rec.named("orders-workflow-state-machine").inputs["definition"])["States"]
+    processor = states["FanOutInline"]["ItemProcessor"]["States"]
+    assert processor["Inline-ByPriority"]["Choices"][1]["Next"] == "Inline-TicketHIGH"
+    ticket_state = processor["Inline-TicketHIGH"]
+    assert ticket_state["Resource"] == "arn:aws:states:::sqs:sendMessage"
+    assert ticket_state["Parameters"]["QueueUrl"] == url(ticket)
+    assert ticket_state["Next"] == "Inline-EnqueueHIGH"

@@ -43,7 +43,11 @@ def construct(args: dict[str, Any]) -> list[str]:
         ({"priorities": ["HIGH", "HIGH"]}, "names must be unique"),
         ({"priorities": ["high"]}, "upper case"),
         ({"priorities": "HIGH"}, "single string"),
-        ({"dispatch": "ticket"}, "dispatch must be one of ['yield'], got 'ticket' (set sluice:dispatch)"),
+        (
+            {"dispatch": "fifo"},
+            "dispatch must be one of ['yield', 'ticket'], got 'fifo' (set sluice:dispatch)",
+        ),
+        ({"dispatch": "ticket", "share_period": 1}, "share_period must be between 2 and 1000, got 1"),
         (
             {"worker_timeout_seconds": 60, "visibility_timeout_seconds": 300},
             "at least 6x worker_timeout_seconds",

@@ -150,5 +150,7 @@ def test_deploy_builds_the_stack_in_moto(aws: EmbeddedAws) -> None:
     assert lam.get_function_concurrency(FunctionName=worker)["ReservedConcurrentExecutions"] == 3
     described = sfn.describe_state_machine(stateMachineArn=stack.outputs["stateMachineArn"])
     assert "FanOutInline" in json.loads(described["definition"])["States"]
-    assert sorted(m.queue_arn.rsplit("-", 1)[-1] for m in stack.mappings) == ["batch", "high", "normal"]
-    assert {m.maximum_concurrency for m in stack.mappings} == {3}
+    # The default ticket dispatch: one mapping, on the ticket queue, capped at the limit.
+    (mapping,) = stack.mappings
+    assert mapping.queue_arn.endswith("sluice-queues-dispatch-tickets")
+    assert (mapping.maximum_concurrency, mapping.batch_size) == (3, 1)

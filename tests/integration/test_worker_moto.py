@@ -36,6 +36,7 @@ class Rig:
     sfn: Any
     queues: dict[str, QueueRef]
     state_machine_arn: str
+    ticket_url: str = ""
     sfn_calls: Counter[str] = field(default_factory=Counter)
     target_calls: list[tuple[Any, TargetContext]] = field(default_factory=list)
 
@@ -61,6 +62,8 @@ class Rig:
             self.target_calls.append((item, ctx))
             return target(item, ctx)
 
+        if self.ticket_url:
+            settings |= {"dispatch": "ticket", "ticket_queue_url": self.ticket_url}
         config = WorkerConfig(queues=tuple(self.queues[p] for p in PRIORITIES), **settings)
         return WorkerDeps(config, SqsQueues(self.sqs), TaskTokens(self.sfn, logger), recording)
 
@@ -96,6 +99,15 @@ class Rig:
 
 @pytest.fixture
 def rig() -> Iterator[Rig]:
+    yield from make_rig(ticket=False)
+
+
+@pytest.fixture
+def ticket_rig() -> Iterator[Rig]:
+    yield from make_rig(ticket=True)
+
+
+def make_rig(*, ticket: bool) -> Iterator[Rig]:
     with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
         sqs = boto3.client("sqs")
         sfn = boto3.client("stepfunctions")
@@ -107,6 +119,7 @@ def rig() -> Iterator[Rig]:
                 "QueueArn"
             ]
             queues[p] = QueueRef(p, url, arn, dlq_url)
+        ticket_url = sqs.create_queue(QueueName="tickets")["QueueUrl"] if ticket else ""
         processor = build_item_processor(
             priorities=PRIORITIES,
             queue_urls={p: q.url for p, q in queues.items()},
@@ -114,12 +127,13 @@ def rig() -> Iterator[Rig]:
             default_priority="BATCH",
             callback_timeout_seconds=60,
             direct_function_arn=None,
+            ticket_queue_url=ticket_url or None,
         )
         processor.pop("ProcessorConfig")  # run the child workflow as a state machine of its own
         arn = sfn.create_state_machine(
             name="child", definition=json.dumps(processor), roleArn="arn:aws:iam::123456789012:role/sfn"
         )["stateMachineArn"]
-        built = Rig(sqs, sfn, queues, arn)
+        built = Rig(sqs, sfn, queues, arn, ticket_url)
 
         def count(event_name: str, **_: Any) -> None:
             built.sfn_calls[event_name.rsplit(".", 1)[-1]] += 1
@@ -251,3 +265,83 @@ def test_malformed_messages_neither_crash_the_batch_nor_loop(rig: Rig) -> None:
     assert "not JSON" in dead[0]["MessageAttributes"][ATTR_DEAD_LETTER_REASON]["StringValue"]
     assert token not in dead[0]["Body"]
     assert [item["id"] for item, _ in rig.target_calls] == ["f"]
+
+
+# ---- ticket dispatch --------------------------------------------------------------------------
+
+
+def receive_ticket(rig: Rig, wait_s: float = DEADLINE_S) -> dict[str, Any]:
+    deadline = time.monotonic() + wait_s
+    while True:
+        event = receive_event(rig.sqs, rig.ticket_url, "arn:aws:sqs:us-east-1:123456789012:tickets", 1)
+        if event["Records"] or time.monotonic() > deadline:
+            return event
+        time.sleep(0.1)
+
+
+def wait_visible(rig: Rig, priority: str, count: int) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while rig.visible(priority) < count:
+        assert time.monotonic() < deadline, f"{priority} never reached {count} visible"
+        time.sleep(0.1)
+
+
+def test_a_ticket_pulls_the_highest_priority_payload(ticket_rig: Rig) -> None:
+    rig = ticket_rig
+    batch = rig.start({"id": "bulk", "priority": "BATCH"}, index=5)
+    wait_visible(rig, "BATCH", 1)
+    high = rig.start({"id": "urgent", "priority": "HIGH"}, index=6)
+    wait_visible(rig, "HIGH", 1)
+    deps = rig.deps(ok)
+    # Whichever ticket comes first, the HIGH payload is worked first.
+    assert handle_batch(receive_ticket(rig), None, deps) == {"batchItemFailures": []}
+    assert [item["id"] for item, _ in rig.target_calls] == ["urgent"]
+    assert rig.output(high)["status"] == "SUCCEEDED"
+    assert handle_batch(receive_ticket(rig), None, deps) == {"batchItemFailures": []}
+    assert rig.output(batch)["status"] == "SUCCEEDED"
+    assert rig.visible("HIGH") + rig.visible("BATCH") == 0
+    assert receive_ticket(rig, wait_s=0.5) == {"Records": []}  # both tickets consumed
+
+
+def test_a_share_slot_ticket_serves_the_lower_queue_first(ticket_rig: Rig) -> None:
+    rig = ticket_rig
+    rig.start({"id": "bulk", "priority": "BATCH"}, index=10)  # index 10 % 10 == 0: BATCH's slot
+    wait_visible(rig, "BATCH", 1)
+    rig.start({"id": "urgent", "priority": "HIGH"}, index=11)
+    wait_visible(rig, "HIGH", 1)
+    tickets = [receive_ticket(rig)["Records"][0], receive_ticket(rig)["Records"][0]]
+    share_ticket = next(t for t in tickets if json.loads(t["body"])["index"] == 10)
+    assert handle_batch({"Records": [share_ticket]}, None, rig.deps(ok)) == {"batchItemFailures": []}
+    assert [item["id"] for item, _ in rig.target_calls] == ["bulk"]
+
+
+def test_a_retried_payload_keeps_its_ticket_and_counts_real_attempts(ticket_rig: Rig) -> None:
+    rig = ticket_rig
+
+    def flaky(item: Any, ctx: TargetContext) -> Any:
+        if ctx.receive_count == 1:
+            raise ConnectionError("API down")
+        return {"attempt": ctx.receive_count}
+
+    execution = rig.start({"id": "x", "priority": "NORMAL"}, index=4)
+    wait_visible(rig, "NORMAL", 1)
+    deps = rig.deps(flaky)
+    first = receive_ticket(rig)
+    assert len(handle_batch(first, None, deps)["batchItemFailures"]) == 1  # ticket returned with the payload
+    second = receive_ticket(rig)
+    assert second["Records"][0]["attributes"]["ApproximateReceiveCount"] == "2"
+    assert handle_batch(second, None, deps) == {"batchItemFailures": []}
+    assert rig.output(execution)["result"] == {"attempt": 2}  # the payload was received twice: two attempts
+
+
+def test_an_empty_ticket_is_returned_then_dropped_as_an_orphan(ticket_rig: Rig) -> None:
+    rig = ticket_rig
+    rig.sqs.send_message(QueueUrl=rig.ticket_url, MessageBody=json.dumps({"index": 3, "priority": "HIGH"}))
+    deps = rig.deps(ok, orphan_ticket_receives=2, empty_ticket_delay_seconds=0)
+    first = receive_ticket(rig)
+    assert len(handle_batch(first, None, deps)["batchItemFailures"]) == 1
+    second = receive_ticket(rig)
+    assert second["Records"][0]["attributes"]["ApproximateReceiveCount"] == "2"
+    assert handle_batch(second, None, deps) == {"batchItemFailures": []}  # dropped
+    assert receive_ticket(rig, wait_s=0.5) == {"Records": []}
+    assert rig.target_calls == []

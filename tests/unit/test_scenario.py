@@ -32,7 +32,7 @@ def test_the_example_scenario_loads() -> None:
             "batches[0].start_s must be a number >= 0, got 'soon'",
         ),
         ({"batches": [{"counts": {}}], "api": {"limit": 3}}, "api has an unknown field"),
-        ({"batches": [{"counts": {}}], "dispatch": "ticket"}, "got 'ticket'"),
+        ({"batches": [{"counts": {}}], "dispatch": "lifo"}, "got 'lifo'"),
     ],
 )
 def test_invalid_scenarios_name_the_problem(data: dict[str, object], message: str, tmp_path: Path) -> None:

@@ -1,0 +1,139 @@
+"""The dispatch benchmark: standard scenarios run side by side for `yield`, `ticket` and a single
+FIFO queue with no priority, on the same simulated API, in one process.
+
+Per mode and scenario: utilization of the API's capacity, over-limit calls, p95 wait by priority,
+wasted invocations per item (yields, throttled invokes, empty tickets), SQS requests, Lambda
+invocations and Step Functions transitions per item, and an estimated USD per million items.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from localcloud.legacy_api import ApiProfile
+from localcloud.prices import usd_per_million_items
+from localcloud.report import build_report
+from localcloud.runner import RunResult, run_scenario
+from localcloud.scenario import Batch, Scenario
+
+MODES = ("yield", "ticket", "fifo")
+SERVICE_S = 1.0
+"""Legacy APIs answer in hundreds of ms to seconds; at 1 s the API's time dominates the embedded
+AWS's own per-request overhead, so the figures compare dispatch, not emulator speed."""
+EMPTY_TICKET_MESSAGES = ("empty ticket returned", "orphan ticket dropped")
+YIELD_MESSAGE = "yielded to higher priority work"
+
+
+def _mixed(n: int) -> dict[str, int]:
+    return {"HIGH": n // 5, "NORMAL": (3 * n) // 10, "BATCH": n - n // 5 - (3 * n) // 10}
+
+
+def scenarios() -> dict[str, Scenario]:
+    """The standard scenarios. Capacity = limit / service time = 4 items/s at limit 4."""
+    api = ApiProfile(concurrency_limit=4, service_time_s=SERVICE_S)
+    return {
+        # (a) steady mixed load at 2x capacity: 8 items/s for 4 s.
+        "a-steady-2x": Scenario(
+            "a-steady-2x", tuple(Batch(start_s=float(t), counts=_mixed(8)) for t in range(4)), api
+        ),
+        # (b) a BATCH flood of 10x capacity (10 s of work) with a HIGH trickle on top.
+        "b-flood-10x": Scenario(
+            "b-flood-10x",
+            (
+                Batch(start_s=0, counts={"BATCH": 40}),
+                *(Batch(start_s=float(t), counts={"HIGH": 1}) for t in range(2, 10, 2)),
+            ),
+            api,
+        ),
+        # (c) a HIGH burst of 3 s of work, then quiet.
+        "c-high-burst": Scenario("c-high-burst", (Batch(start_s=0, counts={"HIGH": 12}),), api),
+        # (d) the smallest limits, where MaximumConcurrency's minimum of 2 matters most.
+        "d-limit-1": Scenario(
+            "d-limit-1",
+            (Batch(start_s=0, counts={"BATCH": 8, "NORMAL": 4}), Batch(start_s=2, counts={"HIGH": 2})),
+            ApiProfile(concurrency_limit=1, service_time_s=SERVICE_S),
+        ),
+        "d-limit-2": Scenario(
+            "d-limit-2",
+            (Batch(start_s=0, counts={"BATCH": 16, "NORMAL": 8}), Batch(start_s=2, counts={"HIGH": 4})),
+            ApiProfile(concurrency_limit=2, service_time_s=SERVICE_S),
+        ),
+    }
+
+
+def child_transitions(result: RunResult) -> int:
+    """State entries in the child executions, from each item's recorded path.
+
+    moto does not expose a Distributed Map's child execution histories, so they are counted
+    from the child workflow's deterministic paths: direct items enter 2 states, throttled items
+    4 (5 with a ticket), unknown priorities 3. Retries of a state would add to this.
+    """
+    ticket = result.scenario.dispatch == "ticket"
+    total = 0
+    for record in result.executions:
+        for entry in (record.output or {}).get("results", []):
+            if entry.get("path") == "DIRECT":
+                total += 2
+            elif entry.get("priority") is None:
+                total += 3
+            else:
+                total += 5 if ticket else 4
+    return total
+
+
+def measure(result: RunResult) -> dict[str, Any]:
+    report = build_report(result)
+    items = max(1, report["items"]["total"])
+    throttled_items = max(1, report["items"]["throttled"])
+    empty_tickets = sum(1 for r in result.worker_logs if r.get("message") in EMPTY_TICKET_MESSAGES)
+    yields = report["worker"]["yields"]
+    throttled_invokes = report["worker"]["throttled"]
+    esm_empty = sum(s.empty_receives for s in result.mapping_stats)
+    sqs = sum(n for k, n in result.requests.items() if k.startswith("sqs:")) - esm_empty
+    invocations = result.worker_stats["invocations"] + len(result.executions)  # + one aggregate each
+    transitions = result.parent_transitions + child_transitions(result)
+    gb_seconds = result.worker_stats["busy_ms"] / 1000 * result.worker_stats["memory_mb"] / 1024
+    per_item = {
+        "sqs_requests": sqs / items,
+        "invocations": invocations / items,
+        "transitions": transitions / items,
+        "gb_seconds": gb_seconds / items,
+    }
+    return {
+        "utilization": report["downstream"]["utilization"],
+        "over_limit": report["downstream"]["over_limit"],
+        "lost": report["items"]["lost"],
+        "p95_wait_s": {p: v["wait_s"]["p95"] for p, v in report["by_priority"].items()},
+        "wasted_per_item": round((yields + throttled_invokes + empty_tickets) / throttled_items, 3),
+        "billed_wasted_per_item": round((yields + empty_tickets) / throttled_items, 3),
+        "wasted": {"yields": yields, "throttled_invokes": throttled_invokes, "empty_tickets": empty_tickets},
+        "sqs_requests_per_item": round(per_item["sqs_requests"], 2),
+        "invocations_per_item": round(per_item["invocations"], 2),
+        "transitions_per_item": round(per_item["transitions"], 2),
+        "usd_per_million_items": usd_per_million_items(
+            transitions=per_item["transitions"],
+            sqs_requests=per_item["sqs_requests"],
+            invocations=per_item["invocations"],
+            gb_seconds=per_item["gb_seconds"],
+        ),
+        "wall_s": report["execution"]["wall_s"],
+    }
+
+
+def run_bench(names: list[str] | None = None, scale: float = 1.0, on_done: Any = None) -> dict[str, Any]:
+    """Run each scenario in each mode; return {scenario: {mode: figures}}."""
+    chosen = scenarios()
+    results: dict[str, Any] = {}
+    for name, scenario in chosen.items():
+        if names and name not in names:
+            continue
+        results[name] = {}
+        for mode in MODES:
+            run = run_scenario(
+                dataclasses.replace(scenario.scaled(scale), dispatch=mode, name=f"{name}-{mode}")
+            )
+            results[name][mode] = measure(run)
+            if on_done is not None:
+                on_done(name, mode, results[name][mode])
+    return results
