@@ -28,6 +28,18 @@ class SqsQueues:
         )
         return int(attrs["Attributes"]["ApproximateNumberOfMessages"])
 
+    def holds_anything(self, queue_url: str) -> bool:
+        """Whether the queue has any message at all: visible, in flight or delayed."""
+        attrs = self._client.get_queue_attributes(
+            QueueUrl=queue_url,
+            AttributeNames=[
+                "ApproximateNumberOfMessages",
+                "ApproximateNumberOfMessagesNotVisible",
+                "ApproximateNumberOfMessagesDelayed",
+            ],
+        )["Attributes"]
+        return any(int(value) > 0 for value in attrs.values())
+
     def change_visibility(self, queue_url: str, receipt_handle: str, seconds: int) -> None:
         self._client.change_message_visibility(
             QueueUrl=queue_url, ReceiptHandle=receipt_handle, VisibilityTimeout=seconds

@@ -250,8 +250,12 @@ def handle_ticket(record: SQSRecord, deps: WorkerDeps, remaining_ms: int) -> Non
             return
         deps.queues.change_visibility(config.ticket_queue_url, record.receipt_handle, delay)
         raise MessageReturned(f"payload retries in {delay}s")
-    if ticket_receives >= config.orphan_ticket_receives:
-        # Its payload never arrived (or was dead-lettered): a bounded number of empty looks, then gone.
+    if ticket_receives >= config.orphan_ticket_receives and not any(
+        deps.queues.holds_anything(q.url) for q in config.queues
+    ):
+        # Its payload never arrived (or was dead-lettered) and nothing anywhere could need it.
+        # A short-poll receive can miss a message, so a ticket is only dropped when every payload
+        # queue, in flight and delayed included, is empty.
         logger.warning("orphan ticket dropped", extra={"ticket_receives": ticket_receives, "index": index})
         return
     deps.queues.change_visibility(
@@ -312,14 +316,22 @@ def _call_target(
         receive_count=receive_count,
         remaining_ms=remaining_ms,
     )
-    exhausted = priority.attempts_exhausted(
-        receive_count=ctx.receive_count,
-        # Ticket payloads are received only to be worked: every receive is an attempt.
-        force_after_receives=1
-        if config.dispatch == contract.DISPATCH_TICKET
-        else config.force_after_receives,
-        max_attempts=config.max_attempts,
-    )
+    # Ticket payloads are received only to be worked: every receive is an attempt.
+    force = 1 if config.dispatch == contract.DISPATCH_TICKET else config.force_after_receives
+
+    def exhausted_at(n: int) -> bool:
+        return priority.attempts_exhausted(
+            receive_count=n, force_after_receives=force, max_attempts=config.max_attempts
+        )
+
+    if exhausted_at(receive_count - 1):
+        # The last allowed attempt never reported back (the worker crashed or timed out): end
+        # the item now instead of letting SQS dead-letter it with its execution still waiting.
+        cause = f"{receive_count - 1} deliveries without a finished attempt (worker crash or timeout)"
+        logger.warning("attempts exhausted before this delivery", extra=log)
+        deps.tokens.fail(message.token, contract.ERROR_RETRIES_EXHAUSTED, cause)
+        return None
+    exhausted = exhausted_at(receive_count)
     try:
         result = deps.target(message.item, ctx)
     except PermanentFailure as exc:

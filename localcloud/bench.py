@@ -72,7 +72,10 @@ def child_transitions(result: RunResult) -> int:
     ticket = result.scenario.dispatch == "ticket"
     total = 0
     for record in result.executions:
-        for entry in (record.output or {}).get("results", []):
+        output = record.output if isinstance(record.output, dict) else {}
+        for entry in output.get("results", []):
+            if not isinstance(entry, dict):
+                continue  # a child that failed outright: its transitions are unknown
             if entry.get("path") == "DIRECT":
                 total += 2
             elif entry.get("priority") is None:

@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import threading
 import urllib.request
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,18 +32,22 @@ FAKE_CREDENTIALS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class EmbeddedAws:
     endpoint: str
     runner: LambdaRunner
     requests: Counter[str] = field(default_factory=Counter)
     """API requests the embedded AWS served, by `service:Action`."""
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count(self, key: str) -> None:
+        with self._lock:
+            self.requests[key] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        """A copy of the request counts, safe while moto's threads keep counting."""
+        with self._lock:
+            return dict(self.requests)
 
     def client(self, service: str) -> Any:
         # boto3's stubs type clients per literal service name; this factory takes any name.
@@ -67,55 +70,62 @@ def _post(url: str, body: dict[str, Any]) -> None:
 @contextmanager
 def embedded_aws() -> Iterator[EmbeddedAws]:
     """Start moto on 127.0.0.1 with Step Functions execution and in-process Lambda."""
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in ("MOTO_PORT", "AWS_DEFAULT_REGION", *FAKE_CREDENTIALS)}
-    # moto's Step Functions integrations call back into the server at localhost:$MOTO_PORT.
-    os.environ.update({"MOTO_PORT": str(port), "AWS_DEFAULT_REGION": REGION, **FAKE_CREDENTIALS})
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     # moto's interpreter logs each Choice that reads a missing path (IsPresent false) as an
     # exception, and each ToleratedFailurePercentage it ignores; outcomes show in executions.
     logging.getLogger("moto.stepfunctions").setLevel(logging.CRITICAL)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    # moto's backends live in this process and outlast a server: start every run from empty.
-    _post(f"{endpoint}/moto-api/reset", {})
-    _post(f"{endpoint}/moto-api/config", {"stepfunctions": {"execute_state_machine": True}})
+    with ExitStack() as cleanup:
+        # Port 0: the OS picks a free port at bind time, so no other process can take it first.
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        cleanup.callback(server.stop)
+        _, port = server.get_host_and_port()
+        endpoint = f"http://127.0.0.1:{port}"
+        saved = {k: os.environ.get(k) for k in ("MOTO_PORT", "AWS_DEFAULT_REGION", *FAKE_CREDENTIALS)}
+        cleanup.callback(_restore_environ, saved)
+        # moto's Step Functions integrations call back into the server at localhost:$MOTO_PORT.
+        os.environ.update({"MOTO_PORT": str(port), "AWS_DEFAULT_REGION": REGION, **FAKE_CREDENTIALS})
+        # moto's backends live in this process and outlast a server: start every run from empty.
+        _post(f"{endpoint}/moto-api/reset", {})
+        _post(f"{endpoint}/moto-api/config", {"stepfunctions": {"execute_state_machine": True}})
 
-    runner = LambdaRunner(
-        {**FAKE_CREDENTIALS, "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION, "AWS_ENDPOINT_URL": endpoint}
-    )
-    original = LambdaFunction._invoke_lambda
+        runner = LambdaRunner(
+            {
+                **FAKE_CREDENTIALS,
+                "AWS_DEFAULT_REGION": REGION,
+                "AWS_REGION": REGION,
+                "AWS_ENDPOINT_URL": endpoint,
+            }
+        )
+        cleanup.callback(runner.close)
 
-    def invoke_in_sandbox(self: LambdaFunction, event: Any = None) -> tuple[str, bool, str]:
-        payload = json.loads(event) if isinstance(event, str) else (event or {})
-        result = runner.invoke(self.function_name, payload, wait_for_slot=True)
-        if result.error is not None:
-            return json.dumps(result.error), True, ""
-        return json.dumps(result.payload), False, ""
+        def invoke_in_sandbox(self: LambdaFunction, event: Any = None) -> tuple[str, bool, str]:
+            payload = json.loads(event) if isinstance(event, str) else (event or {})
+            result = runner.invoke(self.function_name, payload, wait_for_slot=True)
+            if result.error is not None:
+                return json.dumps(result.error), True, ""
+            return json.dumps(result.payload), False, ""
 
-    LambdaFunction._invoke_lambda = invoke_in_sandbox  # type: ignore[method-assign]
-    cloud = EmbeddedAws(endpoint, runner)
-    original_call_action = BaseResponse.call_action
-    lock = threading.Lock()
+        cloud = EmbeddedAws(endpoint, runner)
+        original_call_action = BaseResponse.call_action
 
-    def counting_call_action(self: BaseResponse) -> Any:
-        # Every request, whoever makes it (state machine, sandboxes, pollers): the benchmark's
-        # requests per item come from here, not from estimates.
-        with lock:
-            cloud.requests[f"{self.service_name}:{self._get_action()}"] += 1
-        return original_call_action(self)
+        def counting_call_action(self: BaseResponse) -> Any:
+            # Every request, whoever makes it (state machine, sandboxes, pollers): the
+            # benchmark's requests per item come from here, not from estimates.
+            cloud.count(f"{self.service_name}:{self._get_action()}")
+            return original_call_action(self)
 
-    BaseResponse.call_action = counting_call_action  # type: ignore[method-assign]
-    try:
+        original_invoke = LambdaFunction._invoke_lambda
+        LambdaFunction._invoke_lambda = invoke_in_sandbox  # type: ignore[method-assign]
+        cleanup.callback(setattr, LambdaFunction, "_invoke_lambda", original_invoke)
+        BaseResponse.call_action = counting_call_action  # type: ignore[method-assign]
+        cleanup.callback(setattr, BaseResponse, "call_action", original_call_action)
         yield cloud
-    finally:
-        BaseResponse.call_action = original_call_action  # type: ignore[method-assign]
-        LambdaFunction._invoke_lambda = original  # type: ignore[method-assign]
-        runner.close()
-        server.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+
+
+def _restore_environ(saved: dict[str, str | None]) -> None:
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

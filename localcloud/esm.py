@@ -138,7 +138,10 @@ class EventSourceMappings:
             if self._on_receive is not None:
                 for message in received:
                     self._on_receive(message)
-            self._deliver(mapping, url, received, stats, received_at)
+            try:
+                self._deliver(mapping, url, received, stats, received_at)
+            except Exception:  # noqa: BLE001 - a poller must outlive one bad batch, as Lambda's does
+                stats.add(function_errors=1)
 
     def _deliver(
         self,

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
 COLD_START_ALLOWANCE_S = 30.0
+DEAD_SANDBOX_ERRORS = ("Sandbox.Timedout", "Sandbox.Exited")
 
 
 @dataclass
@@ -125,7 +126,7 @@ class LambdaRunner:
             result = self._call(fn.spec, sandbox, event, cold=cold)
             with fn.lock:
                 fn.busy_s += time.monotonic() - started
-            if result.error is None or result.error.get("errorType") != "Sandbox.Timedout":
+            if result.error is None or result.error.get("errorType") not in DEAD_SANDBOX_ERRORS:
                 with fn.lock:
                     fn.idle.append(sandbox)
             return result
@@ -174,13 +175,21 @@ class LambdaRunner:
         # A cold sandbox first spawns and imports (Lambda's init phase): allow for it.
         if not sandbox.conn.poll(spec.timeout_s + (COLD_START_ALLOWANCE_S if cold else 0.5)):
             sandbox.process.kill()
+            sandbox.process.join(timeout=5)
+            sandbox.conn.close()
             return Invocation(
                 error={
                     "errorType": "Sandbox.Timedout",
                     "errorMessage": f"Task timed out after {spec.timeout_s:.2f} seconds",
                 }
             )
-        payload, error = sandbox.conn.recv()
+        try:
+            payload, error = sandbox.conn.recv()
+        except (EOFError, OSError) as exc:
+            # The sandbox died mid-invoke (os._exit, an unpicklable result): Lambda reports a
+            # runtime error and starts a fresh environment next time.
+            sandbox.process.kill()
+            return Invocation(error={"errorType": "Sandbox.Exited", "errorMessage": repr(exc)})
         return Invocation(payload=payload, error=error)
 
     def close(self) -> None:

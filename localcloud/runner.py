@@ -113,7 +113,7 @@ def _run(
     on_tick: Callable[[LegacyApi, list[ExecutionRecord]], None] | None,
 ) -> RunResult:
     stack = deploy(aws, stack_config(scenario, api.url))
-    before = dict(aws.requests)
+    before = aws.snapshot()
     sfn, sqs = aws.client("stepfunctions"), aws.client("sqs")
     enqueued_at: dict[str, float] = {}
     lock = threading.Lock()
@@ -157,9 +157,14 @@ def _run(
                 break
             time.sleep(POLL_S)
     finally:
+        # Executions still running at the deadline would keep calling into this process's moto
+        # (and the next run's server): stop them before leaving.
+        for record in executions:
+            if record.status == "RUNNING":
+                sfn.stop_execution(executionArn=record.arn, error="Sluice.RunDeadline")
         mappings.stop()
     worker = stack.outputs["workerFunctionName"]
-    requests = {k: n - before.get(k, 0) for k, n in aws.requests.items() if n - before.get(k, 0)}
+    requests = {k: n - before.get(k, 0) for k, n in aws.snapshot().items() if n - before.get(k, 0)}
     return RunResult(
         scenario=scenario,
         executions=executions,

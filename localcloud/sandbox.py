@@ -80,7 +80,6 @@ def serve(conn: Connection, code_dir: str, handler: str, env: dict[str, str], me
         )
         try:
             result = function(event, context)
-        except Exception as exc:  # noqa: BLE001 - returned as Lambda's function-error shape
-            conn.send((None, error_shape(exc)))
-        else:
             conn.send((result, None))
+        except BaseException as exc:  # noqa: BLE001 - even SystemExit is an invoke error to Lambda
+            conn.send((None, error_shape(exc)))

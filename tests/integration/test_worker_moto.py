@@ -192,6 +192,23 @@ def test_retryable_errors_return_the_message_then_fail_once_the_budget_is_spent(
     assert rig.sfn_calls["SendTaskFailure"] == 1
 
 
+def test_a_delivery_past_the_budget_fails_the_item_without_calling_the_api(rig: Rig) -> None:
+    """The last allowed attempt crashed (never reported back): the next delivery ends the item."""
+    execution = rig.start({"id": "crashy", "priority": "HIGH"})
+    crashed = rig.receive("HIGH")["Records"][0]
+    # The crashed invocation's message comes back (here at once, on AWS after its visibility).
+    rig.sqs.change_message_visibility(
+        QueueUrl=rig.queues["HIGH"].url, ReceiptHandle=crashed["receiptHandle"], VisibilityTimeout=0
+    )
+    again = rig.receive("HIGH")
+    assert again["Records"][0]["attributes"]["ApproximateReceiveCount"] == "2"
+    assert handle_batch(again, None, rig.deps(ok, force_after_receives=1, max_attempts=1)) == {
+        "batchItemFailures": []
+    }
+    assert rig.target_calls == []
+    assert rig.output(execution)["error"]["Error"] == "Sluice.RetriesExhausted"
+
+
 def test_retry_later_sets_the_visibility_the_api_asked_for(rig: Rig) -> None:
     def busy(item: Any, ctx: TargetContext) -> Any:
         raise RetryLater(30)
