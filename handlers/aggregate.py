@@ -20,7 +20,11 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 MAX_FAILURES_LISTED = 100
-"""The parent's output must stay under 256 KiB, so only this many failures are listed."""
+"""The parent's output must stay under 256 KiB, so only this many failures are listed..."""
+MAX_CAUSE_CHARS = 500
+"""...each with its cause cut to this length."""
+SFN_MAX_OUTPUT_BYTES = 262_144  # a state's output may be at most 256 KiB
+OUTPUT_HEADROOM_BYTES = 16_384  # room for the summary around the inline results
 
 
 def normalise(entry: Any, position: int) -> dict[str, Any]:
@@ -59,7 +63,12 @@ def aggregate(results: Sequence[Any]) -> dict[str, Any]:
         if item["status"] == STATUS_FAILED:
             error, cause = error_and_cause(item)
             failures.append(
-                {"index": item.get("index"), "priority": item.get("priority"), "error": error, "cause": cause}
+                {
+                    "index": item.get("index"),
+                    "priority": item.get("priority"),
+                    "error": error,
+                    "cause": cause[:MAX_CAUSE_CHARS],
+                }
             )
     return {
         "total": len(items),
@@ -125,7 +134,16 @@ def handle(event: dict[str, Any], s3: S3Client | None) -> dict[str, Any]:
     map_output = event.get("map_output")
     if isinstance(map_output, list):
         summary = aggregate(map_output)
-        summary["results"] = map_output
+        size = len(json.dumps(map_output).encode())
+        if size + OUTPUT_HEADROOM_BYTES <= SFN_MAX_OUTPUT_BYTES:
+            summary["results"] = map_output
+        else:
+            # Echoing them would push the parent's output past 256 KiB and fail the whole batch
+            # with States.DataLimitExceeded, which no Catch can handle.
+            summary["results_omitted"] = (
+                f"{size} bytes of inline results do not fit beside the summary; start the batch "
+                'with {"source": {"bucket", "key"}} to have results written to S3'
+            )
     elif isinstance(map_output, dict) and "ResultWriterDetails" in map_output:
         if s3 is None:
             raise ValueError("an S3 client is needed to read ResultWriter output")

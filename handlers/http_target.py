@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 DEFAULT_TIMEOUT_SECONDS = 10.0
 DEFAULT_RETRY_AFTER_SECONDS = 5.0
 HTTP_TOO_MANY_REQUESTS = 429
+# Statuses that say "not now" rather than "never": request timeout, too early.
+RETRYABLE_CLIENT_ERRORS = (408, 425)
 
 
 class HttpTargetConfigError(Exception):
@@ -71,6 +73,17 @@ class HttpTargetConfig:
         )
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect would turn the POST into a body-less GET elsewhere and report its 200 as
+    success: surface the 3xx instead (it is a configuration error, so a permanent failure)."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:  # noqa: ARG002 - the base signature
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
 def retry_after_seconds(header: str | None) -> float:
     """Seconds from a Retry-After header given in seconds; a default when absent or a date."""
     if header is None:
@@ -86,7 +99,7 @@ def post_item(
     ctx: TargetContext,
     config: HttpTargetConfig,
     credential: str | None,
-    opener: Callable[..., Any] = urllib.request.urlopen,
+    opener: Callable[..., Any] = _OPENER.open,
 ) -> Any:
     """POST one item and map the answer to a result or one of the target exceptions."""
     headers = {
@@ -105,7 +118,7 @@ def post_item(
     except urllib.error.HTTPError as exc:
         if exc.code == HTTP_TOO_MANY_REQUESTS:
             raise RetryLater(retry_after_seconds(exc.headers.get("Retry-After")), "HTTP 429") from exc
-        if exc.code >= 500:
+        if exc.code >= 500 or exc.code in RETRYABLE_CLIENT_ERRORS:
             raise ApiUnavailable(f"HTTP {exc.code} from {config.url}") from exc
         raise PermanentFailure(f"HTTP {exc.code} from {config.url}: {exc.read()[:500]!r}") from exc
     except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:

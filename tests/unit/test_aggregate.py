@@ -55,6 +55,20 @@ def test_handle_inline_keeps_results_and_execution() -> None:
     assert out["total"] == 1
 
 
+def test_inline_results_too_big_for_the_output_are_omitted_with_the_fix() -> None:
+    big = [{"status": "SUCCEEDED", "index": i, "result": {"blob": "x" * 1_000}} for i in range(300)]
+    out = handle({"map_output": big, "execution": "arn:exec"}, s3=None)
+    assert out["total"] == 300
+    assert "results" not in out
+    assert '"source"' in out["results_omitted"]
+    assert len(json.dumps(out)) < 262_144
+
+
+def test_failure_causes_are_cut_short() -> None:
+    failed = {"status": "FAILED", "index": 0, "error": {"Error": "E", "Cause": "c" * 10_000}}
+    assert len(aggregate([failed])["failures"][0]["cause"]) == 500
+
+
 def test_handle_refuses_an_unknown_shape() -> None:
     with pytest.raises(ValueError, match="map_output"):
         handle({"map_output": "nope"}, s3=None)

@@ -51,8 +51,11 @@ def test_a_non_json_answer_is_wrapped() -> None:
         (Scripted(status=429), RetryLater, 5.0),
         (Scripted(status=500), ApiUnavailable, "HTTP 500"),
         (Scripted(status=503), ApiUnavailable, "HTTP 503"),
+        (Scripted(status=408), ApiUnavailable, "HTTP 408"),
+        (Scripted(status=425), ApiUnavailable, "HTTP 425"),
         (Scripted(status=400, body=b"bad order"), PermanentFailure, "bad order"),
         (Scripted(status=404), PermanentFailure, "HTTP 404"),
+        (Scripted(status=302, headers={"Location": "/elsewhere"}), PermanentFailure, "HTTP 302"),
         (Scripted(delay_s=1.0), ApiUnavailable, "calling"),
     ],
 )
