@@ -1,6 +1,11 @@
-"""PriorityWorker: the worker Lambda, its role, and one event source mapping per priority queue.
+"""PriorityWorker: the worker Lambda, its role, and its event source mappings: one on the ticket
+queue (`ticket` dispatch), or one per priority queue (`yield` dispatch).
 
-How concurrency is capped (the `yield` dispatch):
+With `ticket`, reserved concurrency = `concurrency` and the single mapping's MaximumConcurrency =
+max(2, concurrency): at a limit of 1 the second poller's invokes are throttled and retried, but
+they carry only tickets, so no payload's receive count moves.
+
+How concurrency is capped with `yield`:
 - reserved concurrency = `concurrency` is the hard cap: never more invocations, hence never
   more calls in flight to the legacy API, than its limit;
 - each mapping's ScalingConfig.MaximumConcurrency = max(2, concurrency) (AWS's minimum is 2),
