@@ -21,8 +21,6 @@ MODES = ("yield", "ticket", "fifo")
 SERVICE_S = 1.0
 """Legacy APIs answer in hundreds of ms to seconds; at 1 s the API's time dominates the embedded
 AWS's own per-request overhead, so the figures compare dispatch, not emulator speed."""
-EMPTY_TICKET_MESSAGES = ("empty ticket returned", "orphan ticket dropped")
-YIELD_MESSAGE = "yielded to higher priority work"
 
 
 def _mixed(n: int) -> dict[str, int]:
@@ -89,7 +87,7 @@ def measure(result: RunResult) -> dict[str, Any]:
     report = build_report(result)
     items = max(1, report["items"]["total"])
     throttled_items = max(1, report["items"]["throttled"])
-    empty_tickets = sum(1 for r in result.worker_logs if r.get("message") in EMPTY_TICKET_MESSAGES)
+    empty_tickets = report["worker"]["empty_tickets"]
     yields = report["worker"]["yields"]
     throttled_invokes = report["worker"]["throttled"]
     esm_empty = sum(s.empty_receives for s in result.mapping_stats)

@@ -94,9 +94,6 @@ class LambdaRunner:
         spec = FunctionSpec(name, arn, handler, env, timeout_s, memory_mb, reserved, str(code_dir))
         self._functions[name] = _Function(spec, threading.Semaphore(reserved) if reserved else None)
 
-    def has(self, name: str) -> bool:
-        return name in self._functions
-
     def stats(self, name: str) -> dict[str, int]:
         fn = self._functions[name]
         return {

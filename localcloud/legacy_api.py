@@ -56,7 +56,6 @@ class LegacyApi:
     profile: ApiProfile
     url: str = ""
     calls: list[Call] = field(default_factory=list)
-    started_at: float = field(default_factory=time.time)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _in_flight: int = 0
     _window: list[float] = field(default_factory=list)

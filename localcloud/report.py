@@ -8,7 +8,7 @@ Format (version 1), all times in seconds:
     downstream.{limit, max_in_flight, over_limit, calls, calls_ok, duplicate_calls, utilization}
         over_limit: calls the API refused because Sluice exceeded its limits (must be 0)
         utilization: busy call-time / (limit x time from first call start to last call end)
-    worker.{invocations, yields, forced, throttled}
+    worker.{invocations, yields, forced, empty_tickets, throttled}
         throttled: invokes refused for lack of reserved concurrency (the mapping retries them)
     execution.{status, wall_s, executions}
 """
@@ -25,8 +25,11 @@ if TYPE_CHECKING:
     from localcloud.runner import RunResult
 
 REPORT_VERSION = 1
+# The worker's log messages this report counts (localcloud never imports the handlers it runs,
+# so they are named here; the overtake test's `yields > 0` fails if the two drift apart).
 YIELD_MESSAGE = "yielded to higher priority work"
 FORCED_MESSAGE = "forced past waiting higher priority work"
+EMPTY_TICKET_MESSAGES = ("empty ticket returned", "orphan ticket dropped")
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -116,6 +119,7 @@ def build_report(result: RunResult) -> dict[str, Any]:
             "invocations": result.worker_stats["invocations"],
             "yields": sum(1 for r in result.worker_logs if r.get("message") == YIELD_MESSAGE),
             "forced": sum(1 for r in result.worker_logs if r.get("message") == FORCED_MESSAGE),
+            "empty_tickets": sum(1 for r in result.worker_logs if r.get("message") in EMPTY_TICKET_MESSAGES),
             "throttled": sum(s.throttled_invokes for s in result.mapping_stats),
         },
         "execution": {
