@@ -25,6 +25,7 @@ INT_ARGS = (
     "message_retention_seconds",
     "dlq_retention_seconds",
     "callback_timeout_seconds",
+    "idempotency_ttl_seconds",
     "map_max_concurrency",
     "log_retention_days",
     "share_period",
@@ -79,3 +80,4 @@ pulumi.export("queueUrls", fan_out.queue_urls)
 pulumi.export("dlqUrls", fan_out.dlq_urls)
 pulumi.export("workerFunctionName", fan_out.worker_function_name)
 pulumi.export("resultsBucket", fan_out.results_bucket)
+pulumi.export("idempotencyTable", fan_out.idempotency_table_name)

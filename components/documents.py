@@ -19,6 +19,7 @@ from handlers.contract import (
     FIELD_ITEM,
     FIELD_PRIORITY,
     FIELD_TOKEN,
+    RESULTS_PREFIX,
     STATUS_FAILED,
     STATUS_SUCCEEDED,
 )
@@ -357,10 +358,13 @@ def build_worker_policy(
     queue_arns: Sequence[str],
     dlq_arns: Sequence[str],
     log_group_arn: str,
+    idempotency_table_arn: str,
+    results_bucket_arn: str | None = None,
     secret_arn: str | None = None,
     ssm_parameter_arn: str | None = None,
 ) -> dict[str, Any]:
-    """What the worker may do: consume its queues, dead-letter, answer tokens, log."""
+    """What the worker may do: consume its queues, dead-letter, answer tokens, keep its
+    idempotency records, spill large results, log."""
     statements = [
         _statement(
             "ConsumePriorityQueues",
@@ -382,11 +386,20 @@ def build_worker_policy(
             ["*"],
         ),
         _statement(
+            "KeepIdempotencyRecords",
+            ["dynamodb:DeleteItem", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"],
+            [idempotency_table_arn],
+        ),
+        _statement(
             "WriteOwnLogs",
             ["logs:CreateLogStream", "logs:PutLogEvents"],
             [log_group_arn, f"{log_group_arn}:*"],
         ),
     ]
+    if results_bucket_arn:
+        statements.append(
+            _statement("SpillLargeResults", ["s3:PutObject"], [f"{results_bucket_arn}/{RESULTS_PREFIX}*"])
+        )
     if secret_arn:
         statements.append(_statement("ReadApiSecret", ["secretsmanager:GetSecretValue"], [secret_arn]))
     if ssm_parameter_arn:
@@ -398,7 +411,11 @@ def build_aggregate_policy(*, results_bucket_arn: str, log_group_arn: str) -> di
     return {
         "Version": "2012-10-17",
         "Statement": [
-            _statement("ReadMapResults", ["s3:GetObject"], [f"{results_bucket_arn}/results/*"]),
+            _statement(
+                "ReadMapResults",
+                ["s3:GetObject"],
+                [f"{results_bucket_arn}/results/*", f"{results_bucket_arn}/{RESULTS_PREFIX}*"],
+            ),
             _statement(
                 "WriteOwnLogs",
                 ["logs:CreateLogStream", "logs:PutLogEvents"],

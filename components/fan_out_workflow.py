@@ -64,6 +64,7 @@ class FanOutWorkflow(pulumi.ComponentResource):
 
     state_machine_arn: pulumi.Output[str]
     state_machine_name: pulumi.Output[str]
+    results_bucket_arn: pulumi.Output[str]
     results_bucket: pulumi.Output[str]
     """Bucket for batches read from S3 (upload under `inputs/`) and Map results (`results/`)."""
     aggregate_function_name: pulumi.Output[str]
@@ -204,12 +205,14 @@ class FanOutWorkflow(pulumi.ComponentResource):
         self.state_machine_arn = state_machine.arn
         self.state_machine_name = state_machine.name
         self.results_bucket = bucket.bucket
+        self.results_bucket_arn = bucket.arn
         self.aggregate_function_name = aggregate.name
         self.register_outputs(
             {
                 "state_machine_arn": self.state_machine_arn,
                 "state_machine_name": self.state_machine_name,
                 "results_bucket": self.results_bucket,
+                "results_bucket_arn": self.results_bucket_arn,
                 "aggregate_function_name": self.aggregate_function_name,
             }
         )

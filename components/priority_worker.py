@@ -98,6 +98,13 @@ class PriorityWorkerArgs(TypedDict):
     ticket_queue_arn: NotRequired[pulumi.Input[str]]
     share_period: NotRequired[int]
     """ticket: one item in every share_period gives each lower priority first pick. Default 10."""
+    idempotency_ttl_seconds: NotRequired[int]
+    """How long an item's idempotency record (its stored outcome) is kept. Default 4 days, the
+    queues' default retention: a record must outlive every possible redelivery of its message."""
+    results_bucket: NotRequired[pulumi.Input[str]]
+    """Bucket where results too large for Step Functions are written (under item-results/);
+    without it such results fail the item with the reason."""
+    results_bucket_arn: NotRequired[pulumi.Input[str]]
 
 
 class PriorityWorker(pulumi.ComponentResource):
@@ -106,6 +113,8 @@ class PriorityWorker(pulumi.ComponentResource):
     function_name: pulumi.Output[str]
     function_arn: pulumi.Output[str]
     role_arn: pulumi.Output[str]
+    idempotency_table_name: pulumi.Output[str]
+    """DynamoDB table of per-item idempotency records (key `id`, TTL attribute `expiration`)."""
     mapping_uuids: pulumi.Output[dict[str, str]]
     """Event source mapping UUID by priority, or under TICKETS for the ticket dispatch (to pause
     consumption: disable the mapping)."""
@@ -126,6 +135,17 @@ class PriorityWorker(pulumi.ComponentResource):
         log_group = aws.cloudwatch.LogGroup(
             f"{name}-logs", retention_in_days=cfg.log_retention_days, opts=child
         )
+        # One record per (execution, item) so a redelivered message replays the stored outcome
+        # instead of calling the legacy API again. On-demand: its traffic follows the worker's.
+        table = aws.dynamodb.Table(
+            f"{name}-idempotency",
+            billing_mode="PAY_PER_REQUEST",
+            hash_key=contract.IDEMPOTENCY_KEY_ATTRIBUTE,
+            attributes=[{"name": contract.IDEMPOTENCY_KEY_ATTRIBUTE, "type": "S"}],
+            ttl={"attribute_name": contract.IDEMPOTENCY_EXPIRY_ATTRIBUTE, "enabled": True},
+            server_side_encryption={"enabled": True},
+            opts=child,
+        )
         http = args.get("http_target")
         queue_arns = pulumi.Output.from_input(args["queue_arns"])
         dlq_arns = pulumi.Output.from_input(args["dlq_arns"])
@@ -138,6 +158,8 @@ class PriorityWorker(pulumi.ComponentResource):
                     ticket_arn=args.get("ticket_queue_arn"),
                     dlq_arns=dlq_arns,
                     log_group_arn=log_group.arn,
+                    table_arn=table.arn,
+                    results_bucket_arn=args.get("results_bucket_arn"),
                     secret_arn=http.get("secret_arn") if http else None,
                     ssm_parameter_arn=http.get("ssm_parameter_arn") if http else None,
                 ).apply(
@@ -146,6 +168,8 @@ class PriorityWorker(pulumi.ComponentResource):
                         + ([a["ticket_arn"]] if a["ticket_arn"] else []),
                         dlq_arns=[a["dlq_arns"][p] for p in priorities],
                         log_group_arn=a["log_group_arn"],
+                        idempotency_table_arn=a["table_arn"],
+                        results_bucket_arn=a["results_bucket_arn"],
                         secret_arn=a["secret_arn"],
                         ssm_parameter_arn=a["ssm_parameter_arn"],
                     )
@@ -171,8 +195,12 @@ class PriorityWorker(pulumi.ComponentResource):
             contract.ENV_RETRY_BASE_SECONDS: str(cfg.retry_base_seconds),
             contract.ENV_RETRY_MAX_SECONDS: str(cfg.retry_max_seconds),
             contract.ENV_DISPATCH: cfg.dispatch,
+            contract.ENV_IDEMPOTENCY_TABLE: table.name,
+            contract.ENV_IDEMPOTENCY_TTL_SECONDS: str(cfg.idempotency_ttl_seconds),
             "POWERTOOLS_SERVICE_NAME": "sluice-worker",
         }
+        if "results_bucket" in args:
+            env[contract.ENV_RESULTS_BUCKET] = args["results_bucket"]
         if cfg.dispatch == contract.DISPATCH_TICKET:
             env[contract.ENV_TICKET_QUEUE_URL] = args["ticket_queue_url"]
             env[contract.ENV_SHARE_PERIOD] = str(cfg.share_period)
@@ -222,12 +250,14 @@ class PriorityWorker(pulumi.ComponentResource):
         self.function_name = function.name
         self.function_arn = function.arn
         self.role_arn = role.arn
+        self.idempotency_table_name = table.name
         self.mapping_uuids = pulumi.Output.all(**{p: m.uuid for p, m in mappings.items()}).apply(dict)
         self.register_outputs(
             {
                 "function_name": self.function_name,
                 "function_arn": self.function_arn,
                 "role_arn": self.role_arn,
+                "idempotency_table_name": self.idempotency_table_name,
                 "mapping_uuids": self.mapping_uuids,
             }
         )
@@ -254,6 +284,7 @@ class WorkerSettings:
     log_retention_days: int
     dispatch: str
     share_period: int
+    idempotency_ttl_seconds: int
 
 
 def check_worker_args(name: str, args: Mapping[str, Any], component: str = COMPONENT) -> WorkerSettings:
@@ -326,4 +357,5 @@ def check_worker_args(name: str, args: Mapping[str, Any], component: str = COMPO
         log_retention_days=whole("log_retention_days", 14, 1),
         dispatch=v.check_choice(c, name, "dispatch", args.get("dispatch", "yield"), contract.DISPATCH_MODES),
         share_period=whole("share_period", 10, 2, 1_000),
+        idempotency_ttl_seconds=whole("idempotency_ttl_seconds", 345_600, 3_600, 31_536_000),
     )

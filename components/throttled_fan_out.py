@@ -38,6 +38,7 @@ _WORKER_ARGS = (
     "yield_delay_seconds",
     "retry_base_seconds",
     "retry_max_seconds",
+    "idempotency_ttl_seconds",
 )
 _WORKFLOW_ARGS = (
     "throttle_rule",
@@ -86,6 +87,9 @@ class ThrottledFanOutArgs(TypedDict):
     """Backoff cap. Default 300."""
     max_receive_count: NotRequired[int]
     """Receives before a message is dead-lettered. Default 10."""
+    idempotency_ttl_seconds: NotRequired[int]
+    """How long each item's stored outcome is kept to answer redeliveries without calling the
+    API again. Default 4 days; at least callback_timeout_seconds."""
     visibility_timeout_seconds: NotRequired[int]
     """Queue visibility timeout. Default 6x worker_timeout_seconds."""
     message_retention_seconds: NotRequired[int]
@@ -124,6 +128,9 @@ class ThrottledFanOut(pulumi.ComponentResource):
     """Dead-letter queue URL by priority."""
     worker_function_name: pulumi.Output[str]
     results_bucket: pulumi.Output[str]
+    """Map results (`results/`), batches read from S3 (`inputs/`), and item results too large for
+    Step Functions (`item-results/`)."""
+    idempotency_table_name: pulumi.Output[str]
 
     def __init__(
         self, name: str, args: ThrottledFanOutArgs, opts: pulumi.ResourceOptions | None = None
@@ -147,6 +154,18 @@ class ThrottledFanOut(pulumi.ComponentResource):
         if unknown:
             raise v.SluiceConfigError(
                 f"{COMPONENT} {name!r}: unknown args {unknown!r}; known args are {sorted(known)!r}"
+            )
+        callback_timeout = args.get("callback_timeout_seconds", 86_400)
+        ttl = args.get("idempotency_ttl_seconds", 345_600)
+        if isinstance(ttl, int) and isinstance(callback_timeout, int) and ttl < callback_timeout:
+            # The worker skips items whose task has ended, so a record is only needed while the
+            # task can still wait; a shorter one lets a late redelivery call the API twice.
+            raise v.fail(
+                COMPONENT,
+                name,
+                "idempotency_ttl_seconds",
+                f"must be at least callback_timeout_seconds ({callback_timeout})",
+                ttl,
             )
         worker_timeout = args.get("worker_timeout_seconds", 30)
         max_receive_count = args.get("max_receive_count", 10)
@@ -204,6 +223,8 @@ class ThrottledFanOut(pulumi.ComponentResource):
                 "queue_arns": queues.queue_arns,
                 "dlq_urls": queues.dlq_urls,
                 "dlq_arns": queues.dlq_arns,
+                "results_bucket": workflow.results_bucket,
+                "results_bucket_arn": workflow.results_bucket_arn,
                 **_ticket_args(queues),
             },
         )
@@ -214,6 +235,7 @@ class ThrottledFanOut(pulumi.ComponentResource):
         self.dlq_urls = queues.dlq_urls
         self.worker_function_name = worker.function_name
         self.results_bucket = workflow.results_bucket
+        self.idempotency_table_name = worker.idempotency_table_name
         self.register_outputs(
             {
                 "state_machine_arn": self.state_machine_arn,
@@ -221,6 +243,7 @@ class ThrottledFanOut(pulumi.ComponentResource):
                 "dlq_urls": self.dlq_urls,
                 "worker_function_name": self.worker_function_name,
                 "results_bucket": self.results_bucket,
+                "idempotency_table_name": self.idempotency_table_name,
             }
         )
 

@@ -81,6 +81,19 @@ class TaskTokens:
             client.exceptions.InvalidToken,
         )
 
+    def alive(self, token: str) -> bool:
+        """Whether the task may still wait for this token (SendTaskHeartbeat, which any callback
+        task accepts): an item whose task timed out or whose execution stopped is not worked."""
+        try:
+            self._client.send_task_heartbeat(taskToken=token)
+        except (self._client.exceptions.TaskTimedOut, self._client.exceptions.TaskDoesNotExist) as exc:
+            self._logger.warning("task token already finished", extra={"reason": type(exc).__name__})
+            return False
+        except self._client.exceptions.InvalidToken:
+            # Cannot tell, so do not drop work on it: the completion that follows tolerates it.
+            return True
+        return True
+
     def succeed(self, token: str, output: str) -> bool:
         """SendTaskSuccess. False when the token was already finished."""
         try:

@@ -12,10 +12,17 @@ from collections import Counter, defaultdict
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from handlers.contract import DIRECT_PATH, ERROR_CHILD_FAILED, STATUS_FAILED, STATUS_SUCCEEDED
+from handlers.contract import (
+    DIRECT_PATH,
+    ERROR_CHILD_FAILED,
+    ERROR_RESULT_MISSING,
+    RESULT_POINTER_FIELD,
+    STATUS_FAILED,
+    STATUS_SUCCEEDED,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from mypy_boto3_s3 import S3Client
 
@@ -87,6 +94,37 @@ def aggregate(results: Sequence[Any]) -> dict[str, Any]:
     }
 
 
+def resolve_pointers(entries: list[Any], exists: Callable[[str, str], int | None]) -> list[dict[str, Any]]:
+    """Check every result the worker spilled to S3; return where they are.
+
+    `exists(bucket, key)` gives the object's size, or None when it is missing. A pointer to
+    nothing is not a result: that item is turned into a recorded failure in place.
+    """
+    located = []
+    for position, entry in enumerate(entries):
+        if not isinstance(entry, dict) or entry.get("status") != STATUS_SUCCEEDED:
+            continue
+        result = entry.get("result")
+        pointer = result.get(RESULT_POINTER_FIELD) if isinstance(result, dict) else None
+        if not isinstance(pointer, dict):
+            continue
+        bucket, key = str(pointer.get("bucket", "")), str(pointer.get("key", ""))
+        size = exists(bucket, key) if bucket and key else None
+        if size is None:
+            entries[position] = {
+                "status": STATUS_FAILED,
+                "index": entry.get("index", position),
+                "priority": entry.get("priority"),
+                "error": {
+                    "Error": ERROR_RESULT_MISSING,
+                    "Cause": f"result pointer {json.dumps(pointer)[:300]} names no object in S3",
+                },
+            }
+            continue
+        located.append({"index": entry.get("index", position), "bucket": bucket, "key": key, "bytes": size})
+    return located
+
+
 def result_writer_entries(manifest: dict[str, Any], read_json: Any) -> list[Any]:
     """Child results in batch order from a ResultWriter manifest.
 
@@ -129,10 +167,31 @@ def _loads(value: Any) -> Any:
         return value
 
 
-def handle(event: dict[str, Any], s3: S3Client | None) -> dict[str, Any]:
-    """Aggregate inline results, or the ResultWriter output the event points at."""
+def handle(event: dict[str, Any], s3: Callable[[], S3Client] | None) -> dict[str, Any]:
+    """Aggregate inline results, or the ResultWriter output the event points at.
+
+    `s3` returns a client when one is needed (ResultWriter output, results spilled to S3).
+    """
+
+    def client() -> S3Client:
+        if s3 is None:
+            raise ValueError("an S3 client is needed to read results stored in S3")
+        return s3()
+
+    def exists(bucket: str, key: str) -> int | None:
+        from botocore.exceptions import ClientError  # noqa: PLC0415 - only when results are in S3
+
+        try:
+            return int(client().head_object(Bucket=bucket, Key=key)["ContentLength"])
+        except ClientError as exc:
+            # Without s3:ListBucket a missing key answers 403, not 404: both mean no result here.
+            if exc.response.get("Error", {}).get("Code") in ("404", "403", "NoSuchKey"):
+                return None
+            raise
+
     map_output = event.get("map_output")
     if isinstance(map_output, list):
+        located = resolve_pointers(map_output, exists)
         summary = aggregate(map_output)
         size = len(json.dumps(map_output).encode())
         if size + OUTPUT_HEADROOM_BYTES <= SFN_MAX_OUTPUT_BYTES:
@@ -145,21 +204,24 @@ def handle(event: dict[str, Any], s3: S3Client | None) -> dict[str, Any]:
                 'with {"source": {"bucket", "key"}} to have results written to S3'
             )
     elif isinstance(map_output, dict) and "ResultWriterDetails" in map_output:
-        if s3 is None:
-            raise ValueError("an S3 client is needed to read ResultWriter output")
         details = map_output["ResultWriterDetails"]
         bucket = details["Bucket"]
 
         def read_json(key: str) -> Any:
-            return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+            return json.loads(client().get_object(Bucket=bucket, Key=key)["Body"].read())
 
-        summary = aggregate(result_writer_entries(read_json(details["Key"]), read_json))
+        entries = result_writer_entries(read_json(details["Key"]), read_json)
+        located = resolve_pointers(entries, exists)
+        summary = aggregate(entries)
         summary["results_location"] = {"bucket": bucket, "manifest_key": details["Key"]}
     else:
         raise ValueError(
             "event.map_output must be the Map's result list or its ResultWriter output, "
             f"got {json.dumps(map_output)[:200]}"
         )
+    if located:
+        summary["results_in_s3"] = located[:MAX_FAILURES_LISTED]
+        summary["results_in_s3_not_listed"] = max(0, len(located) - MAX_FAILURES_LISTED)
     summary["execution"] = event.get("execution")
     return summary
 
@@ -172,4 +234,4 @@ def _s3() -> S3Client:
 
 
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:  # noqa: ARG001 - Lambda signature
-    return handle(event, _s3() if isinstance(event.get("map_output"), dict) else None)
+    return handle(event, _s3)

@@ -33,6 +33,14 @@ ENV_TICKET_QUEUE_URL = "SLUICE_TICKET_QUEUE_URL"
 ENV_SHARE_PERIOD = "SLUICE_SHARE_PERIOD"
 ENV_ORPHAN_TICKET_RECEIVES = "SLUICE_ORPHAN_TICKET_RECEIVES"
 ENV_EMPTY_TICKET_DELAY_SECONDS = "SLUICE_EMPTY_TICKET_DELAY_SECONDS"
+ENV_IDEMPOTENCY_TABLE = "SLUICE_IDEMPOTENCY_TABLE"
+"""DynamoDB table of idempotency records, one per (execution, index)."""
+ENV_IDEMPOTENCY_TTL_SECONDS = "SLUICE_IDEMPOTENCY_TTL_SECONDS"
+IDEMPOTENCY_KEY_ATTRIBUTE = "id"
+IDEMPOTENCY_EXPIRY_ATTRIBUTE = "expiration"
+"""Powertools' attribute names; the table's key and TTL must match them."""
+ENV_RESULTS_BUCKET = "SLUICE_RESULTS_BUCKET"
+"""Bucket for results too large to return through Step Functions."""
 
 DISPATCH_YIELD = "yield"
 DISPATCH_TICKET = "ticket"
@@ -59,12 +67,18 @@ FIELD_INDEX = "index"
 FIELD_PRIORITY = "priority"
 FIELD_EXECUTION = "execution"
 
+# A task output of `{RESULT_POINTER_FIELD: {"bucket", "key", "bytes"}}` means the result is in S3.
+RESULT_POINTER_FIELD = "sluice_result_s3"
+RESULTS_PREFIX = "item-results/"
+"""Where in the results bucket those results go (the Map's own output goes under results/)."""
+
 # Error names the worker sends with SendTaskFailure; the aggregate reports them verbatim.
 ERROR_PERMANENT = "Sluice.PermanentFailure"
 ERROR_RETRIES_EXHAUSTED = "Sluice.RetriesExhausted"
 ERROR_MALFORMED = "Sluice.MalformedMessage"
 ERROR_UNKNOWN_PRIORITY = "Sluice.UnknownPriority"
 ERROR_CHILD_FAILED = "Sluice.ChildExecutionFailed"
+ERROR_RESULT_MISSING = "Sluice.ResultMissing"
 
 # Attribute set on a message the worker dead-letters itself, so an operator reading the DLQ
 # sees why without digging through logs.

@@ -27,6 +27,7 @@ from aws_lambda_powertools.utilities.batch import (
 from handlers import contract, priority
 from handlers.adapters import SqsQueues, TaskTokens
 from handlers.messages import MalformedMessage, WorkMessage, parse_message
+from handlers.once import ItemInProgress, OncePerItem, Outcome, ResultSpill, task_output
 from handlers.target import PermanentFailure, RetryLater, Target, TargetContext, load_target
 
 if TYPE_CHECKING:
@@ -37,8 +38,6 @@ logger = Logger(service="sluice-worker")
 
 N = TypeVar("N", int, float)
 
-# Step Functions rejects task output above 256 KiB (SendTaskSuccess `output` maximum).
-SFN_MAX_OUTPUT_CHARS = 262_144
 # When no Lambda context is given (tests, local runs), assume a generous deadline.
 NO_CONTEXT_REMAINING_MS = 900_000
 
@@ -73,6 +72,10 @@ class WorkerConfig:
     share_period: int = 10
     orphan_ticket_receives: int = 10
     empty_ticket_delay_seconds: int = 1
+    idempotency_table: str = ""
+    idempotency_ttl_seconds: int = 345_600
+    """Records must outlive every redelivery: by default the queues' 4-day retention."""
+    results_bucket: str = ""
 
     @property
     def priorities(self) -> list[str]:
@@ -111,7 +114,18 @@ class WorkerConfig:
             share_period=_env_number(env, contract.ENV_SHARE_PERIOD, 10, int),
             orphan_ticket_receives=_env_number(env, contract.ENV_ORPHAN_TICKET_RECEIVES, 10, int),
             empty_ticket_delay_seconds=_env_number(env, contract.ENV_EMPTY_TICKET_DELAY_SECONDS, 1, int),
+            idempotency_table=_required(env, contract.ENV_IDEMPOTENCY_TABLE),
+            idempotency_ttl_seconds=_env_number(env, contract.ENV_IDEMPOTENCY_TTL_SECONDS, 345_600, int),
+            results_bucket=env.get(contract.ENV_RESULTS_BUCKET, ""),
         )
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "")
+    if not value:
+        # Without the table a redelivered message would call the legacy API a second time.
+        raise WorkerConfigError(f"{name} is not set; the worker needs its idempotency table")
+    return value
 
 
 def _dispatch(env: Mapping[str, str]) -> str:
@@ -144,6 +158,9 @@ class WorkerDeps:
     queues: SqsQueues
     tokens: TaskTokens
     target: Target
+    once: OncePerItem
+    spill: ResultSpill | None = None
+    """Where results too large for Step Functions go; None fails them with the reason."""
 
 
 class VisibleDepths(Mapping[str, int]):
@@ -331,17 +348,35 @@ def _call_target(
         logger.warning("attempts exhausted before this delivery", extra=log)
         deps.tokens.fail(message.token, contract.ERROR_RETRIES_EXHAUSTED, cause)
         return None
-    exhausted = exhausted_at(receive_count)
-    try:
-        result = deps.target(message.item, ctx)
-    except PermanentFailure as exc:
-        logger.info("permanent failure", extra=log | {"error": type(exc).__name__})
-        deps.tokens.fail(message.token, contract.ERROR_PERMANENT, str(exc) or type(exc).__name__)
+    if not deps.tokens.alive(message.token):
+        # The callback timed out or the execution stopped: nobody will read this result, and
+        # calling the API now would be work the aggregate already reports as failed.
+        logger.warning("task already ended; item not worked", extra=log)
         return None
+    exhausted = exhausted_at(receive_count)
+    spill = deps.spill.writer(message.execution, message.index) if deps.spill else None
+
+    def attempt() -> Outcome:
+        try:
+            result = deps.target(message.item, ctx)
+        except PermanentFailure as exc:
+            return Outcome(error=contract.ERROR_PERMANENT, cause=str(exc) or type(exc).__name__)
+        return task_output(result=result, item=message.item, spill=spill)
+
+    try:
+        outcome, replayed = deps.once.run(
+            execution=message.execution, index=message.index, remaining_ms=remaining_ms, attempt=attempt
+        )
+    except ItemInProgress as exc:
+        # Never fail the token here, even out of attempts: the holder will complete it.
+        delay = priority.clamp_visibility(exc.retry_after_s)
+        deps.queues.change_visibility(queue.url, receipt_handle, delay)
+        logger.info("item in progress elsewhere", extra=log | {"delay_s": delay})
+        return delay
     except RetryLater as exc:
         delay = priority.clamp_visibility(exc.seconds)
         cause = f"RetryLater after {delay}s: {exc}"
-    except Exception as exc:  # noqa: BLE001 - any target error is retried by contract
+    except Exception as exc:  # noqa: BLE001 - any target error (or a store outage) is retried by contract
         delay = priority.retry_delay(
             receive_count=ctx.receive_count,
             base_seconds=config.retry_base_seconds,
@@ -349,7 +384,7 @@ def _call_target(
         )
         cause = f"{type(exc).__name__}: {exc}"
     else:
-        _succeed(message, result, deps, log)
+        _complete(message, outcome, deps, log | {"replayed": replayed})
         return None
 
     if exhausted:
@@ -361,23 +396,12 @@ def _call_target(
     return delay
 
 
-def _succeed(message: WorkMessage, result: Any, deps: WorkerDeps, log: dict[str, Any]) -> None:
-    try:
-        output = json.dumps(result)
-    except (TypeError, ValueError) as exc:
-        deps.tokens.fail(
-            message.token, contract.ERROR_PERMANENT, f"target returned a value that is not JSON: {exc}"
-        )
+def _complete(message: WorkMessage, outcome: Outcome, deps: WorkerDeps, log: dict[str, Any]) -> None:
+    if outcome.output is None:
+        deps.tokens.fail(message.token, outcome.error, outcome.cause)
+        logger.info("permanent failure", extra=log | {"error": outcome.error})
         return
-    if len(output.encode()) > SFN_MAX_OUTPUT_CHARS:
-        deps.tokens.fail(
-            message.token,
-            contract.ERROR_PERMANENT,
-            f"target result is {len(output.encode())} bytes; Step Functions accepts at most "
-            f"{SFN_MAX_OUTPUT_CHARS} (return a smaller result or a pointer to S3)",
-        )
-        return
-    deps.tokens.succeed(message.token, output)
+    deps.tokens.succeed(message.token, outcome.output)
     logger.info("processed", extra=log)
 
 
@@ -397,17 +421,28 @@ def _handle_malformed(
 def _deps() -> WorkerDeps:
     """Built on the first invocation, not at import, and reused while the sandbox lives."""
     import boto3  # noqa: PLC0415 - deferred so importing this module stays free of AWS set-up
+    from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer  # noqa: PLC0415 - same reason
     from botocore.config import Config  # noqa: PLC0415 - same reason
 
     config = WorkerConfig.from_env(os.environ)
     # Standard retry mode backs off on throttling and transient errors, so a throttled
     # SendTaskSuccess is retried by botocore rather than lost.
     client_config = Config(retries={"mode": "standard", "max_attempts": 5})
+    persistence = DynamoDBPersistenceLayer(
+        table_name=config.idempotency_table,
+        key_attr=contract.IDEMPOTENCY_KEY_ATTRIBUTE,
+        expiry_attr=contract.IDEMPOTENCY_EXPIRY_ATTRIBUTE,
+        boto3_client=boto3.client("dynamodb", config=client_config),
+    )
     return WorkerDeps(
         config=config,
         queues=SqsQueues(boto3.client("sqs", config=client_config)),
         tokens=TaskTokens(boto3.client("stepfunctions", config=client_config), logger),
         target=load_target(os.environ.get(contract.ENV_TARGET, contract.HTTP_TARGET)),
+        once=OncePerItem(persistence, config.idempotency_ttl_seconds),
+        spill=ResultSpill(boto3.client("s3", config=client_config), config.results_bucket)
+        if config.results_bucket
+        else None,
     )
 
 

@@ -200,6 +200,26 @@ class MotoResources(pulumi.runtime.Mocks):
         )
         return uuid, {"uuid": uuid}
 
+    def _Table(self, name: str, i: dict[str, Any]) -> tuple[str, dict[str, Any]]:  # noqa: N802 - one signature for every creator
+        ddb = self._c("dynamodb")
+        ddb.create_table(
+            TableName=name,
+            KeySchema=[{"AttributeName": i["hashKey"], "KeyType": "HASH"}],
+            AttributeDefinitions=[
+                {"AttributeName": a["name"], "AttributeType": a["type"]} for a in i["attributes"]
+            ],
+            BillingMode=i.get("billingMode", "PAY_PER_REQUEST"),
+            SSESpecification={"Enabled": bool(i.get("serverSideEncryption", {}).get("enabled", False))},
+        )
+        ttl = i.get("ttl") or {}
+        if ttl.get("enabled"):
+            ddb.update_time_to_live(
+                TableName=name,
+                TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl["attributeName"]},
+            )
+        arn = ddb.describe_table(TableName=name)["Table"]["TableArn"]
+        return name, {"arn": arn, "name": name}
+
     def _StateMachine(self, name: str, i: dict[str, Any]) -> tuple[str, dict[str, Any]]:  # noqa: N802 - one signature for every creator
         arn = self._c("stepfunctions").create_state_machine(
             name=name, definition=i["definition"], roleArn=i["roleArn"], type=i.get("type", "STANDARD")

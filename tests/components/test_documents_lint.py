@@ -94,6 +94,8 @@ POLICIES = {
         queue_arns=[f"arn:aws:sqs:{REGION}:{ACCOUNT}:q"],
         dlq_arns=[f"arn:aws:sqs:{REGION}:{ACCOUNT}:q-dlq"],
         log_group_arn=LOGS,
+        idempotency_table_arn=f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/idempotency",
+        results_bucket_arn="arn:aws:s3:::results",
         secret_arn=f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:erp-AbCdEf",
         ssm_parameter_arn=f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/erp/token",
     ),

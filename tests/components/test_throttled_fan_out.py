@@ -58,6 +58,7 @@ def test_children_by_type(default: Recorder) -> None:
         "aws:sqs/redriveAllowPolicy:RedriveAllowPolicy": 3,
         "aws:lambda/function:Function": 2,
         "aws:lambda/eventSourceMapping:EventSourceMapping": 3,
+        "aws:dynamodb/table:Table": 1,
         "aws:iam/role:Role": 3,
         "aws:iam/rolePolicy:RolePolicy": 4,
         "aws:cloudwatch/logGroup:LogGroup": 3,
@@ -146,6 +147,18 @@ def test_worker_function(default: Recorder) -> None:
     assert env[contract.ENV_YIELD_DELAY_SECONDS] == "2"
     # Secrets never travel as plain environment values: only a pointer would.
     assert contract.ENV_HTTP_SECRET_ARN not in env
+    assert env[contract.ENV_IDEMPOTENCY_TABLE] == "orders-worker-idempotency"
+    assert env[contract.ENV_IDEMPOTENCY_TTL_SECONDS] == "345600"
+    assert env[contract.ENV_RESULTS_BUCKET] == "orders-workflow-results"
+
+
+def test_idempotency_table(default: Recorder) -> None:
+    table = default.named("orders-worker-idempotency").inputs
+    assert table["hashKey"] == contract.IDEMPOTENCY_KEY_ATTRIBUTE
+    assert table["attributes"] == [{"name": contract.IDEMPOTENCY_KEY_ATTRIBUTE, "type": "S"}]
+    assert table["ttl"] == {"attributeName": contract.IDEMPOTENCY_EXPIRY_ATTRIBUTE, "enabled": True}
+    assert table["billingMode"] == "PAY_PER_REQUEST"
+    assert table["serverSideEncryption"] == {"enabled": True}
 
 
 def test_worker_policy_is_scoped_to_its_own_queues(default: Recorder) -> None:
@@ -160,7 +173,18 @@ def test_worker_policy_is_scoped_to_its_own_queues(default: Recorder) -> None:
         "Action": ["sqs:SendMessage"],
         "Resource": [arn(f"orders-queues-{p}-dlq") for p in ("high", "normal", "batch")],
     }
-    assert set(by_sid) == {"ConsumePriorityQueues", "DeadLetterMalformed", "AnswerTaskTokens", "WriteOwnLogs"}
+    assert by_sid["KeepIdempotencyRecords"]["Resource"] == [
+        f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/orders-worker-idempotency"
+    ]
+    assert by_sid["SpillLargeResults"]["Resource"] == ["arn:aws:s3:::orders-workflow-results/item-results/*"]
+    assert set(by_sid) == {
+        "ConsumePriorityQueues",
+        "DeadLetterMalformed",
+        "AnswerTaskTokens",
+        "KeepIdempotencyRecords",
+        "SpillLargeResults",
+        "WriteOwnLogs",
+    }
     assert all("*" not in action for s in policy["Statement"] for action in s["Action"])
 
 

@@ -21,19 +21,26 @@ from moto import mock_aws
 
 from components.documents import DEFAULT_THROTTLE_RULE, build_item_processor
 from handlers.adapters import SqsQueues, TaskTokens
-from handlers.contract import ATTR_DEAD_LETTER_REASON
+from handlers.contract import ATTR_DEAD_LETTER_REASON, RESULT_POINTER_FIELD
+from handlers.once import OncePerItem, ResultSpill
 from handlers.target import PermanentFailure, RetryLater, TargetContext
 from handlers.worker import QueueRef, WorkerConfig, WorkerDeps, handle_batch, logger
+from localcloud.moto_fixes import aws_like_heartbeats
+from tests.support.idempotency import create_idempotency_table, idempotency_store
 from tests.support.sqs_events import receive_event
 
 PRIORITIES = ["HIGH", "NORMAL", "BATCH"]
 DEADLINE_S = 10.0
+TABLE = "idempotency"
+BUCKET = "results"
 
 
 @dataclass
 class Rig:
     sqs: Any
     sfn: Any
+    ddb: Any
+    s3: Any
     queues: dict[str, QueueRef]
     state_machine_arn: str
     ticket_url: str = ""
@@ -65,7 +72,14 @@ class Rig:
         if self.ticket_url:
             settings |= {"dispatch": "ticket", "ticket_queue_url": self.ticket_url}
         config = WorkerConfig(queues=tuple(self.queues[p] for p in PRIORITIES), **settings)
-        return WorkerDeps(config, SqsQueues(self.sqs), TaskTokens(self.sfn, logger), recording)
+        return WorkerDeps(
+            config,
+            SqsQueues(self.sqs),
+            TaskTokens(self.sfn, logger),
+            recording,
+            once=OncePerItem(idempotency_store(self.ddb, TABLE), 3_600),
+            spill=ResultSpill(self.s3, BUCKET),
+        )
 
     def receive(self, priority: str, wait_s: float = DEADLINE_S) -> dict[str, Any]:
         """Receive from a queue like the event source mapping, waiting up to a deadline."""
@@ -108,7 +122,7 @@ def ticket_rig() -> Iterator[Rig]:
 
 
 def make_rig(*, ticket: bool) -> Iterator[Rig]:
-    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}), aws_like_heartbeats():
         sqs = boto3.client("sqs")
         sfn = boto3.client("stepfunctions")
         queues = {}
@@ -133,7 +147,11 @@ def make_rig(*, ticket: bool) -> Iterator[Rig]:
         arn = sfn.create_state_machine(
             name="child", definition=json.dumps(processor), roleArn="arn:aws:iam::123456789012:role/sfn"
         )["stateMachineArn"]
-        built = Rig(sqs, sfn, queues, arn, ticket_url)
+        ddb = boto3.client("dynamodb")
+        create_idempotency_table(ddb, TABLE)
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket=BUCKET)
+        built = Rig(sqs, sfn, ddb, s3, queues, arn, ticket_url)
 
         def count(event_name: str, **_: Any) -> None:
             built.sfn_calls[event_name.rsplit(".", 1)[-1]] += 1
@@ -249,10 +267,99 @@ def test_a_duplicate_delivery_after_completion_is_tolerated(rig: Rig) -> None:
     deps = rig.deps(ok)
     assert handle_batch(event, None, deps) == {"batchItemFailures": []}
     rig.output(execution)
-    # At-least-once delivery: the same message again. The token is finished; no crash, no retry loop.
+    # At-least-once delivery: the same message again. The task is over, so the heartbeat says
+    # so and the message is dropped: no second call, no second completion, no retry loop.
     assert handle_batch(event, None, deps) == {"batchItemFailures": []}
-    assert rig.sfn_calls["SendTaskSuccess"] == 2
+    assert (rig.sfn_calls["SendTaskSuccess"], rig.sfn_calls["SendTaskHeartbeat"]) == (1, 2)
+    assert len(rig.target_calls) == 1
     assert rig.output(execution)["status"] == "SUCCEEDED"
+
+
+def test_a_redelivery_after_a_crash_replays_the_stored_result_without_calling_again(rig: Rig) -> None:
+    """The API answered, then the worker died before SendTaskSuccess: SQS redelivers."""
+    execution = rig.start({"id": "h", "priority": "NORMAL"}, index=7)
+    crashes = iter([True])
+
+    def crash_once(**_: Any) -> None:
+        if next(crashes, False):
+            raise SystemError("sandbox died after the API call")
+
+    rig.sfn.meta.events.register("before-call.sfn.SendTaskSuccess", crash_once)
+    deps = rig.deps(ok)
+    first = rig.receive("NORMAL")
+    assert len(handle_batch(first, None, deps)["batchItemFailures"]) == 1
+    rig.sqs.change_message_visibility(  # on AWS, after the visibility timeout
+        QueueUrl=rig.queues["NORMAL"].url,
+        ReceiptHandle=first["Records"][0]["receiptHandle"],
+        VisibilityTimeout=0,
+    )
+    assert handle_batch(rig.receive("NORMAL"), None, deps) == {"batchItemFailures": []}
+
+    assert rig.output(execution)["result"] == {"echo": {"id": "h", "priority": "NORMAL"}, "index": 7}
+    assert len(rig.target_calls) == 1
+
+
+def test_the_same_item_sent_again_with_a_new_token_gets_the_stored_result(rig: Rig) -> None:
+    """A Step Functions retry (or a rerun of the child) enqueues the item again: same business
+    key, new token. The API is called once; both tokens get the result."""
+    first_run = rig.start({"id": "k", "priority": "HIGH"}, index=2)
+    second_run = rig.start({"id": "k", "priority": "HIGH"}, index=2)
+    wait_visible(rig, "HIGH", 2)
+    event = rig.receive("HIGH")
+    assert len(event["Records"]) == 2
+    assert handle_batch(event, None, rig.deps(ok)) == {"batchItemFailures": []}
+    assert rig.output(first_run)["result"] == rig.output(second_run)["result"]
+    assert len(rig.target_calls) == 1
+    assert rig.sfn_calls["SendTaskSuccess"] == 2
+
+
+def test_a_permanent_failure_is_replayed_too(rig: Rig) -> None:
+    def reject(item: Any, ctx: TargetContext) -> Any:
+        raise PermanentFailure("HTTP 400: closed")
+
+    first_run = rig.start({"id": "r", "priority": "HIGH"}, index=1)
+    second_run = rig.start({"id": "r", "priority": "HIGH"}, index=1)
+    wait_visible(rig, "HIGH", 2)
+    assert handle_batch(rig.receive("HIGH"), None, rig.deps(reject)) == {"batchItemFailures": []}
+    for run in (first_run, second_run):
+        assert rig.output(run)["error"]["Error"] == "Sluice.PermanentFailure"
+    assert len(rig.target_calls) == 1
+
+
+def test_a_task_that_already_timed_out_is_not_worked(rig: Rig) -> None:
+    processor = build_item_processor(
+        priorities=PRIORITIES,
+        queue_urls={p: q.url for p, q in rig.queues.items()},
+        throttle_rule=DEFAULT_THROTTLE_RULE,
+        default_priority="BATCH",
+        callback_timeout_seconds=1,
+        direct_function_arn=None,
+    )
+    processor.pop("ProcessorConfig")
+    rig.state_machine_arn = rig.sfn.create_state_machine(
+        name="impatient", definition=json.dumps(processor), roleArn="arn:aws:iam::123456789012:role/sfn"
+    )["stateMachineArn"]
+    execution = rig.start({"id": "late", "priority": "HIGH"})
+    event = rig.receive("HIGH")
+    assert rig.output(execution)["error"]["Error"] == "States.Timeout"
+
+    assert handle_batch(event, None, rig.deps(ok)) == {"batchItemFailures": []}
+    assert rig.target_calls == []
+    assert rig.sfn_calls["SendTaskSuccess"] + rig.sfn_calls["SendTaskFailure"] == 0
+
+
+def test_a_result_too_large_for_step_functions_goes_to_s3_as_a_pointer(rig: Rig) -> None:
+    def large(item: Any, ctx: TargetContext) -> Any:
+        return {"blob": "x" * 300_000}
+
+    execution = rig.start({"id": "big", "priority": "NORMAL"}, index=9)
+    assert handle_batch(rig.receive("NORMAL"), None, rig.deps(large)) == {"batchItemFailures": []}
+    pointer = rig.output(execution)["result"][RESULT_POINTER_FIELD]
+    assert pointer["bucket"] == BUCKET
+    assert pointer["key"].endswith("/9.json")
+    stored = json.loads(rig.s3.get_object(Bucket=BUCKET, Key=pointer["key"])["Body"].read())
+    assert stored == {"blob": "x" * 300_000}
+    assert pointer["bytes"] == len(json.dumps(stored))
 
 
 def test_malformed_messages_neither_crash_the_batch_nor_loop(rig: Rig) -> None:

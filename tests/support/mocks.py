@@ -68,6 +68,10 @@ def fake_attributes(typ: str, name: str) -> dict[str, Any]:
             "name": name,
         },
         "aws:s3/bucket:Bucket": {"arn": f"arn:aws:s3:::{name}", "bucket": name},
+        "aws:dynamodb/table:Table": {
+            "arn": f"arn:aws:dynamodb:{region}:{account}:table/{name}",
+            "name": name,
+        },
         "aws:lambda/eventSourceMapping:EventSourceMapping": {"uuid": f"uuid-{name}"},
     }
     return table.get(typ, {})

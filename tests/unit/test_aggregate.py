@@ -11,6 +11,7 @@ import pytest
 from moto import mock_aws
 
 from handlers.aggregate import aggregate, handle
+from handlers.contract import ERROR_RESULT_MISSING, RESULT_POINTER_FIELD
 
 SUCCESS_HIGH = {"status": "SUCCEEDED", "index": 0, "priority": "HIGH", "result": {"n": 1}}
 FAILED_BATCH = {
@@ -124,10 +125,35 @@ def test_handle_reads_result_writer_output_in_batch_order(s3: Any) -> None:
             "map_output": {"ResultWriterDetails": {"Bucket": "results", "Key": "results/run/manifest.json"}},
             "execution": "arn:exec",
         },
-        s3=s3,
+        s3=lambda: s3,
     )
     assert out["total"] == 3
     assert out["succeeded"] == 2
     assert out["failures"] == [{"index": 1, "priority": None, "error": "States.Runtime", "cause": "boom"}]
     assert out["results_location"] == {"bucket": "results", "manifest_key": "results/run/manifest.json"}
     assert "results" not in out
+
+
+def pointer_entry(index: int, key: str) -> dict[str, Any]:
+    return {
+        "status": "SUCCEEDED",
+        "index": index,
+        "priority": "NORMAL",
+        "result": {RESULT_POINTER_FIELD: {"bucket": "results", "key": key, "bytes": 300_000}},
+    }
+
+
+def test_spilled_results_are_checked_and_listed_with_their_location(s3: Any) -> None:
+    s3.create_bucket(Bucket="results")
+    s3.put_object(Bucket="results", Key="item-results/sm/ex/0.json", Body=b"x" * 300_000)
+    entries = [pointer_entry(0, "item-results/sm/ex/0.json"), pointer_entry(1, "item-results/sm/ex/1.json")]
+
+    out = handle({"map_output": entries, "execution": "arn:exec"}, s3=lambda: s3)
+
+    assert out["results_in_s3"] == [
+        {"index": 0, "bucket": "results", "key": "item-results/sm/ex/0.json", "bytes": 300_000}
+    ]
+    # A pointer to nothing is no result: the item is a recorded failure, not a silent success.
+    assert (out["succeeded"], out["failed"]) == (1, 1)
+    assert out["failures"][0]["index"] == 1
+    assert out["failures"][0]["error"] == ERROR_RESULT_MISSING

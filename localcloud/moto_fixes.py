@@ -1,0 +1,63 @@
+"""Where moto's Step Functions differs from AWS in a way Sluice's worker can see, and the fix.
+
+moto answers SendTaskHeartbeat only for tasks that declare HeartbeatSeconds and only while the
+execution runs; anything else is InvalidToken. AWS accepts a heartbeat for any callback task
+still waiting (HeartbeatSeconds only sets how often one is required) and says TaskTimedOut or
+TaskDoesNotExist once it has ended. The worker asks before calling the API, so the embedded AWS
+must answer like AWS.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from moto.core.exceptions import AWSError
+from moto.stepfunctions.exceptions import InvalidToken
+from moto.stepfunctions.parser.api import ExecutionStatus, SendTaskHeartbeatOutput
+from moto.stepfunctions.parser.asl.eval.callback.callback import CallbackConsumerTimeout
+from moto.stepfunctions.parser.models import StepFunctionsParserBackend
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+
+# moto's parser declares these with a `code` its responses do not serialize (the client sees an
+# empty error code), so they are declared the way moto's serializable errors are.
+class TaskTimedOut(AWSError):  # noqa: N818 - AWS's error name, which clients match on
+    TYPE = "TaskTimedOut"
+    STATUS = 400
+
+
+class TaskDoesNotExist(AWSError):  # noqa: N818 - AWS's error name, which clients match on
+    TYPE = "TaskDoesNotExist"
+    STATUS = 400
+
+
+def _heartbeat(self: StepFunctionsParserBackend, task_token: str) -> SendTaskHeartbeatOutput:
+    for execution in self._get_executions():
+        worker = getattr(execution, "exec_worker", None)
+        endpoint = worker.env.callback_pool_manager.get(task_token) if worker is not None else None
+        if endpoint is None:
+            continue
+        if isinstance(endpoint.consumer_error, CallbackConsumerTimeout):
+            raise TaskTimedOut("Task Timed Out")
+        if (
+            execution.status != ExecutionStatus.RUNNING
+            or endpoint.consumer_error is not None
+            or endpoint.get_outcome() is not None
+        ):
+            raise TaskDoesNotExist("Task does not exist anymore")
+        endpoint.notify_heartbeat()
+        return SendTaskHeartbeatOutput()
+    raise InvalidToken
+
+
+@contextmanager
+def aws_like_heartbeats() -> Iterator[None]:
+    original: Any = StepFunctionsParserBackend.send_task_heartbeat
+    StepFunctionsParserBackend.send_task_heartbeat = _heartbeat  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        StepFunctionsParserBackend.send_task_heartbeat = original  # type: ignore[method-assign]
