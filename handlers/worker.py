@@ -38,12 +38,18 @@ logger = Logger(service="sluice-worker")
 
 N = TypeVar("N", int, float)
 
+# Dead-lettering is quick, but an invocation must not spend its time on a flood of junk.
+MAX_MALFORMED_PER_TICKET = 10
 # When no Lambda context is given (tests, local runs), assume a generous deadline.
 NO_CONTEXT_REMAINING_MS = 900_000
 
 
 class WorkerConfigError(Exception):
     """The worker's environment is wrong; the deploy, not the message, needs fixing."""
+
+
+class PayloadMalformed(Exception):  # noqa: N818 - a control signal, not an error
+    """The pulled payload was malformed and has been dealt with; the ticket is still unused."""
 
 
 class MessageReturned(Exception):  # noqa: N818 - a control signal, not an error
@@ -258,15 +264,22 @@ def handle_ticket(record: SQSRecord, deps: WorkerDeps, remaining_ms: int) -> Non
     )
     for name in order:
         queue = next(q for q in config.queues if q.priority == name)
-        payload = deps.queues.receive_one(queue.url)
-        if payload is None:
-            continue
-        delay = _work_payload(payload, queue, deps, remaining_ms)
-        if delay is None:
-            deps.queues.delete(queue.url, payload["ReceiptHandle"])
-            return
-        deps.queues.change_visibility(config.ticket_queue_url, record.receipt_handle, delay)
-        raise MessageReturned(f"payload retries in {delay}s")
+        # A malformed payload has no ticket of its own (the state machine never sent it): after
+        # dead-lettering it the ticket still belongs to a real payload, so keep pulling.
+        for _ in range(MAX_MALFORMED_PER_TICKET):
+            payload = deps.queues.receive_one(queue.url)
+            if payload is None:
+                break
+            try:
+                delay = _work_payload(payload, queue, deps, remaining_ms)
+            except PayloadMalformed:
+                deps.queues.delete(queue.url, payload["ReceiptHandle"])
+                continue
+            if delay is None:
+                deps.queues.delete(queue.url, payload["ReceiptHandle"])
+                return
+            deps.queues.change_visibility(config.ticket_queue_url, record.receipt_handle, delay)
+            raise MessageReturned(f"payload retries in {delay}s")
     if ticket_receives >= config.orphan_ticket_receives and not any(
         deps.queues.holds_anything(q.url) for q in config.queues
     ):
@@ -293,14 +306,17 @@ def _ticket_index(body: str) -> int:
 def _work_payload(
     payload: dict[str, Any], queue: QueueRef, deps: WorkerDeps, remaining_ms: int
 ) -> int | None:
-    """Work one pulled payload; None when it is finished, else the delay before its retry."""
+    """Work one pulled payload; None when it is finished, else the delay before its retry.
+
+    Raises PayloadMalformed (after dead-lettering or failing it) when it was not a real payload.
+    """
     receive_count = int(payload.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
     log: dict[str, Any] = {"queue_priority": queue.priority, "receive_count": receive_count}
     try:
         message = parse_message(payload["Body"], deps.config.priorities)
     except MalformedMessage as exc:
         _handle_malformed(exc, payload["Body"], queue, deps, log)
-        return None
+        raise PayloadMalformed(exc.reason) from exc
     log |= {"index": message.index, "priority": message.priority, "execution": message.execution}
     return _call_target(
         message=message,

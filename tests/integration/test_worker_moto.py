@@ -469,3 +469,17 @@ def test_an_empty_ticket_is_returned_then_dropped_as_an_orphan(ticket_rig: Rig) 
     assert handle_batch(second, None, deps) == {"batchItemFailures": []}  # dropped
     assert receive_ticket(rig, wait_s=0.5) == {"Records": []}
     assert rig.target_calls == []
+
+
+def test_a_malformed_payload_does_not_use_up_a_real_item_s_ticket(ticket_rig: Rig) -> None:
+    """Junk on a payload queue has no ticket; the ticket that met it still serves a real item."""
+    rig = ticket_rig
+    normal = rig.queues["NORMAL"]
+    rig.sqs.send_message(QueueUrl=normal.url, MessageBody="{not json")
+    wait_visible(rig, "NORMAL", 1)
+    execution = rig.start({"id": "real", "priority": "NORMAL"}, index=1)
+    wait_visible(rig, "NORMAL", 2)
+    assert handle_batch(receive_ticket(rig), None, rig.deps(ok)) == {"batchItemFailures": []}
+    assert rig.output(execution)["status"] == "SUCCEEDED"
+    dead = rig.sqs.receive_message(QueueUrl=normal.dlq_url, MessageAttributeNames=["All"])["Messages"]
+    assert [m["Body"] for m in dead] == ["{not json"]
