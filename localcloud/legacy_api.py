@@ -1,6 +1,18 @@
 """A legacy-API simulator: a real HTTP server on 127.0.0.1 that enforces a concurrency limit and
 an optional calls-per-second limit, answers 429 (with Retry-After) beyond them, injects faults,
-and records every call."""
+and records every call.
+
+Besides the profile's random fault rates, an item can ask for its own faults, counted per
+Idempotency-Key so they are deterministic whatever the order of calls:
+- `fail_first: n`: its first n calls answer 500 (nothing done);
+- `hang_first: n`: its first n calls hang for `timeout_s`, then answer 504 (nothing done);
+- `throttle_first: n`: its first n calls answer 429 with Retry-After `retry_after` (default the
+  profile's);
+- `result_bytes: n`: the success body carries n bytes of padding;
+- `reject: true` (the profile's `reject_field`): answered 400.
+Like an API that honours Idempotency-Key, a key that already succeeded gets its stored answer
+back without the work being done again; such calls are recorded as `replayed`.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +20,7 @@ import json
 import random
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -49,6 +62,8 @@ class Call:
     in_flight: int
     """Calls in flight, this one included, when it was admitted (0 when refused)."""
     status: int
+    replayed: bool = False
+    """Answered from the stored result of an earlier call with the same key: no new effect."""
 
 
 @dataclass
@@ -60,6 +75,8 @@ class LegacyApi:
     _in_flight: int = 0
     _window: list[float] = field(default_factory=list)
     _rng: random.Random = field(default_factory=random.Random)
+    _attempts: Counter[str] = field(default_factory=Counter)
+    _done: dict[str, Any] = field(default_factory=dict)
     _server: ThreadingHTTPServer | None = None
 
     def start(self) -> LegacyApi:
@@ -123,30 +140,52 @@ class LegacyApi:
         if in_flight == 0:
             self._record(Call(start, time.time(), key, item_id, priority, 0, 429))
             return 429, {"error": "limit"}, {"Retry-After": str(self.profile.retry_after_s)}
+        replayed = False
         try:
             with self._lock:
                 roll = self._rng.random()
                 jitter = self._rng.uniform(1 - self.profile.service_jitter, 1 + self.profile.service_jitter)
+                self._attempts[key] += 1
+                attempt = self._attempts[key]
+                stored = self._done.get(key) if key else None
             p = self.profile
-            if isinstance(item, dict) and item.get(p.reject_field) is True:
+            asked = item if isinstance(item, dict) else {}
+
+            def first(field_name: str) -> bool:
+                count = asked.get(field_name, 0)
+                return isinstance(count, int) and attempt <= count
+
+            retry_after = str(asked.get("retry_after", p.retry_after_s))
+            headers: dict[str, str] = {}
+            if stored is not None:
+                status, body, replayed = 200, stored, True
+            elif asked.get(p.reject_field) is True:
                 time.sleep(min(p.service_time_s, MAX_SERVICE_TIME_S))
                 status, body = 400, {"error": f"item {item_id} rejected"}
-            elif roll < p.timeout_rate:
+            elif first("hang_first") or roll < p.timeout_rate:
                 time.sleep(min(p.timeout_s, MAX_SERVICE_TIME_S))
                 status, body = 504, {"error": "timeout"}
+            elif first("throttle_first"):
+                status, body, headers = 429, {"error": "slow down"}, {"Retry-After": retry_after}
             else:
                 time.sleep(min(p.service_time_s * jitter, MAX_SERVICE_TIME_S))
-                if roll < p.timeout_rate + p.error_rate:
+                if first("fail_first") or roll < p.timeout_rate + p.error_rate:
                     status, body = 500, {"error": "internal"}
                 elif roll < p.timeout_rate + p.error_rate + p.throttle_rate:
                     status, body = 429, {"error": "busy"}
+                    headers = {"Retry-After": str(p.retry_after_s)}
                 else:
                     status, body = 200, {"accepted": item_id, "key": key}
+                    padding = asked.get("result_bytes", 0)
+                    if isinstance(padding, int) and padding > 0:
+                        body["padding"] = "x" * padding
+                    if key:
+                        with self._lock:
+                            self._done[key] = body
         finally:
             with self._lock:
                 self._in_flight -= 1
-        self._record(Call(start, time.time(), key, item_id, priority, in_flight, status))
-        headers = {"Retry-After": str(self.profile.retry_after_s)} if status == 429 else {}
+        self._record(Call(start, time.time(), key, item_id, priority, in_flight, status, replayed))
         return status, body, headers
 
     def _record(self, call: Call) -> None:

@@ -67,7 +67,7 @@ def batch_items(scenario: Scenario, batch_no: int) -> list[dict[str, Any]]:
             for i in range(count)
         ]
     items += [{"id": f"b{batch_no}-direct-{i}"} for i in range(batch.direct)]
-    return items
+    return items + [dict(item) for item in batch.items]
 
 
 def stack_config(scenario: Scenario, api_url: str) -> dict[str, Any]:

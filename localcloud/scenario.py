@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,9 @@ class Batch:
     """Items without a priority: they take the direct path."""
     reject: dict[str, int] = field(default_factory=dict)
     """Of the throttled items, how many per priority the API rejects (400) on purpose."""
+    items: tuple[dict[str, Any], ...] = ()
+    """Items given one by one (after the counted ones), e.g. with per-item API faults
+    (`fail_first`, `hang_first`, `throttle_first`, `result_bytes`; see localcloud/legacy_api.py)."""
 
 
 @dataclass(frozen=True)
@@ -44,10 +48,16 @@ class Scenario:
     """Extra `sluice:*` config for the deployed stack."""
     deadline_s: float = 110.0
     """The run gives up (and reports what is unfinished as lost) after this long."""
+    completion_faults: dict[str, str] = field(default_factory=dict)
+    """Item id -> fault of the embedded Step Functions when the worker completes that item's
+    token: `throttle:N` (the first N SendTaskSuccess calls are throttled) or `hang` (the first
+    one hangs past the worker's timeout, so the worker dies mid-item)."""
+    malformed_payloads: int = 0
+    """Junk messages put on each priority queue at the start (no token, not JSON)."""
 
     @property
     def items_total(self) -> int:
-        return sum(sum(b.counts.values()) + b.direct for b in self.batches)
+        return sum(sum(b.counts.values()) + b.direct + len(b.items) for b in self.batches)
 
     def scaled(self, factor: float) -> Scenario:
         """The same scenario with every count multiplied by `factor` (at least 1 where non-zero)."""
@@ -61,6 +71,7 @@ class Scenario:
                 counts={p: scale(n) for p, n in b.counts.items()},
                 direct=scale(b.direct),
                 reject={p: min(scale(n), scale(b.counts.get(p, 0))) for p, n in b.reject.items()},
+                items=b.items,
             )
             for b in self.batches
         )
@@ -100,12 +111,16 @@ def load(path: Path) -> Scenario:
             isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts.values()
         ):
             raise ScenarioError(f"{where}.counts must map priority to a count >= 0, got {counts!r}")
+        items = raw.get("items", [])
+        if not isinstance(items, list) or not all(isinstance(i, dict) and "id" in i for i in items):
+            raise ScenarioError(f"{where}.items must be a list of objects with an 'id', got {items!r}")
         batches.append(
             Batch(
                 start_s=_number(raw, "start_s", 0, where),
                 counts=dict(counts),
                 direct=int(_number(raw, "direct", 0, where)),
                 reject=dict(raw.get("reject", {})),
+                items=tuple(items),
             )
         )
     api_raw = data.get("api", {})
@@ -123,4 +138,16 @@ def load(path: Path) -> Scenario:
         dispatch=dispatch,
         stack_config=dict(data.get("stack_config", {})),
         deadline_s=_number(data, "deadline_s", 110, "scenario"),
+        completion_faults=_completion_faults(data.get("completion_faults", {}), path),
+        malformed_payloads=int(_number(data, "malformed_payloads", 0, "scenario")),
     )
+
+
+def _completion_faults(raw: Any, path: Path) -> dict[str, str]:
+    if not isinstance(raw, dict) or not all(
+        isinstance(v, str) and (v == "hang" or re.fullmatch(r"throttle:[1-9][0-9]*", v)) for v in raw.values()
+    ):
+        raise ScenarioError(
+            f"{path}: completion_faults must map item ids to 'hang' or 'throttle:N', got {raw!r}"
+        )
+    return dict(raw)

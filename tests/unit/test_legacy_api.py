@@ -81,3 +81,20 @@ def test_rejects_items_marked_to_fail(api: LegacyApi) -> None:
 @pytest.mark.parametrize("api", [ApiProfile(service_time_s=0.0, error_rate=1.0)], indirect=True)
 def test_injects_server_errors(api: LegacyApi) -> None:
     assert post(api.url, {"id": "x"}, "e#0")[0] == 500
+
+
+@pytest.mark.parametrize("api", [ApiProfile(service_time_s=0.01, timeout_s=0.2)], indirect=True)
+def test_per_item_faults_are_counted_per_key_then_the_call_succeeds(api: LegacyApi) -> None:
+    fail = {"id": "f", "fail_first": 2}
+    assert [post(api.url, fail, "e#1")[0] for _ in range(3)] == [500, 500, 200]
+    status, headers = post(api.url, {"id": "t", "throttle_first": 1, "retry_after": 7}, "e#2")
+    assert (status, headers["Retry-After"]) == (429, "7")
+    assert post(api.url, {"id": "h", "hang_first": 1}, "e#3")[0] == 504
+    assert post(api.url, {"id": "h", "hang_first": 1}, "e#3")[0] == 200
+
+
+@pytest.mark.parametrize("api", [ApiProfile(service_time_s=0.01)], indirect=True)
+def test_a_key_that_already_succeeded_is_answered_without_new_work(api: LegacyApi) -> None:
+    assert post(api.url, {"id": "a"}, "e#1")[0] == 200
+    assert post(api.url, {"id": "a"}, "e#1")[0] == 200
+    assert [c.replayed for c in api.snapshot()] == [False, True]
