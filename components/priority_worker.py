@@ -98,6 +98,9 @@ class PriorityWorkerArgs(TypedDict):
     ticket_queue_arn: NotRequired[pulumi.Input[str]]
     share_period: NotRequired[int]
     """ticket: one item in every share_period gives each lower priority first pick. Default 10."""
+    queue_kms_key_arn: NotRequired[str]
+    """The customer KMS key encrypting the queues (as given to PriorityQueues), if any: the role
+    may then decrypt what it receives and encrypt what it dead-letters, with that key only."""
 
 
 class PriorityWorker(pulumi.ComponentResource):
@@ -148,6 +151,7 @@ class PriorityWorker(pulumi.ComponentResource):
                         log_group_arn=a["log_group_arn"],
                         secret_arn=a["secret_arn"],
                         ssm_parameter_arn=a["ssm_parameter_arn"],
+                        kms_key_arn=cfg.kms_key_arn,
                     )
                 )
             ),
@@ -254,6 +258,7 @@ class WorkerSettings:
     log_retention_days: int
     dispatch: str
     share_period: int
+    kms_key_arn: str | None
 
 
 def check_worker_args(name: str, args: Mapping[str, Any], component: str = COMPONENT) -> WorkerSettings:
@@ -326,4 +331,5 @@ def check_worker_args(name: str, args: Mapping[str, Any], component: str = COMPO
         log_retention_days=whole("log_retention_days", 14, 1),
         dispatch=v.check_choice(c, name, "dispatch", args.get("dispatch", "yield"), contract.DISPATCH_MODES),
         share_period=whole("share_period", 10, 2, 1_000),
+        kms_key_arn=v.check_kms_key_arn(c, name, "queue_kms_key_arn", args.get("queue_kms_key_arn")),
     )

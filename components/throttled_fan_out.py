@@ -111,6 +111,10 @@ class ThrottledFanOutArgs(TypedDict):
     """State machine log level. Default ERROR."""
     log_retention_days: NotRequired[int]
     """Default 14."""
+    queue_kms_key_arn: NotRequired[str]
+    """Customer KMS key (key or alias ARN) encrypting every queue and DLQ; the worker and state
+    machine roles get kms:Decrypt and kms:GenerateDataKey on it alone. Default none: SQS-managed
+    encryption."""
 
 
 class ThrottledFanOut(pulumi.ComponentResource):
@@ -139,6 +143,7 @@ class ThrottledFanOut(pulumi.ComponentResource):
             "worker_timeout_seconds",
             "max_receive_count",
             "log_retention_days",
+            "queue_kms_key_arn",
             *_QUEUE_ARGS,
             *_WORKER_ARGS,
             *_WORKFLOW_ARGS,
@@ -151,6 +156,8 @@ class ThrottledFanOut(pulumi.ComponentResource):
         worker_timeout = args.get("worker_timeout_seconds", 30)
         max_receive_count = args.get("max_receive_count", 10)
         retention = args.get("log_retention_days", 14)
+        # Every sub-component needs the key: the queues encrypt with it, both roles use it.
+        kms = {"queue_kms_key_arn": args["queue_kms_key_arn"]} if "queue_kms_key_arn" in args else {}
 
         def pick(keys: Sequence[str]) -> dict[str, Any]:
             return {k: args[k] for k in keys if k in args}  # type: ignore[literal-required]  # keys are from the TypedDict
@@ -160,6 +167,7 @@ class ThrottledFanOut(pulumi.ComponentResource):
             "ticket_queue": dispatch == DISPATCH_TICKET,
             "worker_timeout_seconds": worker_timeout,
             "max_receive_count": max_receive_count,
+            **kms,
             **pick(_QUEUE_ARGS),
         }
         worker_args_plain = {
@@ -169,11 +177,13 @@ class ThrottledFanOut(pulumi.ComponentResource):
             "timeout_seconds": worker_timeout,
             "max_receive_count": max_receive_count,
             "log_retention_days": retention,
+            **kms,
             **pick(_WORKER_ARGS),
         }
         workflow_args_plain = {
             "priorities": priorities,
             "log_retention_days": retention,
+            **kms,
             **pick(_WORKFLOW_ARGS),
         }
         # Check every sub-component's args before any resource exists, so a bad stack is

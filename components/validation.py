@@ -67,3 +67,30 @@ def check_handler(component: str, name: str, arg: str, value: Any) -> str:
     if not isinstance(value, str) or not HANDLER_PATTERN.match(value):
         raise fail(component, name, arg, "must be 'module.function'", value)
     return value
+
+
+# Key ids are UUIDs, or `mrk-` and 32 hex digits for multi-Region keys; alias names are
+# `alias/` then letters, digits, `/`, `_` and `-` (KMS's CreateAlias rules). The partition
+# (`aws`, `aws-cn`, `aws-us-gov`) is kept open so GovCloud and China stacks validate.
+KMS_KEY_ARN_PATTERN = re.compile(
+    r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:"
+    r"(key/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})"
+    r"|alias/[A-Za-z0-9/_-]+)$"
+)
+
+
+def check_kms_key_arn(component: str, name: str, arg: str, value: Any) -> str | None:
+    """None, or a KMS key ARN or alias ARN: a bare key id or alias name would leave the IAM grant
+    with nothing to scope to."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not KMS_KEY_ARN_PATTERN.match(value):
+        raise fail(
+            component,
+            name,
+            arg,
+            "must be a KMS key ARN (arn:aws:kms:<region>:<account>:key/<key id>) "
+            "or alias ARN (arn:aws:kms:<region>:<account>:alias/<name>)",
+            value,
+        )
+    return value
