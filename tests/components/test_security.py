@@ -24,6 +24,8 @@ SSM_ARN = f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/erp/token"
 SSM_NAME = "/erp/token"
 INPUT_BUCKET_ARN = "arn:aws:s3:::orders-inbox"
 DIRECT_FUNCTION_ARN = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:direct"
+GIVEN_ARNS = (KEY_ARN, SECRET_ARN, SSM_ARN, INPUT_BUCKET_ARN, DIRECT_FUNCTION_ARN)
+"""ARNs handed in as args: a policy may name them though the stack does not own them."""
 
 STACKS: dict[str, dict[str, Any]] = {
     "ticket": {"concurrency": 4, "http_target": {**HTTP, "secret_arn": SECRET_ARN}},
@@ -168,3 +170,200 @@ def test_priority_queues_alone_check_the_key() -> None:
 
     with pytest.raises(SluiceConfigError, match=r"^PriorityQueues 'q': queue_kms_key_arn must be"):
         PriorityQueues("q", {"queue_kms_key_arn": "alias/sluice"})
+
+
+# ---- 2. TLS only -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", sorted(STACKS))
+def test_every_queue_denies_access_without_tls(kind: str) -> None:
+    rec = stack(kind)
+    policies: dict[str, list[dict[str, Any]]] = {}
+    for p in rec.of_type("aws:sqs/queuePolicy:QueuePolicy"):
+        policies.setdefault(p.inputs["queueUrl"], []).append(json.loads(p.inputs["policy"]))
+    for queue in queues(rec):
+        (policy,) = policies.get(queue.outputs["url"], [{"Statement": []}])
+        assert {
+            "Sid": "DenyInsecureTransport",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "sqs:*",
+            "Resource": queue.outputs["arn"],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        } in policy["Statement"], queue.name
+
+
+# ---- 3. least privilege ----------------------------------------------------------------------
+
+WILDCARD_RESOURCE_ACTIONS = {
+    # IAM's service authorization reference lists these with Resource "*" only; a caller needs
+    # a live, unguessable task token to act at all.
+    "states:SendTaskSuccess": "no resource-level permissions; scoped by the task token",
+    "states:SendTaskFailure": "no resource-level permissions; scoped by the task token",
+    "states:SendTaskHeartbeat": "no resource-level permissions; scoped by the task token",
+    # CloudWatch Logs vended delivery: AWS documents these with "*" for Step Functions logging.
+    **dict.fromkeys(
+        [
+            "logs:CreateLogDelivery",
+            "logs:DeleteLogDelivery",
+            "logs:DescribeLogGroups",
+            "logs:DescribeResourcePolicies",
+            "logs:GetLogDelivery",
+            "logs:ListLogDeliveries",
+            "logs:PutResourcePolicy",
+            "logs:UpdateLogDelivery",
+        ],
+        "log delivery has no resource-level permissions (Step Functions logging guide)",
+    ),
+}
+"""The only actions that may be allowed on Resource "*", each with the reason."""
+
+
+def documents(rec: Recorder) -> list[tuple[str, dict[str, Any]]]:
+    """Every policy document in any resource input, found by shape, not by name, so a document
+    a new resource adds is walked too."""
+    found: list[tuple[str, dict[str, Any]]] = []
+
+    def walk(owner: str, node: Any) -> None:
+        if isinstance(node, str) and node.lstrip().startswith("{"):
+            try:
+                node = json.loads(node)
+            except ValueError:
+                return
+        if isinstance(node, dict):
+            if "Statement" in node:
+                found.append((owner, node))
+                return
+            for value in node.values():
+                walk(owner, value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(owner, value)
+
+    for record in rec.resources:
+        walk(record.name, record.inputs)
+    return found
+
+
+def own_arns(rec: Recorder) -> set[str]:
+    arns = {r.outputs["arn"] for r in rec.resources if isinstance(r.outputs.get("arn"), str)}
+    # A Distributed Map's children are executions of its own state machine.
+    arns |= {a.replace(":stateMachine:", ":execution:") for a in arns if ":stateMachine:" in a}
+    return arns
+
+
+def within(resource: str, arns: set[str]) -> bool:
+    """`resource` is one of `arns`, or a path or qualifier under one (`bucket/results/*`,
+    `log-group:*`, `function:*`, `execution:machine/*`)."""
+    return any(resource == arn or resource.startswith((f"{arn}/", f"{arn}:")) for arn in arns)
+
+
+def is_alias_grant(statement: dict[str, Any], resource: str) -> bool:
+    """The one documented way to grant a key by alias: this account's keys, narrowed by
+    kms:ResourceAliases to the alias given."""
+    condition = statement.get("Condition", {}).get("ForAnyValue:StringEquals", {})
+    return (
+        resource == f"arn:aws:kms:{REGION}:{ACCOUNT}:key/*"
+        and set(statement["Action"]) <= {"kms:Decrypt", "kms:GenerateDataKey"}
+        and f"arn:aws:kms:{REGION}:{ACCOUNT}:{condition.get('kms:ResourceAliases')}" == ALIAS_ARN
+    )
+
+
+def listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def privilege_problems(rec: Recorder) -> list[str]:
+    allowed = own_arns(rec) | set(GIVEN_ARNS)
+    problems = []
+    for owner, document in documents(rec):
+        for statement in listed(document["Statement"]):
+            where = f"{owner}/{statement.get('Sid', '?')}"
+            actions = listed(statement.get("Action", []))
+            if "NotAction" in statement or "NotResource" in statement:
+                problems.append(f"{where}: NotAction/NotResource")
+            if statement["Effect"] == "Deny":
+                # A deny only narrows; it must be conditional or it would lock the stack out.
+                if "Condition" not in statement:
+                    problems.append(f"{where}: unconditional deny")
+                continue
+            problems += [f"{where}: wildcard action {a}" for a in actions if "*" in a]
+            if "Principal" in statement:
+                # Trust policies: only an AWS service may assume a Sluice role.
+                if statement["Principal"] == "*" or set(statement["Principal"]) != {"Service"}:
+                    problems.append(f"{where}: principal {statement['Principal']}")
+                if actions != ["sts:AssumeRole"]:
+                    problems.append(f"{where}: trust policy allows {actions}")
+                continue
+            for resource in listed(statement["Resource"]):
+                if resource == "*":
+                    problems += [f"{where}: {a} on *" for a in actions if a not in WILDCARD_RESOURCE_ACTIONS]
+                elif not within(resource, allowed) and not is_alias_grant(statement, resource):
+                    problems.append(f"{where}: {resource} is not this stack's")
+    return problems
+
+
+@pytest.mark.parametrize("kind", sorted(STACKS))
+def test_every_policy_is_least_privilege(kind: str) -> None:
+    rec = stack(kind)
+    # The walk must see every role policy, trust policy and queue policy, or it proves nothing.
+    owners = {owner for owner, _ in documents(rec)}
+    expected = {
+        r.name
+        for r in rec.resources
+        if r.typ in ("aws:iam/rolePolicy:RolePolicy", "aws:iam/role:Role", "aws:sqs/queuePolicy:QueuePolicy")
+    }
+    assert len(expected) == 7 + QUEUE_COUNT[kind]
+    assert expected <= owners
+    assert privilege_problems(rec) == []
+
+
+def test_the_privilege_walk_catches_broad_grants() -> None:
+    """Each rule of the walk fails on a document that breaks it."""
+    rec = stack("ticket")
+    worker = rec.named("orders-worker-policy")
+    original = worker.inputs["policy"]
+    bad_statements = [
+        {
+            "Effect": "Allow",
+            "Action": ["sqs:*"],
+            "Resource": [f"arn:aws:sqs:{REGION}:{ACCOUNT}:orders-queues-high"],
+        },
+        {"Effect": "Allow", "Action": ["sqs:SendMessage"], "Resource": ["*"]},
+        {
+            "Effect": "Allow",
+            "Action": ["sqs:SendMessage"],
+            "Resource": [f"arn:aws:sqs:{REGION}:{ACCOUNT}:other"],
+        },
+        {"Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": [f"arn:aws:kms:{REGION}:{ACCOUNT}:key/*"]},
+        {"Effect": "Deny", "Action": ["sqs:*"], "Resource": ["*"]},
+    ]
+    try:
+        for bad in bad_statements:
+            policy = json.loads(original)
+            policy["Statement"].append({"Sid": "Bad", **bad})
+            worker.inputs["policy"] = json.dumps(policy)
+            assert [p for p in privilege_problems(rec) if "/Bad:" in p], bad
+    finally:
+        worker.inputs["policy"] = original
+    assert privilege_problems(rec) == []
+
+
+# ---- 5. logging ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", sorted(STACKS))
+def test_the_state_machine_logs_without_execution_data_by_default(kind: str) -> None:
+    logging = stack(kind).named("orders-workflow-state-machine").inputs["loggingConfiguration"]
+    assert logging["level"] == "ERROR"
+    assert logging["includeExecutionData"] is False
+
+
+def test_even_full_logging_leaves_execution_data_out() -> None:
+    def program() -> None:
+        from components import ThrottledFanOut
+
+        ThrottledFanOut("orders", {"concurrency": 1, "http_target": HTTP, "log_level": "ALL"})
+
+    logging = run_program(program).named("orders-workflow-state-machine").inputs["loggingConfiguration"]
+    assert (logging["level"], logging["includeExecutionData"]) == ("ALL", False)
