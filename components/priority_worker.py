@@ -23,6 +23,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict
+from urllib.parse import urlsplit
 
 import pulumi
 import pulumi_aws as aws
@@ -241,6 +242,38 @@ def _entry_of(values: pulumi.Output[Mapping[str, str]], key: str) -> pulumi.Outp
     return values.apply(lambda d: d[key])
 
 
+def _check_http_target(c: str, name: str, http: Any) -> Mapping[str, Any]:
+    """The http_target's shape. Errors show its keys, never its values: a misplaced credential
+    must not end up in a preview log."""
+    if not isinstance(http, Mapping) or "url" not in http:
+        shown = sorted(http) if isinstance(http, Mapping) else http
+        raise v.fail(c, name, "http_target", "must be an object with a url", shown)
+    # An unknown key is refused rather than ignored: a `token` or `password` given here would
+    # otherwise look accepted. Credentials only travel as a Secrets Manager or SSM reference.
+    unknown = sorted(set(http) - set(HttpTargetArgs.__annotations__))
+    if unknown:
+        raise v.fail(
+            c,
+            name,
+            "http_target",
+            f"has unknown keys {unknown}; a credential goes in Secrets Manager or SSM and is "
+            "given as secret_arn, or ssm_parameter_arn with ssm_parameter_name",
+            sorted(http),
+        )
+    url = http["url"]
+    if isinstance(url, str):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise v.fail(c, name, "http_url", "must be an http(s) URL", url)
+        if parts.username is not None or parts.password is not None:
+            # Not echoed: the part before `@` is a credential that would land in the environment.
+            raise v.SluiceConfigError(
+                f"{c} {name!r}: http_url must not carry credentials (user:password@host); store "
+                "them in Secrets Manager or SSM (set sluice:httpSecretArn)"
+            )
+    return http
+
+
 @dataclass(frozen=True)
 class WorkerSettings:
     priorities: list[str]
@@ -280,7 +313,7 @@ def check_worker_args(name: str, args: Mapping[str, Any], component: str = COMPO
             raise v.fail(c, name, "target_dir", "must be an existing directory", target_dir)
     else:
         target = contract.HTTP_TARGET
-        http = args["http_target"]
+        http = _check_http_target(c, name, args["http_target"])
         if "secret_arn" in http and ("ssm_parameter_arn" in http or "ssm_parameter_name" in http):
             raise v.fail(
                 c, name, "http_target", "takes a secret_arn or an SSM parameter, not both", sorted(http)

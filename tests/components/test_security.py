@@ -6,6 +6,7 @@ logs. What the mocks cannot prove: that AWS accepts the key policy or enforces t
 from __future__ import annotations
 
 import json
+import re
 import runpy
 from functools import cache
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from components.validation import SluiceConfigError
+from handlers import contract
 from tests.support.mocks import ACCOUNT, REGION, Recorder, run_program
 
 HTTP = {"url": "https://erp.example.internal/api"}
@@ -347,6 +349,112 @@ def test_the_privilege_walk_catches_broad_grants() -> None:
     finally:
         worker.inputs["policy"] = original
     assert privilege_problems(rec) == []
+
+
+# ---- 4. secrets by reference -----------------------------------------------------------------
+
+WORKER_ENV = {
+    contract.ENV_QUEUES,
+    contract.ENV_TARGET,
+    contract.ENV_FORCE_AFTER_RECEIVES,
+    contract.ENV_MAX_ATTEMPTS,
+    contract.ENV_YIELD_DELAY_SECONDS,
+    contract.ENV_RETRY_BASE_SECONDS,
+    contract.ENV_RETRY_MAX_SECONDS,
+    contract.ENV_DISPATCH,
+    contract.ENV_HTTP_URL,
+    contract.ENV_HTTP_TIMEOUT_SECONDS,
+    contract.ENV_HTTP_AUTH_HEADER,
+    "POWERTOOLS_SERVICE_NAME",
+}
+
+
+def test_the_worker_environment_holds_a_secret_arn_not_a_secret() -> None:
+    env = stack("ticket").named("orders-worker-function").inputs["environment"]["variables"]
+    ticket_env = {contract.ENV_TICKET_QUEUE_URL, contract.ENV_SHARE_PERIOD}
+    assert set(env) == WORKER_ENV | ticket_env | {contract.ENV_HTTP_SECRET_ARN}
+    assert env[contract.ENV_HTTP_SECRET_ARN] == SECRET_ARN
+
+
+def test_the_worker_environment_holds_a_parameter_name_not_a_secret() -> None:
+    env = stack("yield").named("orders-worker-function").inputs["environment"]["variables"]
+    assert set(env) == WORKER_ENV | {contract.ENV_HTTP_SSM_PARAMETER}
+    assert env[contract.ENV_HTTP_SSM_PARAMETER] == SSM_NAME
+    # The worker reads it through its own grant, on that parameter only.
+    read = [
+        s
+        for s in policy_of(stack("yield"), "orders-worker-policy")["Statement"]
+        if s["Sid"] == "ReadApiParameter"
+    ]
+    assert read == [
+        {"Sid": "ReadApiParameter", "Effect": "Allow", "Action": ["ssm:GetParameter"], "Resource": [SSM_ARN]}
+    ]
+
+
+REFERENCE = re.compile(r"(_arn|_name|_arns)$")
+CREDENTIAL_WORDS = re.compile(r"secret|token|password|passwd|credential|api_?key|auth|kms")
+NOT_A_CREDENTIAL = {"auth_header": "the header's name, e.g. Authorization"}
+
+
+def test_no_arg_accepts_a_plain_secret() -> None:
+    """Every arg that could carry a credential or key takes a reference (an ARN or a name)."""
+    from components import PriorityQueuesArgs, PriorityWorkerArgs, ThrottledFanOutArgs
+    from components.fan_out_workflow import FanOutWorkflowArgs
+    from components.priority_worker import HttpTargetArgs
+
+    fields = {
+        f"{args.__name__}.{field}": field
+        for args in (
+            ThrottledFanOutArgs,
+            HttpTargetArgs,
+            PriorityWorkerArgs,
+            PriorityQueuesArgs,
+            FanOutWorkflowArgs,
+        )
+        for field in args.__annotations__
+    }
+    sensitive = {path: f for path, f in fields.items() if CREDENTIAL_WORDS.search(f)}
+    assert "HttpTargetArgs.secret_arn" in sensitive  # the filter sees what it must
+    assert [p for p, f in sensitive.items() if not REFERENCE.search(f) and f not in NOT_A_CREDENTIAL] == []
+    main = (Path(__file__).resolve().parents[2] / "__main__.py").read_text()
+    keys = set(re.findall(r'"(http[A-Z]\w*)"', main))
+    assert keys == {
+        "httpUrl",
+        "httpSecretArn",
+        "httpSsmParameterArn",
+        "httpSsmParameterName",
+        "httpAuthHeader",
+        "httpTimeoutSeconds",
+    }
+
+
+@pytest.mark.parametrize(
+    ("http_target", "expected"),
+    [
+        ({**HTTP, "token": "hunter2"}, "http_target has unknown keys ['token']"),
+        ({**HTTP, "password": "hunter2"}, "http_target has unknown keys ['password']"),
+        ({**HTTP, "secret": "hunter2"}, "http_target has unknown keys ['secret']"),
+        ({"url": "https://erp:hunter2@erp.example.internal/api"}, "http_url must not carry credentials"),
+        ({"url": "ftp://erp.example.internal/api"}, "http_url must be an http(s) URL"),
+        ({"secret_arn": SECRET_ARN}, "http_target must be an object with a url"),
+    ],
+)
+def test_a_plain_secret_is_refused_and_never_echoed(http_target: dict[str, Any], expected: str) -> None:
+    failure: list[SluiceConfigError] = []
+
+    def program() -> None:
+        from components import ThrottledFanOut
+
+        try:
+            ThrottledFanOut("orders", {"concurrency": 1, "http_target": http_target})  # type: ignore[typeddict-item]
+        except SluiceConfigError as exc:
+            failure.append(exc)
+
+    rec = run_program(program)
+    (error,) = failure
+    assert expected in str(error)
+    assert "hunter2" not in str(error)
+    assert rec.resources == []
 
 
 # ---- 5. logging ------------------------------------------------------------------------------
