@@ -269,7 +269,7 @@ def check_workflow_args(name: str, args: Mapping[str, Any], component: str = COM
         high=100,
     )
     log_level = v.check_choice(c, name, "log_level", args.get("log_level", "ERROR"), LOG_LEVELS)
-    retention = v.check_int(c, name, "log_retention_days", args.get("log_retention_days", 14), low=1)
+    retention = v.check_log_retention_days(c, name, args.get("log_retention_days", 14))
     return WorkflowSettings(
         priorities=priorities,
         default_priority=default_priority,

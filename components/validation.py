@@ -47,6 +47,41 @@ def check_number(
     return float(value)
 
 
+# The only retention periods CloudWatch Logs accepts (PutRetentionPolicy); any other number
+# passes preview and fails at deploy.
+LOG_RETENTION_DAYS = (
+    1,
+    3,
+    5,
+    7,
+    14,
+    30,
+    60,
+    90,
+    120,
+    150,
+    180,
+    365,
+    400,
+    545,
+    731,
+    1096,
+    1827,
+    2192,
+    2557,
+    2922,
+    3288,
+    3653,
+)
+
+
+def check_log_retention_days(component: str, name: str, value: Any) -> int:
+    days = check_int(component, name, "log_retention_days", value, low=1)
+    if days not in LOG_RETENTION_DAYS:
+        raise fail(component, name, "log_retention_days", f"must be one of {list(LOG_RETENTION_DAYS)}", days)
+    return days
+
+
 def check_priorities(component: str, name: str, priorities: Any) -> list[str]:
     problem = invalid_priorities(priorities)
     if problem is not None:
@@ -64,7 +99,7 @@ HANDLER_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)
 
 
 def check_handler(component: str, name: str, arg: str, value: Any) -> str:
-    if not isinstance(value, str) or not HANDLER_PATTERN.match(value):
+    if not isinstance(value, str) or not HANDLER_PATTERN.fullmatch(value):
         raise fail(component, name, arg, "must be 'module.function'", value)
     return value
 
@@ -84,7 +119,8 @@ def check_kms_key_arn(component: str, name: str, arg: str, value: Any) -> str | 
     with nothing to scope to."""
     if value is None:
         return None
-    if not isinstance(value, str) or not KMS_KEY_ARN_PATTERN.match(value):
+    # fullmatch: `$` alone also matches before a trailing newline.
+    if not isinstance(value, str) or not KMS_KEY_ARN_PATTERN.fullmatch(value):
         raise fail(
             component,
             name,
