@@ -38,6 +38,7 @@ STR_ARGS = (
     "default_priority",
     "direct_function_arn",
     "log_level",
+    "queue_kms_key_arn",
 )
 OBJECT_ARGS = ("priorities", "throttle_rule", "input_bucket_arns")
 HTTP_KEYS = {

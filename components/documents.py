@@ -353,6 +353,24 @@ def _statement(sid: str, actions: Sequence[str], resources: Sequence[str]) -> di
     return {"Sid": sid, "Effect": "Allow", "Action": sorted(actions), "Resource": list(resources)}
 
 
+# SQS calls KMS as the principal that sends or receives: GenerateDataKey to encrypt a message it
+# sends, Decrypt to read one (and to check a cached data key when sending). Nothing else.
+QUEUE_KEY_ACTIONS = ("kms:Decrypt", "kms:GenerateDataKey")
+
+
+def _queue_key_statement(kms_key_arn: str) -> dict[str, Any]:
+    """Use of the queues' customer KMS key, scoped to that key."""
+    if ":alias/" not in kms_key_arn:
+        return _statement("UseQueueKey", QUEUE_KEY_ACTIONS, [kms_key_arn])
+    # IAM authorizes cryptographic operations against the key's ARN, never the alias's, so an
+    # alias ARN in Resource grants nothing. AWS's documented way to grant by alias: the
+    # account's and region's keys, narrowed to the one the alias points at.
+    account_prefix, alias = kms_key_arn.split(":alias/", 1)
+    statement = _statement("UseQueueKey", QUEUE_KEY_ACTIONS, [f"{account_prefix}:key/*"])
+    statement["Condition"] = {"ForAnyValue:StringEquals": {"kms:ResourceAliases": f"alias/{alias}"}}
+    return statement
+
+
 def build_worker_policy(
     *,
     queue_arns: Sequence[str],
@@ -362,9 +380,14 @@ def build_worker_policy(
     results_bucket_arn: str | None = None,
     secret_arn: str | None = None,
     ssm_parameter_arn: str | None = None,
+    kms_key_arn: str | None = None,
 ) -> dict[str, Any]:
     """What the worker may do: consume its queues, dead-letter, answer tokens, keep its
-    idempotency records, spill large results, log."""
+    idempotency records, spill large results, log.
+
+    With `kms_key_arn` (the queues' customer key) it may also decrypt what it receives and
+    encrypt what it sends to the DLQs.
+    """
     statements = [
         _statement(
             "ConsumePriorityQueues",
@@ -404,6 +427,8 @@ def build_worker_policy(
         statements.append(_statement("ReadApiSecret", ["secretsmanager:GetSecretValue"], [secret_arn]))
     if ssm_parameter_arn:
         statements.append(_statement("ReadApiParameter", ["ssm:GetParameter"], [ssm_parameter_arn]))
+    if kms_key_arn:
+        statements.append(_queue_key_statement(kms_key_arn))
     return {"Version": "2012-10-17", "Statement": statements}
 
 
@@ -431,13 +456,19 @@ def build_state_machine_policy(
     function_arns: Sequence[str],
     results_bucket_arn: str,
     input_bucket_arns: Sequence[str],
+    kms_key_arn: str | None = None,
 ) -> dict[str, Any]:
-    """What the state machine needs before it exists (CreateStateMachine checks logging)."""
+    """What the state machine needs before it exists (CreateStateMachine checks logging).
+
+    With `kms_key_arn` (the queues' customer key) it may also encrypt the messages it sends.
+    """
     input_objects = [f"{arn}/*" for arn in input_bucket_arns]
+    key_statements = [_queue_key_statement(kms_key_arn)] if kms_key_arn else []
     return {
         "Version": "2012-10-17",
         "Statement": [
             _statement("EnqueueThrottledItems", ["sqs:SendMessage"], queue_arns),
+            *key_statements,
             _statement(
                 "InvokeFunctions",
                 ["lambda:InvokeFunction"],

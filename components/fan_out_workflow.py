@@ -57,6 +57,9 @@ class FanOutWorkflowArgs(TypedDict):
     """The `ticket` dispatch's ticket queue: each throttled item drops a ticket there first."""
     ticket_queue_arn: NotRequired[pulumi.Input[str]]
     """Its ARN, for the state machine's IAM policy."""
+    queue_kms_key_arn: NotRequired[str]
+    """The customer KMS key encrypting the queues (as given to PriorityQueues), if any: the role
+    may then encrypt the messages it sends, with that key only."""
 
 
 class FanOutWorkflow(pulumi.ComponentResource):
@@ -146,6 +149,7 @@ class FanOutWorkflow(pulumi.ComponentResource):
                         function_arns=a["function_arns"],
                         results_bucket_arn=a["bucket_arn"],
                         input_bucket_arns=[a["bucket_arn"], *a["input_bucket_arns"]],
+                        kms_key_arn=cfg.kms_key_arn,
                     )
                 )
             ),
@@ -228,6 +232,7 @@ class WorkflowSettings:
     tolerated_failure_percentage: float
     log_level: str
     log_retention_days: int
+    kms_key_arn: str | None
 
 
 def check_workflow_args(name: str, args: Mapping[str, Any], component: str = COMPONENT) -> WorkflowSettings:
@@ -267,7 +272,7 @@ def check_workflow_args(name: str, args: Mapping[str, Any], component: str = COM
         high=100,
     )
     log_level = v.check_choice(c, name, "log_level", args.get("log_level", "ERROR"), LOG_LEVELS)
-    retention = v.check_int(c, name, "log_retention_days", args.get("log_retention_days", 14), low=1)
+    retention = v.check_log_retention_days(c, name, args.get("log_retention_days", 14))
     return WorkflowSettings(
         priorities=priorities,
         default_priority=default_priority,
@@ -277,4 +282,5 @@ def check_workflow_args(name: str, args: Mapping[str, Any], component: str = COM
         tolerated_failure_percentage=tolerated,
         log_level=log_level,
         log_retention_days=retention,
+        kms_key_arn=v.check_kms_key_arn(c, name, "queue_kms_key_arn", args.get("queue_kms_key_arn")),
     )

@@ -31,6 +31,12 @@ VISIBILITY_TO_TIMEOUT_RATIO = 6
 SQS_MAX_RETENTION_SECONDS = 1_209_600  # 14 days, the SQS maximum
 SQS_MIN_RETENTION_SECONDS = 60
 SQS_MAX_VISIBILITY_SECONDS = 43_200  # 12 hours
+# How long SQS reuses a data key before asking KMS again (SQS allows 60 s to 24 h). Kept at
+# AWS's default of 5 minutes: KMS calls stay at a handful per sending or receiving principal
+# per 5 minutes whatever the message rate (far below KMS's request quotas, and cents a month),
+# while disabling the key or revoking a grant stops new sends and receives within 5 minutes
+# instead of hours.
+KMS_DATA_KEY_REUSE_SECONDS = 300
 
 
 class PriorityQueuesArgs(TypedDict):
@@ -50,10 +56,17 @@ class PriorityQueuesArgs(TypedDict):
     """How long a dead letter is kept. Default 14 days (the maximum), to leave time to redrive."""
     ticket_queue: NotRequired[bool]
     """Also create the ticket queue (and its DLQ) the `ticket` dispatch needs. Default False."""
+    queue_kms_key_arn: NotRequired[str]
+    """Customer KMS key (key or alias ARN) encrypting every queue and DLQ. Default none: SQS-managed
+    encryption (SSE-SQS). The key's policy must let this account's IAM policies grant its use
+    (the default key policy does). Plain value: validated at construction."""
 
 
 class PriorityQueues(pulumi.ComponentResource):
     """One encrypted SQS queue and one DLQ per priority, TLS-only, with redrive."""
+
+    kms_key_arn: str | None
+    """The customer KMS key encrypting the queues, or None for SQS-managed encryption."""
 
     queue_urls: pulumi.Output[dict[str, str]]
     """Queue URL by priority name."""
@@ -71,6 +84,7 @@ class PriorityQueues(pulumi.ComponentResource):
         super().__init__("sluice:index:PriorityQueues", name, {}, opts)
         child = pulumi.ResourceOptions(parent=self)
         self.priorities = cfg.priorities
+        self.kms_key_arn = cfg.kms_key_arn
         queues: dict[str, aws.sqs.Queue] = {}
         dlqs: dict[str, aws.sqs.Queue] = {}
         for priority in cfg.priorities:
@@ -104,17 +118,18 @@ class PriorityQueues(pulumi.ComponentResource):
         name: str, role: str, cfg: QueueSettings, max_receive_count: int, child: pulumi.ResourceOptions
     ) -> tuple[aws.sqs.Queue, aws.sqs.Queue]:
         """A queue and its DLQ: encrypted, TLS-only, redrive only from its own queue."""
+        encryption = _encryption(cfg.kms_key_arn)
         dlq = aws.sqs.Queue(
             f"{name}-{role}-dlq",
             message_retention_seconds=cfg.dlq_retention_seconds,
-            sqs_managed_sse_enabled=True,
+            **encryption,
             opts=child,
         )
         queue = aws.sqs.Queue(
             f"{name}-{role}",
             visibility_timeout_seconds=cfg.visibility_timeout_seconds,
             message_retention_seconds=cfg.message_retention_seconds,
-            sqs_managed_sse_enabled=True,
+            **encryption,
             redrive_policy=pulumi.Output.json_dumps(
                 dlq.arn.apply(
                     lambda arn: build_redrive_policy(dead_letter_arn=arn, max_receive_count=max_receive_count)
@@ -142,6 +157,16 @@ class PriorityQueues(pulumi.ComponentResource):
         return queue, dlq
 
 
+def _encryption(kms_key_arn: str | None) -> dict[str, Any]:
+    """Queue arguments for SSE-KMS with the customer key, else SSE-SQS (they are exclusive)."""
+    if kms_key_arn is None:
+        return {"sqs_managed_sse_enabled": True}
+    return {
+        "kms_master_key_id": kms_key_arn,
+        "kms_data_key_reuse_period_seconds": KMS_DATA_KEY_REUSE_SECONDS,
+    }
+
+
 def _by_priority(values: dict[str, pulumi.Output[str]]) -> pulumi.Output[dict[str, str]]:
     return pulumi.Output.all(**values).apply(dict)
 
@@ -154,6 +179,7 @@ class QueueSettings:
     message_retention_seconds: int
     dlq_retention_seconds: int
     ticket_queue: bool
+    kms_key_arn: str | None
 
 
 def check_queue_args(name: str, args: Mapping[str, Any], component: str = COMPONENT) -> QueueSettings:
@@ -207,4 +233,5 @@ def check_queue_args(name: str, args: Mapping[str, Any], component: str = COMPON
         message_retention_seconds=retention,
         dlq_retention_seconds=dlq_retention,
         ticket_queue=bool(args.get("ticket_queue", False)),
+        kms_key_arn=v.check_kms_key_arn(component, name, "queue_kms_key_arn", args.get("queue_kms_key_arn")),
     )

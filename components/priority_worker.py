@@ -23,6 +23,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict
+from urllib.parse import urlsplit
 
 import pulumi
 import pulumi_aws as aws
@@ -105,6 +106,9 @@ class PriorityWorkerArgs(TypedDict):
     """Bucket where results too large for Step Functions are written (under item-results/);
     without it such results fail the item with the reason."""
     results_bucket_arn: NotRequired[pulumi.Input[str]]
+    queue_kms_key_arn: NotRequired[str]
+    """The customer KMS key encrypting the queues (as given to PriorityQueues), if any: the role
+    may then decrypt what it receives and encrypt what it dead-letters, with that key only."""
 
 
 class PriorityWorker(pulumi.ComponentResource):
@@ -172,6 +176,7 @@ class PriorityWorker(pulumi.ComponentResource):
                         results_bucket_arn=a["results_bucket_arn"],
                         secret_arn=a["secret_arn"],
                         ssm_parameter_arn=a["ssm_parameter_arn"],
+                        kms_key_arn=cfg.kms_key_arn,
                     )
                 )
             ),
@@ -267,6 +272,38 @@ def _entry_of(values: pulumi.Output[Mapping[str, str]], key: str) -> pulumi.Outp
     return values.apply(lambda d: d[key])
 
 
+def _check_http_target(c: str, name: str, http: Any) -> Mapping[str, Any]:
+    """The http_target's shape. Errors show its keys, never its values: a misplaced credential
+    must not end up in a preview log."""
+    if not isinstance(http, Mapping) or "url" not in http:
+        shown = sorted(http) if isinstance(http, Mapping) else http
+        raise v.fail(c, name, "http_target", "must be an object with a url", shown)
+    # An unknown key is refused rather than ignored: a `token` or `password` given here would
+    # otherwise look accepted. Credentials only travel as a Secrets Manager or SSM reference.
+    unknown = sorted(set(http) - set(HttpTargetArgs.__annotations__))
+    if unknown:
+        raise v.fail(
+            c,
+            name,
+            "http_target",
+            f"has unknown keys {unknown}; a credential goes in Secrets Manager or SSM and is "
+            "given as secret_arn, or ssm_parameter_arn with ssm_parameter_name",
+            sorted(http),
+        )
+    url = http["url"]
+    if isinstance(url, str):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise v.fail(c, name, "http_url", "must be an http(s) URL", url)
+        if parts.username is not None or parts.password is not None:
+            # Not echoed: the part before `@` is a credential that would land in the environment.
+            raise v.SluiceConfigError(
+                f"{c} {name!r}: http_url must not carry credentials (user:password@host); store "
+                "them in Secrets Manager or SSM (set sluice:httpSecretArn)"
+            )
+    return http
+
+
 @dataclass(frozen=True)
 class WorkerSettings:
     priorities: list[str]
@@ -285,6 +322,7 @@ class WorkerSettings:
     dispatch: str
     share_period: int
     idempotency_ttl_seconds: int
+    kms_key_arn: str | None
 
 
 def check_worker_args(name: str, args: Mapping[str, Any], component: str = COMPONENT) -> WorkerSettings:
@@ -306,7 +344,7 @@ def check_worker_args(name: str, args: Mapping[str, Any], component: str = COMPO
             raise v.fail(c, name, "target_dir", "must be an existing directory", target_dir)
     else:
         target = contract.HTTP_TARGET
-        http = args["http_target"]
+        http = _check_http_target(c, name, args["http_target"])
         if "secret_arn" in http and ("ssm_parameter_arn" in http or "ssm_parameter_name" in http):
             raise v.fail(
                 c, name, "http_target", "takes a secret_arn or an SSM parameter, not both", sorted(http)
@@ -352,10 +390,11 @@ def check_worker_args(name: str, args: Mapping[str, Any], component: str = COMPO
         force_after_receives=force,
         max_attempts=attempts,
         yield_delay_seconds=whole("yield_delay_seconds", 2, 0, contract.SQS_MAX_VISIBILITY_SECONDS),
-        retry_base_seconds=number("retry_base_seconds", 2.0, 0),
+        retry_base_seconds=number("retry_base_seconds", 2.0, 0, contract.SQS_MAX_VISIBILITY_SECONDS),
         retry_max_seconds=number("retry_max_seconds", 300.0, 0, contract.SQS_MAX_VISIBILITY_SECONDS),
-        log_retention_days=whole("log_retention_days", 14, 1),
+        log_retention_days=v.check_log_retention_days(c, name, args.get("log_retention_days", 14)),
         dispatch=v.check_choice(c, name, "dispatch", args.get("dispatch", "yield"), contract.DISPATCH_MODES),
         share_period=whole("share_period", 10, 2, 1_000),
         idempotency_ttl_seconds=whole("idempotency_ttl_seconds", 345_600, 3_600, 31_536_000),
+        kms_key_arn=v.check_kms_key_arn(c, name, "queue_kms_key_arn", args.get("queue_kms_key_arn")),
     )

@@ -89,7 +89,7 @@ class ThrottledFanOutArgs(TypedDict):
     """Receives before a message is dead-lettered. Default 10."""
     idempotency_ttl_seconds: NotRequired[int]
     """How long each item's stored outcome is kept to answer redeliveries without calling the
-    API again. Default 4 days; at least callback_timeout_seconds."""
+    API again. Default 4 days or callback_timeout_seconds if longer; at least the latter."""
     visibility_timeout_seconds: NotRequired[int]
     """Queue visibility timeout. Default 6x worker_timeout_seconds."""
     message_retention_seconds: NotRequired[int]
@@ -115,6 +115,10 @@ class ThrottledFanOutArgs(TypedDict):
     """State machine log level. Default ERROR."""
     log_retention_days: NotRequired[int]
     """Default 14."""
+    queue_kms_key_arn: NotRequired[str]
+    """Customer KMS key (key or alias ARN) encrypting every queue and DLQ; the worker and state
+    machine roles get kms:Decrypt and kms:GenerateDataKey on it alone. Default none: SQS-managed
+    encryption."""
 
 
 class ThrottledFanOut(pulumi.ComponentResource):
@@ -146,6 +150,7 @@ class ThrottledFanOut(pulumi.ComponentResource):
             "worker_timeout_seconds",
             "max_receive_count",
             "log_retention_days",
+            "queue_kms_key_arn",
             *_QUEUE_ARGS,
             *_WORKER_ARGS,
             *_WORKFLOW_ARGS,
@@ -156,8 +161,9 @@ class ThrottledFanOut(pulumi.ComponentResource):
                 f"{COMPONENT} {name!r}: unknown args {unknown!r}; known args are {sorted(known)!r}"
             )
         callback_timeout = args.get("callback_timeout_seconds", 86_400)
-        ttl = args.get("idempotency_ttl_seconds", 345_600)
-        if isinstance(ttl, int) and isinstance(callback_timeout, int) and ttl < callback_timeout:
+        waits = isinstance(callback_timeout, int) and not isinstance(callback_timeout, bool)
+        ttl = args.get("idempotency_ttl_seconds", max(345_600, callback_timeout) if waits else 345_600)
+        if waits and isinstance(ttl, int) and ttl < callback_timeout:
             # The worker skips items whose task has ended, so a record is only needed while the
             # task can still wait; a shorter one lets a late redelivery call the API twice.
             raise v.fail(
@@ -170,6 +176,8 @@ class ThrottledFanOut(pulumi.ComponentResource):
         worker_timeout = args.get("worker_timeout_seconds", 30)
         max_receive_count = args.get("max_receive_count", 10)
         retention = args.get("log_retention_days", 14)
+        # Every sub-component needs the key: the queues encrypt with it, both roles use it.
+        kms = {"queue_kms_key_arn": args["queue_kms_key_arn"]} if "queue_kms_key_arn" in args else {}
 
         def pick(keys: Sequence[str]) -> dict[str, Any]:
             return {k: args[k] for k in keys if k in args}  # type: ignore[literal-required]  # keys are from the TypedDict
@@ -179,6 +187,7 @@ class ThrottledFanOut(pulumi.ComponentResource):
             "ticket_queue": dispatch == DISPATCH_TICKET,
             "worker_timeout_seconds": worker_timeout,
             "max_receive_count": max_receive_count,
+            **kms,
             **pick(_QUEUE_ARGS),
         }
         worker_args_plain = {
@@ -188,11 +197,14 @@ class ThrottledFanOut(pulumi.ComponentResource):
             "timeout_seconds": worker_timeout,
             "max_receive_count": max_receive_count,
             "log_retention_days": retention,
+            **kms,
             **pick(_WORKER_ARGS),
+            "idempotency_ttl_seconds": ttl,
         }
         workflow_args_plain = {
             "priorities": priorities,
             "log_retention_days": retention,
+            **kms,
             **pick(_WORKFLOW_ARGS),
         }
         # Check every sub-component's args before any resource exists, so a bad stack is

@@ -47,6 +47,41 @@ def check_number(
     return float(value)
 
 
+# The only retention periods CloudWatch Logs accepts (PutRetentionPolicy); any other number
+# passes preview and fails at deploy.
+LOG_RETENTION_DAYS = (
+    1,
+    3,
+    5,
+    7,
+    14,
+    30,
+    60,
+    90,
+    120,
+    150,
+    180,
+    365,
+    400,
+    545,
+    731,
+    1096,
+    1827,
+    2192,
+    2557,
+    2922,
+    3288,
+    3653,
+)
+
+
+def check_log_retention_days(component: str, name: str, value: Any) -> int:
+    days = check_int(component, name, "log_retention_days", value, low=1)
+    if days not in LOG_RETENTION_DAYS:
+        raise fail(component, name, "log_retention_days", f"must be one of {list(LOG_RETENTION_DAYS)}", days)
+    return days
+
+
 def check_priorities(component: str, name: str, priorities: Any) -> list[str]:
     problem = invalid_priorities(priorities)
     if problem is not None:
@@ -64,6 +99,34 @@ HANDLER_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)
 
 
 def check_handler(component: str, name: str, arg: str, value: Any) -> str:
-    if not isinstance(value, str) or not HANDLER_PATTERN.match(value):
+    if not isinstance(value, str) or not HANDLER_PATTERN.fullmatch(value):
         raise fail(component, name, arg, "must be 'module.function'", value)
+    return value
+
+
+# Key ids are UUIDs, or `mrk-` and 32 hex digits for multi-Region keys; alias names are
+# `alias/` then letters, digits, `/`, `_` and `-` (KMS's CreateAlias rules). The partition
+# (`aws`, `aws-cn`, `aws-us-gov`) is kept open so GovCloud and China stacks validate.
+KMS_KEY_ARN_PATTERN = re.compile(
+    r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:"
+    r"(key/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})"
+    r"|alias/[A-Za-z0-9/_-]+)$"
+)
+
+
+def check_kms_key_arn(component: str, name: str, arg: str, value: Any) -> str | None:
+    """None, or a KMS key ARN or alias ARN: a bare key id or alias name would leave the IAM grant
+    with nothing to scope to."""
+    if value is None:
+        return None
+    # fullmatch: `$` alone also matches before a trailing newline.
+    if not isinstance(value, str) or not KMS_KEY_ARN_PATTERN.fullmatch(value):
+        raise fail(
+            component,
+            name,
+            arg,
+            "must be a KMS key ARN (arn:aws:kms:<region>:<account>:key/<key id>) "
+            "or alias ARN (arn:aws:kms:<region>:<account>:alias/<name>)",
+            value,
+        )
     return value

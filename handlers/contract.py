@@ -102,12 +102,15 @@ ESM_MAX_MAXIMUM_CONCURRENCY = 1_000
 def invalid_priorities(priorities: Sequence[str]) -> str | None:
     """Return why `priorities` is unusable, or None when it is fine."""
     if isinstance(priorities, str):
-        return "must be a list of names, got a single string"
+        return "must be a list of names, not a single string"
+    if not isinstance(priorities, list | tuple):
+        return "must be a list of names"
     if not priorities:
         return "must name at least one priority"
-    bad = [p for p in priorities if not isinstance(p, str) or not PRIORITY_PATTERN.match(p)]
+    # fullmatch: `$` alone also matches before a trailing newline.
+    bad = [p for p in priorities if not isinstance(p, str) or not PRIORITY_PATTERN.fullmatch(p)]
     if bad:
-        return f"names must match {PRIORITY_PATTERN.pattern} (upper case), got {bad!r}"
+        return f"names must match {PRIORITY_PATTERN.pattern} (upper case), not {bad!r}"
     if len(set(priorities)) != len(priorities):
-        return f"names must be unique, got {list(priorities)!r}"
+        return "names must be unique"
     return None

@@ -87,6 +87,10 @@ JUSTIFIED = {
     # parliament's IAM data knows DescribeExecution only on express executions; AWS documents
     # execution ARNs (stateMachineName/*) for Distributed Map child runs.
     ("map-run", "RESOURCE_MISMATCH"),
+    # parliament checks conditions against the action's own keys only; its IAM data lists
+    # kms:ResourceAliases under the `key` resource type, which is how AWS documents granting a
+    # key by alias.
+    ("state-machine-kms-alias", "UNKNOWN_CONDITION_FOR_ACTION"),
 }
 
 POLICIES = {
@@ -105,6 +109,20 @@ POLICIES = {
         function_arns=[f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:agg"],
         results_bucket_arn="arn:aws:s3:::results",
         input_bucket_arns=["arn:aws:s3:::results", "arn:aws:s3:::inputs"],
+    ),
+    "worker-kms-key": build_worker_policy(
+        queue_arns=[f"arn:aws:sqs:{REGION}:{ACCOUNT}:q"],
+        dlq_arns=[f"arn:aws:sqs:{REGION}:{ACCOUNT}:q-dlq"],
+        log_group_arn=LOGS,
+        idempotency_table_arn=f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/idempotency",
+        kms_key_arn=f"arn:aws:kms:{REGION}:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+    ),
+    "state-machine-kms-alias": build_state_machine_policy(
+        queue_arns=[f"arn:aws:sqs:{REGION}:{ACCOUNT}:q"],
+        function_arns=[f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:agg"],
+        results_bucket_arn="arn:aws:s3:::results",
+        input_bucket_arns=["arn:aws:s3:::results"],
+        kms_key_arn=f"arn:aws:kms:{REGION}:{ACCOUNT}:alias/sluice/queues",
     ),
     "map-run": build_map_run_policy(state_machine_arn=SM_ARN),
     "tls-only": build_tls_only_queue_policy(queue_arn=f"arn:aws:sqs:{REGION}:{ACCOUNT}:q"),
@@ -136,4 +154,9 @@ def test_only_the_justified_statements_use_wildcard_resources() -> None:
         for s in policy["Statement"]
         if s["Effect"] == "Allow" and "*" in s["Resource"]
     }
-    assert wildcards == {("worker", "AnswerTaskTokens"), ("state-machine", "DeliverExecutionLogs")}
+    assert wildcards == {
+        ("worker", "AnswerTaskTokens"),
+        ("worker-kms-key", "AnswerTaskTokens"),
+        ("state-machine", "DeliverExecutionLogs"),
+        ("state-machine-kms-alias", "DeliverExecutionLogs"),
+    }
