@@ -7,12 +7,13 @@ import json
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from localcloud.cloud import EmbeddedAws, embedded_aws
 from localcloud.deploy import DeployedStack, deploy
 from localcloud.esm import EventSourceMappings, MappingStats, message_key
+from localcloud.faults import CompletionFaults
 from localcloud.legacy_api import Call, LegacyApi
 from localcloud.scenario import FIFO_QUEUE
 
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
     from localcloud.scenario import Scenario
 
 POLL_S = 0.25
+# The attribute the worker puts on what it dead-letters itself (handlers/contract.py; localcloud
+# does not import the handlers it runs).
+DEAD_LETTER_REASON_ATTRIBUTE = "SluiceDeadLetterReason"
 
 
 @dataclass
@@ -51,6 +55,11 @@ class RunResult:
     """Requests the embedded AWS served during the run (deploy excluded), by `service:Action`."""
     parent_transitions: int
     """State transitions in the parent executions' histories."""
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    """What the DLQs hold after the run: `queue` (its priority), `body`, `reason` (if the worker
+    dead-lettered it itself)."""
+    completion_calls: dict[str, int] = field(default_factory=dict)
+    """SendTaskSuccess calls per item named in the scenario's completion faults."""
 
 
 def batch_items(scenario: Scenario, batch_no: int) -> list[dict[str, Any]]:
@@ -98,12 +107,17 @@ def stack_config(scenario: Scenario, api_url: str) -> dict[str, Any]:
 def run_scenario(
     scenario: Scenario, on_tick: Callable[[LegacyApi, list[ExecutionRecord]], None] | None = None
 ) -> RunResult:
-    with embedded_aws() as aws:
+    # A hang must outlast the worker's timeout to kill it mid-item, and stay bounded.
+    worker_timeout = float(stack_config(scenario, "")["sluice:workerTimeoutSeconds"])
+    faults = CompletionFaults(scenario.completion_faults, hang_s=worker_timeout + 2)
+    with embedded_aws() as aws, faults.installed():
         api = LegacyApi(scenario.api).start()
         try:
-            return _run(aws, api, scenario, on_tick)
+            result = _run(aws, api, scenario, on_tick)
         finally:
             api.stop()
+    result.completion_calls = dict(faults.calls)
+    return result
 
 
 def _run(
@@ -126,6 +140,10 @@ def _run(
         with lock:
             enqueued_at.setdefault(f"{key[0]}#{key[1]}", sent)
 
+    for url in stack.outputs["queueUrls"].values():
+        for n in range(scenario.malformed_payloads):
+            # Alternately not JSON and JSON without a token: neither names an execution to tell.
+            sqs.send_message(QueueUrl=url, MessageBody="{not json" if n % 2 else json.dumps({"item": n}))
     mappings = EventSourceMappings(stack.mappings, aws.runner, sqs, on_receive)
     mappings.start()
     executions: list[ExecutionRecord] = []
@@ -164,6 +182,11 @@ def _run(
                 sfn.stop_execution(executionArn=record.arn, error="Sluice.RunDeadline")
         mappings.stop()
     worker = stack.outputs["workerFunctionName"]
+    dead_letters = [
+        {"queue": priority, "body": m["Body"], "reason": _reason(m)}
+        for priority, url in stack.outputs["dlqUrls"].items()
+        for m in _drain(sqs, url)
+    ]
     requests = {k: n - before.get(k, 0) for k, n in aws.snapshot().items() if n - before.get(k, 0)}
     return RunResult(
         scenario=scenario,
@@ -177,7 +200,26 @@ def _run(
         wall_s=max((r.stopped or time.time()) for r in executions) - t0 if executions else 0.0,
         requests=requests,
         parent_transitions=sum(_transitions(sfn, r.arn) for r in executions),
+        dead_letters=dead_letters,
     )
+
+
+def _drain(sqs: Any, url: str, limit: int = 1_000) -> list[dict[str, Any]]:
+    """Every message on a queue (bounded), received once and left invisible: the run is over."""
+    messages: list[dict[str, Any]] = []
+    while len(messages) < limit:
+        batch = sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], VisibilityTimeout=60
+        ).get("Messages", [])
+        if not batch:
+            return messages
+        messages += batch
+    return messages
+
+
+def _reason(message: dict[str, Any]) -> str | None:
+    attribute = message.get("MessageAttributes", {}).get(DEAD_LETTER_REASON_ATTRIBUTE)
+    return attribute.get("StringValue") if attribute else None
 
 
 def _transitions(sfn: Any, execution_arn: str) -> int:
