@@ -7,7 +7,9 @@ test receives messages itself and hands them over in the ESM's event shape), quo
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import time
 import uuid
 from collections import Counter
@@ -483,3 +485,38 @@ def test_a_malformed_payload_does_not_use_up_a_real_item_s_ticket(ticket_rig: Ri
     assert rig.output(execution)["status"] == "SUCCEEDED"
     dead = rig.sqs.receive_message(QueueUrl=normal.dlq_url, MessageAttributeNames=["All"])["Messages"]
     assert [m["Body"] for m in dead] == ["{not json"]
+
+
+def test_tokens_and_payloads_never_reach_the_logs_at_info(rig: Rig) -> None:
+    secret = "PAYLOAD-MARKER-7f3a"
+    logger.setLevel("INFO")
+    # What CloudWatch would get: the worker's own JSON lines, extra fields included.
+    sink = io.StringIO()
+    handler = logging.StreamHandler(sink)
+    handler.setFormatter(logger.registered_formatter)
+    logger.addHandler(handler)
+
+    def mixed(item: Any, ctx: TargetContext) -> Any:
+        if item["kind"] == "retry":
+            raise ConnectionError("API down")
+        if item["kind"] == "reject":
+            raise PermanentFailure("HTTP 400")
+        return {"echo": item}
+
+    for index, kind in enumerate(("ok", "retry", "reject")):
+        rig.start({"id": secret, "kind": kind, "priority": "NORMAL"}, index=index)
+    wait_visible(rig, "NORMAL", 3)
+    event = rig.receive("NORMAL")
+    tokens = [json.loads(r["body"])["token"] for r in event["Records"]]
+    stolen = {"token": tokens[0], "index": 9, "priority": "NORMAL", "extra": secret}  # no item
+    event["Records"].append({**event["Records"][0], "messageId": "junk", "body": json.dumps(stolen)})
+    try:
+        handle_batch(event, None, rig.deps(mixed, max_attempts=1, force_after_receives=1))
+    finally:
+        logger.removeHandler(handler)
+
+    logged = sink.getvalue()
+    assert '"level":"INFO"' in logged  # the worker did log at INFO...
+    for token in tokens:
+        assert token not in logged  # ...but never a token
+    assert secret not in logged  # nor the payload
