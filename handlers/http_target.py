@@ -32,10 +32,16 @@ DEFAULT_RETRY_AFTER_SECONDS = 5.0
 HTTP_TOO_MANY_REQUESTS = 429
 # Statuses that say "not now" rather than "never": request timeout, too early.
 RETRYABLE_CLIENT_ERRORS = (408, 425)
+# Unauthorized, forbidden: the credential was refused.
+CREDENTIAL_REFUSED = (401, 403)
 
 
 class HttpTargetConfigError(Exception):
     """The HTTP target's environment is incomplete."""
+
+
+class CredentialRefused(PermanentFailure):
+    """401 or 403: the credential is wrong; permanent unless it has just been rotated."""
 
 
 class ApiUnavailable(Exception):  # noqa: N818 - reads as the condition it reports
@@ -120,6 +126,8 @@ def post_item(
             raise RetryLater(retry_after_seconds(exc.headers.get("Retry-After")), "HTTP 429") from exc
         if exc.code >= 500 or exc.code in RETRYABLE_CLIENT_ERRORS:
             raise ApiUnavailable(f"HTTP {exc.code} from {config.url}") from exc
+        if exc.code in CREDENTIAL_REFUSED:
+            raise CredentialRefused(f"HTTP {exc.code} from {config.url}: {exc.read()[:500]!r}") from exc
         raise PermanentFailure(f"HTTP {exc.code} from {config.url}: {exc.read()[:500]!r}") from exc
     except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
         raise ApiUnavailable(f"{type(exc).__name__} calling {config.url}: {exc}") from exc
@@ -151,4 +159,15 @@ def _configured() -> tuple[HttpTargetConfig, str | None]:
 
 def call(item: Any, ctx: TargetContext) -> Any:
     config, credential = _configured()
-    return post_item(item, ctx, config, credential)
+    try:
+        return post_item(item, ctx, config, credential)
+    except CredentialRefused:
+        if credential is None:
+            raise
+        # The secret may have been rotated since this sandbox read it: read it again, once, so a
+        # rotation does not fail every item until the sandbox is recycled.
+        _configured.cache_clear()
+        config, fresh = _configured()
+        if fresh == credential:
+            raise
+        return post_item(item, ctx, config, fresh)

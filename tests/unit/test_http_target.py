@@ -9,7 +9,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from handlers import contract
+from handlers import contract, http_target
 from handlers.http_target import (
     ApiUnavailable,
     HttpTargetConfig,
@@ -115,3 +115,35 @@ def test_credential_from_ssm(aws: None, monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_no_credential_configured() -> None:
     assert fetch_credential(HttpTargetConfig.from_env({contract.ENV_HTTP_URL: "https://x"})) is None
+
+
+def test_a_refused_credential_is_read_again_once_in_case_it_was_rotated(
+    aws: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    secrets = boto3.client("secretsmanager")
+    arn = secrets.create_secret(Name="erp", SecretString="Bearer old")["ARN"]
+    with scripted_api(Scripted(body=b"{}"), Scripted(status=401), Scripted(body=b'{"ok": 1}')) as api:
+        monkeypatch.setenv(contract.ENV_HTTP_URL, api.url)
+        monkeypatch.setenv(contract.ENV_HTTP_SECRET_ARN, arn)
+        http_target._configured.cache_clear()
+        assert http_target.call({}, CTX) == {}
+        secrets.put_secret_value(SecretId=arn, SecretString="Bearer new")  # rotated meanwhile
+        assert http_target.call({}, CTX) == {"ok": 1}
+    assert [r["headers"]["Authorization"] for r in api.requests] == ["Bearer old", "Bearer old", "Bearer new"]
+    http_target._configured.cache_clear()
+
+
+def test_a_credential_refused_again_after_reading_it_is_a_permanent_failure(
+    aws: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    arn = boto3.client("secretsmanager").create_secret(Name="erp", SecretString="Bearer bad")["ARN"]
+    with scripted_api(Scripted(status=403)) as api:
+        monkeypatch.setenv(contract.ENV_HTTP_URL, api.url)
+        monkeypatch.setenv(contract.ENV_HTTP_SECRET_ARN, arn)
+        http_target._configured.cache_clear()
+        with pytest.raises(PermanentFailure, match="HTTP 403"):
+            http_target.call({}, CTX)
+    assert len(api.requests) == 1  # the same credential is not sent twice
+    http_target._configured.cache_clear()
