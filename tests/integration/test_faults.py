@@ -36,8 +36,11 @@ FAULTY_ITEMS = (
 CHAOS = Scenario(
     name="chaos",
     batches=(Batch(start_s=0, counts={"HIGH": 3, "NORMAL": 3, "BATCH": 4}, items=FAULTY_ITEMS),),
-    api=ApiProfile(concurrency_limit=3, service_time_s=0.1, timeout_s=2.0),
+    # The API's limit is above Sluice's so a call the client gave up on (it lingers on the server
+    # until `timeout_s`) never pushes a later call over it: refusals would blur each item's story.
+    api=ApiProfile(concurrency_limit=4, service_time_s=0.1, timeout_s=1.5),
     stack_config={
+        "sluice:concurrency": "2",
         # A short worker timeout keeps the crashed item's redelivery (6x: 18 s) inside the test.
         "sluice:workerTimeoutSeconds": "3",
         "sluice:httpTimeoutSeconds": "1",
@@ -97,6 +100,7 @@ def test_every_item_is_in_the_aggregate_and_the_execution_ended(chaos: RunResult
 
 
 def test_no_item_was_done_twice_by_the_api(chaos: RunResult) -> None:
+    assert [c for c in chaos.calls if c.in_flight == 0] == []  # and none refused over the limit
     done = Counter(c.key for c in chaos.calls if c.status == 200)
     assert max(done.values()) == 1
     # Not even answered from the API's own Idempotency-Key store: Sluice never asked twice.
@@ -126,6 +130,7 @@ def test_timeouts_are_retried_then_fail_with_the_reason(chaos: RunResult) -> Non
 def test_a_429_s_retry_after_is_honoured_through_the_message_visibility(chaos: RunResult) -> None:
     first, second = calls_by_item(chaos)["throttled"]
     assert (first.status, second.status) == (429, 200)
+    assert first.in_flight > 0  # the item's own 429, not a refusal over the limit
     assert second.start - first.end >= 4 - 0.5  # Retry-After: 4
     # The wait was the message's visibility, set by the worker, not a sleep in the function.
     retries = [r for r in chaos.worker_logs if r.get("message") == "will retry" and r.get("delay_s") == 4]
