@@ -9,8 +9,8 @@ from typing import Any
 
 import pulumi
 
-from components import ThrottledFanOut, ThrottledFanOutArgs
-from components.validation import config_key
+from sluice_fanout.components import ThrottledFanOut, ThrottledFanOutArgs
+from sluice_fanout.components.validation import config_key
 
 INT_ARGS = (
     "worker_timeout_seconds",

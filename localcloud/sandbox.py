@@ -53,7 +53,7 @@ def serve(conn: Connection, code_dir: str, handler: str, env: dict[str, str], me
     sys.stdout = sys.stderr = log
     sys.path.insert(0, code_dir)
     # Handlers must come from the zip: drop any copy the spawn bootstrap may have imported.
-    for name in [m for m in sys.modules if m == "handlers" or m.startswith("handlers.")]:
+    for name in [m for m in sys.modules if m == "sluice_fanout" or m.startswith("sluice_fanout.")]:
         del sys.modules[name]
     module_name, _, function_name = handler.rpartition(".")
     try:

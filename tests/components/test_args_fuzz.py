@@ -14,8 +14,8 @@ from typing import Any
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from components.validation import LOG_RETENTION_DAYS, SluiceConfigError, config_key
-from handlers.contract import DEFAULT_PRIORITIES
+from sluice_fanout.components.validation import LOG_RETENTION_DAYS, SluiceConfigError, config_key
+from sluice_fanout.handlers.contract import DEFAULT_PRIORITIES
 from tests.support.mocks import ACCOUNT, REGION, run_program
 
 HTTP_URL = "https://erp.example.internal/api"
@@ -193,7 +193,7 @@ def test_args_build_the_stack_or_fail_whole_naming_the_value(drawn: tuple[dict[s
     failure: list[SluiceConfigError] = []
 
     def program() -> None:
-        from components import ThrottledFanOut
+        from sluice_fanout.components import ThrottledFanOut
 
         try:
             ThrottledFanOut("orders", args)  # type: ignore[arg-type]

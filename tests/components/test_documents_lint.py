@@ -10,7 +10,7 @@ from typing import Any
 import parliament
 import pytest
 
-from components.documents import (
+from sluice_fanout.components.documents import (
     build_aggregate_policy,
     build_map_run_policy,
     build_state_machine_definition,

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from components.validation import SluiceConfigError
-from handlers import contract
+from sluice_fanout.components.validation import SluiceConfigError
+from sluice_fanout.handlers import contract
 from tests.support.mocks import ACCOUNT, REGION, Recorder, run_program
 
 HTTP = {"url": "https://erp.example.internal/api"}
@@ -53,7 +53,7 @@ QUEUE_COUNT = {"ticket": 8, "yield": 6, "kms-key": 8, "kms-alias": 6}
 @cache
 def stack(kind: str) -> Recorder:
     def program() -> None:
-        from components import ThrottledFanOut
+        from sluice_fanout.components import ThrottledFanOut
 
         ThrottledFanOut("orders", STACKS[kind])  # type: ignore[arg-type]
 
@@ -153,7 +153,7 @@ def test_a_bad_queue_key_fails_whole(value: Any) -> None:
     failure: list[SluiceConfigError] = []
 
     def program() -> None:
-        from components import ThrottledFanOut
+        from sluice_fanout.components import ThrottledFanOut
 
         try:
             ThrottledFanOut("orders", {"concurrency": 1, "http_target": HTTP, "queue_kms_key_arn": value})
@@ -168,7 +168,7 @@ def test_a_bad_queue_key_fails_whole(value: Any) -> None:
 
 
 def test_priority_queues_alone_check_the_key() -> None:
-    from components import PriorityQueues
+    from sluice_fanout.components import PriorityQueues
 
     with pytest.raises(SluiceConfigError, match=r"^PriorityQueues 'q': queue_kms_key_arn must be"):
         PriorityQueues("q", {"queue_kms_key_arn": "alias/sluice"})
@@ -401,9 +401,9 @@ NOT_A_CREDENTIAL = {"auth_header": "the header's name, e.g. Authorization"}
 
 def test_no_arg_accepts_a_plain_secret() -> None:
     """Every arg that could carry a credential or key takes a reference (an ARN or a name)."""
-    from components import PriorityQueuesArgs, PriorityWorkerArgs, ThrottledFanOutArgs
-    from components.fan_out_workflow import FanOutWorkflowArgs
-    from components.priority_worker import HttpTargetArgs
+    from sluice_fanout.components import PriorityQueuesArgs, PriorityWorkerArgs, ThrottledFanOutArgs
+    from sluice_fanout.components.fan_out_workflow import FanOutWorkflowArgs
+    from sluice_fanout.components.priority_worker import HttpTargetArgs
 
     fields = {
         f"{args.__name__}.{field}": field
@@ -446,7 +446,7 @@ def test_a_plain_secret_is_refused_and_never_echoed(http_target: dict[str, Any],
     failure: list[SluiceConfigError] = []
 
     def program() -> None:
-        from components import ThrottledFanOut
+        from sluice_fanout.components import ThrottledFanOut
 
         try:
             ThrottledFanOut("orders", {"concurrency": 1, "http_target": http_target})  # type: ignore[typeddict-item]
@@ -472,7 +472,7 @@ def test_the_state_machine_logs_without_execution_data_by_default(kind: str) -> 
 
 def test_even_full_logging_leaves_execution_data_out() -> None:
     def program() -> None:
-        from components import ThrottledFanOut
+        from sluice_fanout.components import ThrottledFanOut
 
         ThrottledFanOut("orders", {"concurrency": 1, "http_target": HTTP, "log_level": "ALL"})
 

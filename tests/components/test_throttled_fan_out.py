@@ -10,7 +10,7 @@ from typing import Any
 import pulumi
 import pytest
 
-from handlers import contract
+from sluice_fanout.handlers import contract
 from tests.support.mocks import ACCOUNT, REGION, Recorder, run_program
 
 HTTP = {"url": "https://erp.example.internal/api"}
@@ -18,7 +18,7 @@ HTTP = {"url": "https://erp.example.internal/api"}
 
 def build(args: dict[str, Any], name: str = "orders") -> Recorder:
     def program() -> Any:
-        from components import ThrottledFanOut
+        from sluice_fanout.components import ThrottledFanOut
 
         fan_out = ThrottledFanOut(name, args)  # type: ignore[arg-type]
         return pulumi.Output.all(
@@ -127,8 +127,8 @@ def test_worker_function(default: Recorder) -> None:
     assert fn["loggingConfig"] == {"logFormat": "JSON", "logGroup": "orders-worker-logs"}
     assert sorted(fn["code"].assets) == [
         "aws_lambda_powertools",
-        "handlers",
         "jmespath",
+        "sluice_fanout",
         "typing_extensions.py",
     ]
     env = fn["environment"]["variables"]

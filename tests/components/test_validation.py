@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from components.validation import SluiceConfigError, config_key
+from sluice_fanout.components.validation import SluiceConfigError, config_key
 from tests.support.mocks import run_program
 
 HTTP = {"url": "https://erp.example.internal/api"}
@@ -20,7 +20,7 @@ def construct(args: dict[str, Any]) -> list[str]:
     failure: list[BaseException] = []
 
     def program() -> None:
-        from components import ThrottledFanOut
+        from sluice_fanout.components import ThrottledFanOut
 
         try:
             ThrottledFanOut("orders", args)  # type: ignore[arg-type]
@@ -96,7 +96,7 @@ def test_no_resource_is_registered_for_an_invalid_stack() -> None:
     failure: list[BaseException] = []
 
     def program() -> None:
-        from components import ThrottledFanOut
+        from sluice_fanout.components import ThrottledFanOut
 
         try:
             ThrottledFanOut("orders", {**OK, "log_level": "LOUD"})  # type: ignore[typeddict-item]

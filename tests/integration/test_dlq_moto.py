@@ -20,10 +20,10 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from handlers import dlq
-from handlers.adapters import SqsQueues
-from handlers.contract import ATTR_DEAD_LETTER_REASON
-from handlers.dlq import DeadLetterQueues, DlqAwsError, Options
+from sluice_fanout.handlers import dlq
+from sluice_fanout.handlers.adapters import SqsQueues
+from sluice_fanout.handlers.contract import ATTR_DEAD_LETTER_REASON
+from sluice_fanout.handlers.dlq import DeadLetterQueues, DlqAwsError, Options
 
 PRIORITIES = ("HIGH", "BATCH")
 TOKEN = "AQCEAAAAKgAAAAMAAAAAAAAAAb7Wk-secret-task-token"

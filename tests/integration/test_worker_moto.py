@@ -21,13 +21,13 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from components.documents import DEFAULT_THROTTLE_RULE, build_item_processor
-from handlers.adapters import SqsQueues, TaskTokens
-from handlers.contract import ATTR_DEAD_LETTER_REASON, RESULT_POINTER_FIELD
-from handlers.once import OncePerItem, ResultSpill
-from handlers.target import PermanentFailure, RetryLater, TargetContext
-from handlers.worker import QueueRef, WorkerConfig, WorkerDeps, handle_batch, logger
 from localcloud.moto_fixes import aws_like_heartbeats
+from sluice_fanout.components.documents import DEFAULT_THROTTLE_RULE, build_item_processor
+from sluice_fanout.handlers.adapters import SqsQueues, TaskTokens
+from sluice_fanout.handlers.contract import ATTR_DEAD_LETTER_REASON, RESULT_POINTER_FIELD
+from sluice_fanout.handlers.once import OncePerItem, ResultSpill
+from sluice_fanout.handlers.target import PermanentFailure, RetryLater, TargetContext
+from sluice_fanout.handlers.worker import QueueRef, WorkerConfig, WorkerDeps, handle_batch, logger
 from tests.support.idempotency import create_idempotency_table, idempotency_store
 from tests.support.sqs_events import receive_event
 

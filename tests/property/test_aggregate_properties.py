@@ -7,8 +7,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from handlers.aggregate import MAX_FAILURES_LISTED, aggregate
-from handlers.contract import DIRECT_PATH
+from sluice_fanout.handlers.aggregate import MAX_FAILURES_LISTED, aggregate
+from sluice_fanout.handlers.contract import DIRECT_PATH
 
 PRIORITIES = ["HIGH", "NORMAL", "BATCH"]
 

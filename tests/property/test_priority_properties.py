@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from handlers.priority import Process, Yield, attempts_exhausted, decide
+from sluice_fanout.handlers.priority import Process, Yield, attempts_exhausted, decide
 
 priority_lists = st.lists(
     st.from_regex(r"[A-Z][A-Z0-9_]{0,5}", fullmatch=True), min_size=1, max_size=6, unique=True

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from handlers.priority import ticket_order, ticket_slot
+from sluice_fanout.handlers.priority import ticket_order, ticket_slot
 
 priority_lists = st.lists(
     st.from_regex(r"[A-Z][A-Z0-9_]{0,5}", fullmatch=True), min_size=1, max_size=5, unique=True

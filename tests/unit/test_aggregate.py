@@ -10,8 +10,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from handlers.aggregate import aggregate, handle
-from handlers.contract import ERROR_RESULT_MISSING, RESULT_POINTER_FIELD
+from sluice_fanout.handlers.aggregate import aggregate, handle
+from sluice_fanout.handlers.contract import ERROR_RESULT_MISSING, RESULT_POINTER_FIELD
 
 SUCCESS_HIGH = {"status": "SUCCEEDED", "index": 0, "priority": "HIGH", "result": {"n": 1}}
 FAILED_BATCH = {

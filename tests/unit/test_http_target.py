@@ -9,8 +9,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from handlers import contract, http_target
-from handlers.http_target import (
+from sluice_fanout.handlers import contract, http_target
+from sluice_fanout.handlers.http_target import (
     ApiUnavailable,
     HttpTargetConfig,
     HttpTargetConfigError,
@@ -18,7 +18,7 @@ from handlers.http_target import (
     post_item,
     retry_after_seconds,
 )
-from handlers.target import PermanentFailure, RetryLater, TargetContext
+from sluice_fanout.handlers.target import PermanentFailure, RetryLater, TargetContext
 from tests.support.legacy_api import Scripted, scripted_api
 
 CTX = TargetContext(index=4, priority="HIGH", execution="arn:exec", receive_count=1, remaining_ms=30_000)

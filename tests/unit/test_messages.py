@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from handlers.contract import ERROR_MALFORMED, ERROR_UNKNOWN_PRIORITY
-from handlers.messages import MalformedMessage, WorkMessage, parse_message
+from sluice_fanout.handlers.contract import ERROR_MALFORMED, ERROR_UNKNOWN_PRIORITY
+from sluice_fanout.handlers.messages import MalformedMessage, WorkMessage, parse_message
 
 PRIORITIES = ["HIGH", "NORMAL", "BATCH"]
 GOOD = {"token": "t-1", "item": {"id": 7}, "index": 3, "priority": "HIGH", "execution": "arn:x"}

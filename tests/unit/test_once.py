@@ -9,8 +9,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from handlers.contract import ERROR_PERMANENT, RESULT_POINTER_FIELD
-from handlers.once import (
+from sluice_fanout.handlers.contract import ERROR_PERMANENT, RESULT_POINTER_FIELD
+from sluice_fanout.handlers.once import (
     IdempotencyStoreUnavailable,
     ItemInProgress,
     OncePerItem,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from handlers.priority import (
+from sluice_fanout.handlers.priority import (
     Process,
     Yield,
     attempts_exhausted,
@@ -12,7 +12,7 @@ from handlers.priority import (
     decide,
     higher_priorities,
 )
-from handlers.priority import retry_delay as delay_for
+from sluice_fanout.handlers.priority import retry_delay as delay_for
 
 PRIORITIES = ["HIGH", "NORMAL", "BATCH"]
 

@@ -1,6 +1,7 @@
 """Dead letters: inspect Sluice's DLQs and redrive them to their source queues.
 
-An operator's command, not a Lambda entry point: `python -m handlers.dlq {inspect,redrive,status}`.
+An operator's command, not a Lambda entry point:
+`python -m sluice_fanout.handlers.dlq {inspect,redrive,status}`.
 
 - `inspect`: each DLQ's approximate depth and a peek at up to `--peek` messages (id, receive
   count, sent time, the worker's dead-letter reason, the body with its task token masked). The
@@ -34,7 +35,7 @@ from urllib.parse import urlsplit
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from handlers.contract import ATTR_DEAD_LETTER_REASON, FIELD_TOKEN
+from sluice_fanout.handlers.contract import ATTR_DEAD_LETTER_REASON, FIELD_TOKEN
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -509,7 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--region", help="AWS region (default: from the queue URL, else boto3's chain)")
     common.add_argument("--endpoint-url", help="SQS endpoint, e.g. the embedded AWS's http://127.0.0.1:PORT")
-    parser = argparse.ArgumentParser(prog="python -m handlers.dlq", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m sluice_fanout.handlers.dlq", description=__doc__.split("\n\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     inspect = sub.add_parser("inspect", parents=[common], help="depth and a peek per DLQ, consuming nothing")
     inspect.add_argument("--peek", type=int, default=DEFAULT_PEEK, help="messages shown per DLQ (0: none)")

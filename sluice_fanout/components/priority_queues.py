@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 import pulumi
 import pulumi_aws as aws
 
-from components import validation as v
-from components.documents import (
+from sluice_fanout.components import validation as v
+from sluice_fanout.components.documents import (
     build_redrive_allow_policy,
     build_redrive_policy,
     build_tls_only_queue_policy,
 )
-from handlers.contract import DEFAULT_PRIORITIES, SQS_MAX_MAX_RECEIVE_COUNT
+from sluice_fanout.handlers.contract import DEFAULT_PRIORITIES, SQS_MAX_MAX_RECEIVE_COUNT
 
 TICKET_ROLE = "dispatch-tickets"
 """Resource-name role of the ticket queue; the hyphen keeps it apart from any priority name."""

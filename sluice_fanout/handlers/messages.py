@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from handlers.contract import (
+from sluice_fanout.handlers.contract import (
     ERROR_MALFORMED,
     ERROR_UNKNOWN_PRIORITY,
     FIELD_EXECUTION,

@@ -28,10 +28,10 @@ from urllib.parse import urlsplit
 import pulumi
 import pulumi_aws as aws
 
-from components import validation as v
-from components.bundle import handler_archive
-from components.documents import build_assume_role_policy, build_worker_policy
-from handlers import contract
+from sluice_fanout.components import validation as v
+from sluice_fanout.components.bundle import handler_archive
+from sluice_fanout.components.documents import build_assume_role_policy, build_worker_policy
+from sluice_fanout.handlers import contract
 
 COMPONENT = "PriorityWorker"
 TICKETS = "TICKETS"

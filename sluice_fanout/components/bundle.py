@@ -12,7 +12,12 @@ from pathlib import Path
 
 import pulumi
 
-import handlers
+import sluice_fanout.handlers
+
+PACKAGE = "sluice_fanout"
+# The Lambda code needs the handlers only: the package's own __init__ names the Pulumi
+# components, which have no place (and no pulumi to import) in a function.
+PACKAGE_INIT = '"""Sluice\'s Lambda handlers (sluice_fanout.handlers)."""\n'
 
 # Pure-Python packages the handlers import that the Lambda Python runtime does not promise.
 BUNDLED_PACKAGES = ("aws_lambda_powertools", "jmespath", "typing_extensions")
@@ -41,8 +46,14 @@ def _entry(path: Path) -> pulumi.Asset | pulumi.Archive:
 
 
 def handler_archive(target_dir: str | None = None) -> pulumi.AssetArchive:
-    """handlers/, the bundled packages, and the top level of `target_dir` at the archive root."""
-    entries: dict[str, pulumi.Asset | pulumi.Archive] = {"handlers": _entry(Path(handlers.__file__).parent)}
+    """sluice_fanout/handlers/, the bundled packages, and the top level of `target_dir` at the
+    archive root."""
+    handlers_dir = Path(sluice_fanout.handlers.__file__).parent
+    entries: dict[str, pulumi.Asset | pulumi.Archive] = {
+        PACKAGE: pulumi.AssetArchive(
+            {"__init__.py": pulumi.StringAsset(PACKAGE_INIT), "handlers": _entry(handlers_dir)}
+        )
+    }
     for package in BUNDLED_PACKAGES:
         path = _module_path(package)
         entries[path.name] = _entry(path)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from handlers.contract import (
+from sluice_fanout.handlers.contract import (
     DIRECT_PATH,
     ERROR_MALFORMED,
     ERROR_PERMANENT,

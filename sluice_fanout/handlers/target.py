@@ -2,7 +2,7 @@
 
 A target module imports its exceptions from here:
 
-    from handlers.target import PermanentFailure, RetryLater, TargetContext
+    from sluice_fanout.handlers.target import PermanentFailure, RetryLater, TargetContext
 
     def call(item: dict, ctx: TargetContext) -> dict:
         ...

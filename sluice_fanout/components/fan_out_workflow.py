@@ -9,9 +9,9 @@ from typing import Any, NotRequired, TypedDict
 import pulumi
 import pulumi_aws as aws
 
-from components import validation as v
-from components.bundle import handler_archive
-from components.documents import (
+from sluice_fanout.components import validation as v
+from sluice_fanout.components.bundle import handler_archive
+from sluice_fanout.components.documents import (
     DEFAULT_THROTTLE_RULE,
     build_aggregate_policy,
     build_assume_role_policy,
@@ -19,8 +19,8 @@ from components.documents import (
     build_state_machine_definition,
     build_state_machine_policy,
 )
-from components.priority_worker import LAMBDA_RUNTIME
-from handlers import contract
+from sluice_fanout.components.priority_worker import LAMBDA_RUNTIME
+from sluice_fanout.handlers import contract
 
 COMPONENT = "FanOutWorkflow"
 SFN_MAX_TIMEOUT_SECONDS = 31_536_000  # a task's TimeoutSeconds may be at most one year

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
-from handlers.contract import ATTR_DEAD_LETTER_REASON, SFN_MAX_CAUSE_CHARS, SFN_MAX_ERROR_CHARS
+from sluice_fanout.handlers.contract import ATTR_DEAD_LETTER_REASON, SFN_MAX_CAUSE_CHARS, SFN_MAX_ERROR_CHARS
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient

@@ -53,12 +53,12 @@ ENV_HTTP_SECRET_ARN = "SLUICE_HTTP_SECRET_ARN"  # noqa: S105 - the variable name
 ENV_HTTP_SSM_PARAMETER = "SLUICE_HTTP_SSM_PARAMETER"
 ENV_HTTP_AUTH_HEADER = "SLUICE_HTTP_AUTH_HEADER"
 
-HTTP_TARGET = "handlers.http_target.call"
+HTTP_TARGET = "sluice_fanout.handlers.http_target.call"
 """The bundled HTTP target, as a `module.function` the worker can load."""
 
 # Entry points inside the deployed archive.
-WORKER_HANDLER = "handlers.worker.lambda_handler"
-AGGREGATE_HANDLER = "handlers.aggregate.lambda_handler"
+WORKER_HANDLER = "sluice_fanout.handlers.worker.lambda_handler"
+AGGREGATE_HANDLER = "sluice_fanout.handlers.aggregate.lambda_handler"
 
 # Fields of the message body the state machine sends to a priority queue.
 FIELD_TOKEN = "token"  # noqa: S105 - a field name, not a secret

@@ -23,7 +23,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyPersistenceLayerError,
 )
 
-from handlers.contract import ERROR_PERMANENT, RESULT_POINTER_FIELD, RESULTS_PREFIX
+from sluice_fanout.handlers.contract import ERROR_PERMANENT, RESULT_POINTER_FIELD, RESULTS_PREFIX
 
 if TYPE_CHECKING:
     from collections.abc import Callable

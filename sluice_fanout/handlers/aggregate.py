@@ -12,7 +12,7 @@ from collections import Counter, defaultdict
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from handlers.contract import (
+from sluice_fanout.handlers.contract import (
     DIRECT_PATH,
     ERROR_CHILD_FAILED,
     ERROR_RESULT_MISSING,

@@ -24,11 +24,11 @@ from aws_lambda_powertools.utilities.batch import (
     process_partial_response,
 )
 
-from handlers import contract, priority
-from handlers.adapters import SqsQueues, TaskTokens
-from handlers.messages import MalformedMessage, WorkMessage, parse_message
-from handlers.once import ItemInProgress, OncePerItem, Outcome, ResultSpill, task_output
-from handlers.target import PermanentFailure, RetryLater, Target, TargetContext, load_target
+from sluice_fanout.handlers import contract, priority
+from sluice_fanout.handlers.adapters import SqsQueues, TaskTokens
+from sluice_fanout.handlers.messages import MalformedMessage, WorkMessage, parse_message
+from sluice_fanout.handlers.once import ItemInProgress, OncePerItem, Outcome, ResultSpill, task_output
+from sluice_fanout.handlers.target import PermanentFailure, RetryLater, Target, TargetContext, load_target
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from handlers import contract
-from handlers.target import PermanentFailure, RetryLater, TargetContext
+from sluice_fanout.handlers import contract
+from sluice_fanout.handlers.target import PermanentFailure, RetryLater, TargetContext
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping

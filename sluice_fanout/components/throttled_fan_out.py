@@ -7,16 +7,16 @@ from typing import Any, NotRequired, TypedDict, cast
 
 import pulumi
 
-from components import validation as v
-from components.fan_out_workflow import FanOutWorkflow, FanOutWorkflowArgs, check_workflow_args
-from components.priority_queues import PriorityQueues, PriorityQueuesArgs, check_queue_args
-from components.priority_worker import (
+from sluice_fanout.components import validation as v
+from sluice_fanout.components.fan_out_workflow import FanOutWorkflow, FanOutWorkflowArgs, check_workflow_args
+from sluice_fanout.components.priority_queues import PriorityQueues, PriorityQueuesArgs, check_queue_args
+from sluice_fanout.components.priority_worker import (
     HttpTargetArgs,
     PriorityWorker,
     PriorityWorkerArgs,
     check_worker_args,
 )
-from handlers.contract import DEFAULT_PRIORITIES, DISPATCH_MODES, DISPATCH_TICKET
+from sluice_fanout.handlers.contract import DEFAULT_PRIORITIES, DISPATCH_MODES, DISPATCH_TICKET
 
 COMPONENT = "ThrottledFanOut"
 DEFAULT_DISPATCH = DISPATCH_TICKET

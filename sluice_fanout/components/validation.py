@@ -6,7 +6,7 @@ import math
 import re
 from typing import TYPE_CHECKING, Any
 
-from handlers.contract import invalid_priorities
+from sluice_fanout.handlers.contract import invalid_priorities
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

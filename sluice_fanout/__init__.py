@@ -1,0 +1,44 @@
+"""Sluice: Pulumi components that feed a rate-limited legacy API from Step Functions by priority.
+
+    from sluice_fanout import ThrottledFanOut
+
+`sluice_fanout.components` holds the Pulumi components (never boto3), `sluice_fanout.handlers`
+the Lambda code they deploy (never pulumi). The components are imported on first use, so the
+handlers and the DLQ command (`python -m sluice_fanout.handlers.dlq`) work without Pulumi.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sluice_fanout.components import (
+        FanOutWorkflow,
+        FanOutWorkflowArgs,
+        PriorityQueues,
+        PriorityQueuesArgs,
+        PriorityWorker,
+        PriorityWorkerArgs,
+        SluiceConfigError,
+        ThrottledFanOut,
+        ThrottledFanOutArgs,
+    )
+
+__all__ = [
+    "FanOutWorkflow",
+    "FanOutWorkflowArgs",
+    "PriorityQueues",
+    "PriorityQueuesArgs",
+    "PriorityWorker",
+    "PriorityWorkerArgs",
+    "SluiceConfigError",
+    "ThrottledFanOut",
+    "ThrottledFanOutArgs",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        return getattr(importlib.import_module("sluice_fanout.components"), name)
+    raise AttributeError(f"module 'sluice_fanout' has no attribute {name!r}")
