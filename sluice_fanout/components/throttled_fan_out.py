@@ -162,7 +162,10 @@ class ThrottledFanOut(pulumi.ComponentResource):
             )
         callback_timeout = args.get("callback_timeout_seconds", 86_400)
         waits = isinstance(callback_timeout, int) and not isinstance(callback_timeout, bool)
-        ttl = args.get("idempotency_ttl_seconds", max(345_600, callback_timeout) if waits else 345_600)
+        # Capped at the year the worker accepts: an out-of-range timeout is the workflow's error.
+        ttl = args.get(
+            "idempotency_ttl_seconds", min(max(345_600, callback_timeout), 31_536_000) if waits else 345_600
+        )
         if waits and isinstance(ttl, int) and ttl < callback_timeout:
             # The worker skips items whose task has ended, so a record is only needed while the
             # task can still wait; a shorter one lets a late redelivery call the API twice.

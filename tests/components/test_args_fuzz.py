@@ -188,6 +188,12 @@ MESSAGE = re.compile(r"ThrottledFanOut 'orders': (\w+) (.+?), got (.*) \(set (sl
         {"idempotency_ttl_seconds"},
     )
 )
+@example(
+    (
+        {"concurrency": 1, "http_target": {"url": HTTP_URL}, "callback_timeout_seconds": 31_536_001},
+        {"callback_timeout_seconds"},
+    )
+)
 def test_args_build_the_stack_or_fail_whole_naming_the_value(drawn: tuple[dict[str, Any], set[str]]) -> None:
     args, bad = drawn
     failure: list[SluiceConfigError] = []
