@@ -8,7 +8,12 @@ from typing import Any, NotRequired, TypedDict, cast
 import pulumi
 
 from sluice_fanout.components import validation as v
-from sluice_fanout.components.fan_out_workflow import FanOutWorkflow, FanOutWorkflowArgs, check_workflow_args
+from sluice_fanout.components.fan_out_workflow import (
+    SFN_MAX_TIMEOUT_SECONDS,
+    FanOutWorkflow,
+    FanOutWorkflowArgs,
+    check_workflow_args,
+)
 from sluice_fanout.components.priority_queues import PriorityQueues, PriorityQueuesArgs, check_queue_args
 from sluice_fanout.components.priority_worker import (
     HttpTargetArgs,
@@ -161,11 +166,13 @@ class ThrottledFanOut(pulumi.ComponentResource):
                 f"{COMPONENT} {name!r}: unknown args {unknown!r}; known args are {sorted(known)!r}"
             )
         callback_timeout = args.get("callback_timeout_seconds", 86_400)
-        waits = isinstance(callback_timeout, int) and not isinstance(callback_timeout, bool)
-        # Capped at the year the worker accepts: an out-of-range timeout is the workflow's error.
-        ttl = args.get(
-            "idempotency_ttl_seconds", min(max(345_600, callback_timeout), 31_536_000) if waits else 345_600
+        # Only a timeout the workflow accepts is compared: a bad one is reported as itself.
+        waits = (
+            isinstance(callback_timeout, int)
+            and not isinstance(callback_timeout, bool)
+            and 1 <= callback_timeout <= SFN_MAX_TIMEOUT_SECONDS
         )
+        ttl = args.get("idempotency_ttl_seconds", max(345_600, callback_timeout) if waits else 345_600)
         if waits and isinstance(ttl, int) and ttl < callback_timeout:
             # The worker skips items whose task has ended, so a record is only needed while the
             # task can still wait; a shorter one lets a late redelivery call the API twice.
