@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -38,6 +39,7 @@ logger = Logger(service="sluice-worker")
 
 N = TypeVar("N", int, float)
 
+MAX_EMPTY_TICKET_DELAY_S = 60
 # Dead-lettering is quick, but an invocation must not spend its time on a flood of junk.
 MAX_MALFORMED_PER_TICKET = 10
 # When no Lambda context is given (tests, local runs), assume a generous deadline.
@@ -48,8 +50,13 @@ class WorkerConfigError(Exception):
     """The worker's environment is wrong; the deploy, not the message, needs fixing."""
 
 
-class PayloadMalformed(Exception):  # noqa: N818 - a control signal, not an error
-    """The pulled payload was malformed and has been dealt with; the ticket is still unused."""
+class PayloadDropped(Exception):  # noqa: N818 - a control signal, not an error
+    """The message was not (or is no longer) work: malformed, or its task has ended. It has been
+    dealt with and may be deleted; a ticket that pulled it is still unused."""
+
+
+class AttemptsSpent(Exception):  # noqa: N818 - a control signal, not an error
+    """Every allowed attempt was used up by deliveries that never reported back."""
 
 
 class MessageReturned(Exception):  # noqa: N818 - a control signal, not an error
@@ -77,6 +84,7 @@ class WorkerConfig:
     ticket_queue_url: str = ""
     share_period: int = 10
     orphan_ticket_receives: int = 10
+    orphan_ticket_age_seconds: int = 60
     empty_ticket_delay_seconds: int = 1
     idempotency_table: str = ""
     idempotency_ttl_seconds: int = 345_600
@@ -119,6 +127,7 @@ class WorkerConfig:
             ticket_queue_url=env.get(contract.ENV_TICKET_QUEUE_URL, ""),
             share_period=_env_number(env, contract.ENV_SHARE_PERIOD, 10, int),
             orphan_ticket_receives=_env_number(env, contract.ENV_ORPHAN_TICKET_RECEIVES, 10, int),
+            orphan_ticket_age_seconds=_env_number(env, contract.ENV_ORPHAN_TICKET_AGE_SECONDS, 60, int),
             empty_ticket_delay_seconds=_env_number(env, contract.ENV_EMPTY_TICKET_DELAY_SECONDS, 1, int),
             idempotency_table=_required(env, contract.ENV_IDEMPOTENCY_TABLE),
             idempotency_ttl_seconds=_env_number(env, contract.ENV_IDEMPOTENCY_TTL_SECONDS, 345_600, int),
@@ -167,6 +176,8 @@ class WorkerDeps:
     once: OncePerItem
     spill: ResultSpill | None = None
     """Where results too large for Step Functions go; None fails them with the reason."""
+    clock: Callable[[], float] = time.time
+    """Wall-clock seconds, to compare with SQS's SentTimestamp."""
 
 
 class VisibleDepths(Mapping[str, int]):
@@ -237,15 +248,18 @@ def handle_record(record: SQSRecord, deps: WorkerDeps, depths: Mapping[str, int]
     if decision.forced:
         logger.info("forced past waiting higher priority work", extra=log)
 
-    delay = _call_target(
-        message=message,
-        receive_count=receive_count,
-        remaining_ms=remaining_ms,
-        queue=queue,
-        receipt_handle=record.receipt_handle,
-        deps=deps,
-        log=log,
-    )
+    try:
+        delay = _call_target(
+            message=message,
+            receive_count=receive_count,
+            remaining_ms=remaining_ms,
+            queue=queue,
+            receipt_handle=record.receipt_handle,
+            deps=deps,
+            log=log,
+        )
+    except PayloadDropped:
+        return
     if delay is not None:
         raise MessageReturned(f"retry in {delay}s")
 
@@ -264,15 +278,17 @@ def handle_ticket(record: SQSRecord, deps: WorkerDeps, remaining_ms: int) -> Non
     )
     for name in order:
         queue = next(q for q in config.queues if q.priority == name)
-        # A malformed payload has no ticket of its own (the state machine never sent it): after
-        # dead-lettering it the ticket still belongs to a real payload, so keep pulling.
+        # A malformed payload has no ticket of its own (the state machine never sent it), and one
+        # whose task has ended may be a duplicate SQS delivery of a payload already worked: the
+        # ticket may belong to a real payload, so keep pulling. A surplus ticket is dropped as
+        # an orphan later; a missing one would strand a payload until its callback timeout.
         for _ in range(MAX_MALFORMED_PER_TICKET):
             payload = deps.queues.receive_one(queue.url)
             if payload is None:
                 break
             try:
                 delay = _work_payload(payload, queue, deps, remaining_ms)
-            except PayloadMalformed:
+            except PayloadDropped:
                 deps.queues.delete(queue.url, payload["ReceiptHandle"])
                 continue
             if delay is None:
@@ -280,18 +296,26 @@ def handle_ticket(record: SQSRecord, deps: WorkerDeps, remaining_ms: int) -> Non
                 return
             deps.queues.change_visibility(config.ticket_queue_url, record.receipt_handle, delay)
             raise MessageReturned(f"payload retries in {delay}s")
-    if ticket_receives >= config.orphan_ticket_receives and not any(
-        deps.queues.holds_anything(q.url) for q in config.queues
+    age_s = deps.clock() - int(record.attributes.sent_timestamp) / 1000
+    if (
+        ticket_receives >= config.orphan_ticket_receives
+        and age_s >= config.orphan_ticket_age_seconds
+        and not any(deps.queues.holds_anything(q.url) for q in config.queues)
     ):
         # Its payload never arrived (or was dead-lettered) and nothing anywhere could need it.
-        # A short-poll receive can miss a message, so a ticket is only dropped when every payload
-        # queue, in flight and delayed included, is empty.
+        # The state machine sends the ticket first and retries the payload's send for up to
+        # ~15 s, so a ticket is only dropped well after that; and a short-poll receive can miss
+        # a message, so only when every payload queue, in flight and delayed included, is empty.
         logger.warning("orphan ticket dropped", extra={"ticket_receives": ticket_receives, "index": index})
         return
-    deps.queues.change_visibility(
-        config.ticket_queue_url, record.receipt_handle, config.empty_ticket_delay_seconds
+    # Doubling: a ticket that came just ahead of its payload finds it at the next try, while a
+    # surplus one (its payload's task ended, a duplicate delivery) slows down instead of
+    # burning through the ticket queue's receive limit into its DLQ while other work is slow.
+    delay = min(
+        config.empty_ticket_delay_seconds * 2 ** min(ticket_receives - 1, 16), MAX_EMPTY_TICKET_DELAY_S
     )
-    logger.info("empty ticket returned", extra={"ticket_receives": ticket_receives})
+    deps.queues.change_visibility(config.ticket_queue_url, record.receipt_handle, delay)
+    logger.info("empty ticket returned", extra={"ticket_receives": ticket_receives, "delay_s": delay})
     raise MessageReturned("no waiting payload")
 
 
@@ -308,7 +332,7 @@ def _work_payload(
 ) -> int | None:
     """Work one pulled payload; None when it is finished, else the delay before its retry.
 
-    Raises PayloadMalformed (after dead-lettering or failing it) when it was not a real payload.
+    Raises PayloadDropped when it was not a real payload (malformed, or its task has ended).
     """
     receive_count = int(payload.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
     log: dict[str, Any] = {"queue_priority": queue.priority, "receive_count": receive_count}
@@ -316,7 +340,7 @@ def _work_payload(
         message = parse_message(payload["Body"], deps.config.priorities)
     except MalformedMessage as exc:
         _handle_malformed(exc, payload["Body"], queue, deps, log)
-        raise PayloadMalformed(exc.reason) from exc
+        raise PayloadDropped(exc.reason) from exc
     log |= {"index": message.index, "priority": message.priority, "execution": message.execution}
     return _call_target(
         message=message,
@@ -357,22 +381,21 @@ def _call_target(
             receive_count=n, force_after_receives=force, max_attempts=config.max_attempts
         )
 
-    if exhausted_at(receive_count - 1):
-        # The last allowed attempt never reported back (the worker crashed or timed out): end
-        # the item now instead of letting SQS dead-letter it with its execution still waiting.
-        cause = f"{receive_count - 1} deliveries without a finished attempt (worker crash or timeout)"
-        logger.warning("attempts exhausted before this delivery", extra=log)
-        deps.tokens.fail(message.token, contract.ERROR_RETRIES_EXHAUSTED, cause)
-        return None
     if not deps.tokens.alive(message.token):
         # The callback timed out or the execution stopped: nobody will read this result, and
         # calling the API now would be work the aggregate already reports as failed.
         logger.warning("task already ended; item not worked", extra=log)
-        return None
+        raise PayloadDropped("task already ended")
+    # The last allowed attempt never reported back (the worker crashed or timed out): no new
+    # call. Its outcome may still be stored (it died after the API answered), else the item
+    # ends now instead of SQS dead-lettering it with its execution still waiting.
+    spent = exhausted_at(receive_count - 1)
     exhausted = exhausted_at(receive_count)
     spill = deps.spill.writer(message.execution, message.index) if deps.spill else None
 
     def attempt() -> Outcome:
+        if spent:
+            raise AttemptsSpent(f"{receive_count - 1} deliveries without a finished attempt")
         try:
             result = deps.target(message.item, ctx)
         except PermanentFailure as exc:
@@ -383,6 +406,10 @@ def _call_target(
         outcome, replayed = deps.once.run(
             execution=message.execution, index=message.index, remaining_ms=remaining_ms, attempt=attempt
         )
+    except AttemptsSpent as exc:
+        logger.warning("attempts exhausted before this delivery", extra=log)
+        deps.tokens.fail(message.token, contract.ERROR_RETRIES_EXHAUSTED, f"{exc} (worker crash or timeout)")
+        return None
     except ItemInProgress as exc:
         # Never fail the token here, even out of attempts: the holder will complete it.
         delay = priority.clamp_visibility(exc.retry_after_s)

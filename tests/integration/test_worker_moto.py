@@ -329,18 +329,7 @@ def test_a_permanent_failure_is_replayed_too(rig: Rig) -> None:
 
 
 def test_a_task_that_already_timed_out_is_not_worked(rig: Rig) -> None:
-    processor = build_item_processor(
-        priorities=PRIORITIES,
-        queue_urls={p: q.url for p, q in rig.queues.items()},
-        throttle_rule=DEFAULT_THROTTLE_RULE,
-        default_priority="BATCH",
-        callback_timeout_seconds=1,
-        direct_function_arn=None,
-    )
-    processor.pop("ProcessorConfig")
-    rig.state_machine_arn = rig.sfn.create_state_machine(
-        name="impatient", definition=json.dumps(processor), roleArn="arn:aws:iam::123456789012:role/sfn"
-    )["stateMachineArn"]
+    rig.state_machine_arn = impatient(rig)
     execution = rig.start({"id": "late", "priority": "HIGH"})
     event = rig.receive("HIGH")
     assert rig.output(execution)["error"]["Error"] == "States.Timeout"
@@ -463,7 +452,7 @@ def test_a_retried_payload_keeps_its_ticket_and_counts_real_attempts(ticket_rig:
 def test_an_empty_ticket_is_returned_then_dropped_as_an_orphan(ticket_rig: Rig) -> None:
     rig = ticket_rig
     rig.sqs.send_message(QueueUrl=rig.ticket_url, MessageBody=json.dumps({"index": 3, "priority": "HIGH"}))
-    deps = rig.deps(ok, orphan_ticket_receives=2, empty_ticket_delay_seconds=0)
+    deps = rig.deps(ok, orphan_ticket_receives=2, empty_ticket_delay_seconds=0, orphan_ticket_age_seconds=0)
     first = receive_ticket(rig)
     assert len(handle_batch(first, None, deps)["batchItemFailures"]) == 1
     second = receive_ticket(rig)
@@ -520,3 +509,79 @@ def test_tokens_and_payloads_never_reach_the_logs_at_info(rig: Rig) -> None:
     for token in tokens:
         assert token not in logged  # ...but never a token
     assert secret not in logged  # nor the payload
+
+
+def test_a_young_ticket_is_kept_while_its_payload_may_still_be_on_its_way(ticket_rig: Rig) -> None:
+    """Step Functions sends the ticket first and retries the payload's send for up to ~15 s."""
+    rig = ticket_rig
+    rig.sqs.send_message(QueueUrl=rig.ticket_url, MessageBody=json.dumps({"index": 3, "priority": "HIGH"}))
+    deps = rig.deps(ok, orphan_ticket_receives=1, empty_ticket_delay_seconds=0, orphan_ticket_age_seconds=60)
+    for _ in range(3):
+        assert len(handle_batch(receive_ticket(rig), None, deps)["batchItemFailures"]) == 1
+
+
+def test_a_stored_success_answers_even_after_the_attempts_are_spent(rig: Rig) -> None:
+    """The only attempt called the API and stored the answer, then died before SendTaskSuccess."""
+    execution = rig.start({"id": "s", "priority": "HIGH"}, index=5)
+    crashes = iter([True])
+
+    def crash_once(**_: Any) -> None:
+        if next(crashes, False):
+            raise SystemError("sandbox died after the API call")
+
+    rig.sfn.meta.events.register("before-call.sfn.SendTaskSuccess", crash_once)
+    deps = rig.deps(ok, force_after_receives=1, max_attempts=1)
+    first = rig.receive("HIGH")
+    assert len(handle_batch(first, None, deps)["batchItemFailures"]) == 1
+    rig.sqs.change_message_visibility(
+        QueueUrl=rig.queues["HIGH"].url,
+        ReceiptHandle=first["Records"][0]["receiptHandle"],
+        VisibilityTimeout=0,
+    )
+    assert handle_batch(rig.receive("HIGH"), None, deps) == {"batchItemFailures": []}
+    assert rig.output(execution)["status"] == "SUCCEEDED"
+    assert len(rig.target_calls) == 1
+
+
+def impatient(rig: Rig) -> str:
+    """A child workflow whose callback times out after 1 s, on the rig's queues."""
+    processor = build_item_processor(
+        priorities=PRIORITIES,
+        queue_urls={p: q.url for p, q in rig.queues.items()},
+        throttle_rule=DEFAULT_THROTTLE_RULE,
+        default_priority="BATCH",
+        callback_timeout_seconds=1,
+        direct_function_arn=None,
+        ticket_queue_url=rig.ticket_url or None,
+    )
+    processor.pop("ProcessorConfig")
+    return str(
+        rig.sfn.create_state_machine(
+            name=f"impatient-{uuid.uuid4().hex[:6]}",
+            definition=json.dumps(processor),
+            roleArn="arn:aws:iam::123456789012:role/sfn",
+        )["stateMachineArn"]
+    )
+
+
+def test_a_payload_whose_task_ended_does_not_use_up_the_ticket(ticket_rig: Rig) -> None:
+    """A payload whose task has ended (timed out here; a duplicate SQS delivery of one already
+    worked looks the same) is dropped, and the ticket that met it serves the next payload."""
+    rig = ticket_rig
+    patient = rig.state_machine_arn
+    rig.state_machine_arn = impatient(rig)
+    stale = rig.start({"id": "stale", "priority": "HIGH"}, index=5)
+    assert rig.output(stale)["error"]["Error"] == "States.Timeout"
+    rig.state_machine_arn = patient
+    live = rig.start({"id": "live", "priority": "NORMAL"}, index=6)
+    wait_visible(rig, "NORMAL", 1)
+    # Index 6 is not a share slot: the HIGH (stale) payload is pulled first.
+    live_ticket = next(
+        t
+        for t in (receive_ticket(rig)["Records"][0] for _ in range(2))
+        if json.loads(t["body"])["index"] == 6
+    )
+    assert handle_batch({"Records": [live_ticket]}, None, rig.deps(ok)) == {"batchItemFailures": []}
+    assert [item["id"] for item, _ in rig.target_calls] == ["live"]
+    assert rig.output(live)["status"] == "SUCCEEDED"
+    assert rig.visible("HIGH") == 0
