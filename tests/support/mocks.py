@@ -94,11 +94,13 @@ class _ParentRecordingMonitor(MockMonitor):
         return response
 
 
-def run_program(program: Callable[[], Any], config: dict[str, str] | None = None) -> Recorder:
+def run_program(
+    program: Callable[[], Any], config: dict[str, str] | None = None, project: str = "sluice"
+) -> Recorder:
     """Run `program` under mocks and return every resource it registered."""
     recorder = Recorder()
     pulumi.runtime.set_mocks(
-        recorder, project="sluice", stack="test", preview=False, monitor=_ParentRecordingMonitor(recorder)
+        recorder, project=project, stack="test", preview=False, monitor=_ParentRecordingMonitor(recorder)
     )
     pulumi.runtime.set_all_config(config or {})
 
