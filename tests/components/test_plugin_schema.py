@@ -16,6 +16,7 @@ import json
 import re
 import runpy
 import sys
+import tomllib
 import typing
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,8 @@ def resource(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_package_offers_throttled_fan_out_as_a_component(schema: dict[str, Any]) -> None:
-    assert (schema["name"], schema["version"]) == ("sluice", "0.1.0")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert (schema["name"], schema["version"]) == ("sluice", project["version"])
     assert list(schema["resources"]) == [TOKEN]
     assert schema["resources"][TOKEN]["isComponent"] is True
     assert schema["resources"][TOKEN]["description"] == ThrottledFanOut.__doc__
