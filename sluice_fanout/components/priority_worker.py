@@ -17,7 +17,9 @@ both the force rule and the DLQ's maxReceiveCount. Keep max_receive_count well a
 force_after_receives - 1 + max_attempts (validated) to leave room for such receives.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: HttpTargetArgs is part of ThrottledFanOut's
+# schema for other languages, and Pulumi's analyzer reads its annotations as objects, not strings
+# (a postponed annotation reaches it as a ForwardRef it cannot follow; see sluice_fanout/plugin.py).
 
 import os
 from collections.abc import Mapping, Sequence

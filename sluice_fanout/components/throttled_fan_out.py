@@ -1,6 +1,7 @@
 """ThrottledFanOut: the top component. Queues, workflow and worker wired together."""
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: Pulumi's analyzer builds the schema other
+# languages see from these annotations as objects, not strings (see sluice_fanout/plugin.py).
 
 from collections.abc import Mapping, Sequence
 from typing import Any, NotRequired, TypedDict, cast
@@ -136,10 +137,12 @@ class ThrottledFanOut(pulumi.ComponentResource):
     dlq_urls: pulumi.Output[dict[str, str]]
     """Dead-letter queue URL by priority."""
     worker_function_name: pulumi.Output[str]
+    """Name of the worker Lambda function (its logs, metrics and reserved concurrency)."""
     results_bucket: pulumi.Output[str]
     """Map results (`results/`), batches read from S3 (`inputs/`), and item results too large for
     Step Functions (`item-results/`)."""
     idempotency_table_name: pulumi.Output[str]
+    """DynamoDB table holding each item's stored outcome, which answers redeliveries."""
 
     def __init__(
         self, name: str, args: ThrottledFanOutArgs, opts: pulumi.ResourceOptions | None = None
