@@ -68,8 +68,8 @@ class TicketDispatch(RuleBasedStateMachine):
         self.attempts: dict[int, int] = {}
         self.redeliveries: dict[int, int] = {}
         self.next_index = 0
-        self.pulls: list[tuple[str | None, dict[str, int]]] = []
-        """Each pull: what it served, and the queue lengths it saw."""
+        self.pulls: list[tuple[str | None, dict[str, int], int, int]] = []
+        """Each pull: what it served, the queue lengths it saw, its slot, the ticket's deliveries."""
         self._ticket_of: dict[int, tuple[int, int]] = {}
 
     @rule(priority=st.sampled_from(PRIORITIES), count=st.integers(min_value=1, max_value=6))
@@ -86,15 +86,16 @@ class TicketDispatch(RuleBasedStateMachine):
         index, deliveries = self.tickets.popleft()
         ticket = (index, deliveries + 1)
         seen = {p: len(q) for p, q in self.queues.items()}
-        for priority in ticket_order(PRIORITIES, ticket_slot(index, PERIOD, ticket[1])):
+        slot = ticket_slot(index, PERIOD, ticket[1])
+        for priority in ticket_order(PRIORITIES, slot):
             if self.queues[priority]:
                 item = self.queues[priority].popleft()
                 self.in_flight[item] = priority
                 self.attempts[item] = self.attempts.get(item, 0) + 1
-                self.pulls.append((priority, seen))
+                self.pulls.append((priority, seen, slot, ticket[1]))
                 self._ticket_of[item] = ticket
                 return
-        self.pulls.append((None, seen))
+        self.pulls.append((None, seen, slot, ticket[1]))
         self.tickets.append(ticket)  # empty: back to the queue
 
     @precondition(lambda self: self.in_flight)
@@ -135,7 +136,7 @@ class TicketDispatch(RuleBasedStateMachine):
     def strict_priority_except_on_share_slots(self) -> None:
         if not self.pulls:
             return
-        served, seen = self.pulls[-1]
+        served, seen, _, _ = self.pulls[-1]
         highest_waiting = next((p for p in PRIORITIES if seen[p]), None)
         if served is not None and served != highest_waiting:
             # Only a share slot may pick a lower priority, and only one that was waiting.
@@ -144,14 +145,23 @@ class TicketDispatch(RuleBasedStateMachine):
 
     @invariant()
     def no_waiting_priority_starves_past_the_bound(self) -> None:
-        """A priority waiting through PERIOD + LIMIT consecutive non-empty pulls is served in them."""
+        """A pull whose slot favours a waiting priority serves it; and a priority waiting through
+        2 x PERIOD consecutive first deliveries of tickets (consecutive items cover every slot)
+        is served in them. Returned tickets each cycle every slot on their own, but mixed they can
+        miss one priority's slot for longer, so they count only through the first part (the
+        stateful fault model of the real worker found this; README states the bound)."""
+        if self.pulls:
+            served, seen, slot, _ = self.pulls[-1]
+            favoured = ticket_order(PRIORITIES, slot)[0]
+            if seen[favoured] > 0:
+                assert served == favoured
         window = PERIOD * 2
-        recent = [p for p in self.pulls if p[0] is not None][-window:]
+        recent = [p for p in self.pulls if p[0] is not None and p[3] == 1][-window:]
         if len(recent) < window:
             return
         for priority in PRIORITIES[1:]:
-            if all(seen[priority] > 0 for _, seen in recent):
-                assert any(served == priority for served, _ in recent), (priority, recent)
+            if all(seen[priority] > 0 for _, seen, _, _ in recent):
+                assert any(served == priority for served, _, _, _ in recent), (priority, recent)
 
 
 TicketDispatch.TestCase.settings = settings(max_examples=200, stateful_step_count=60, deadline=None)
