@@ -29,6 +29,7 @@ INT_ARGS = (
     "map_max_concurrency",
     "log_retention_days",
     "share_period",
+    "high_age_alarm_seconds",
 )
 FLOAT_ARGS = ("retry_base_seconds", "retry_max_seconds", "tolerated_failure_percentage")
 STR_ARGS = (
@@ -39,7 +40,9 @@ STR_ARGS = (
     "direct_function_arn",
     "log_level",
     "queue_kms_key_arn",
+    "alarm_topic_arn",
 )
+BOOL_ARGS = ("dashboard", "alarms")
 OBJECT_ARGS = ("priorities", "throttle_rule", "input_bucket_arns")
 HTTP_KEYS = {
     "url": "httpUrl",
@@ -62,6 +65,9 @@ for arg in INT_ARGS:
 for arg in FLOAT_ARGS:
     if (number := config.get_float(_key(arg))) is not None:
         args[arg] = number
+for arg in BOOL_ARGS:
+    if (flag := config.get_bool(_key(arg))) is not None:
+        args[arg] = flag
 for arg in STR_ARGS:
     if (text := config.get(_key(arg))) is not None:
         args[arg] = text
@@ -82,3 +88,6 @@ pulumi.export("dlqUrls", fan_out.dlq_urls)
 pulumi.export("workerFunctionName", fan_out.worker_function_name)
 pulumi.export("resultsBucket", fan_out.results_bucket)
 pulumi.export("idempotencyTable", fan_out.idempotency_table_name)
+if fan_out.dashboard_name is not None:
+    pulumi.export("dashboardName", fan_out.dashboard_name)
+pulumi.export("alarmArns", fan_out.alarm_arns)

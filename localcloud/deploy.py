@@ -220,6 +220,32 @@ class MotoResources(pulumi.runtime.Mocks):
         arn = ddb.describe_table(TableName=name)["Table"]["TableArn"]
         return name, {"arn": arn, "name": name}
 
+    def _Dashboard(self, name: str, i: dict[str, Any]) -> tuple[str, dict[str, Any]]:  # noqa: N802, ARG002 - one signature for every creator
+        board = i["dashboardName"]
+        self._c("cloudwatch").put_dashboard(DashboardName=board, DashboardBody=i["dashboardBody"])
+        arn = self._c("cloudwatch").get_dashboard(DashboardName=board)["DashboardArn"]
+        return board, {"dashboardArn": arn}
+
+    def _MetricAlarm(self, name: str, i: dict[str, Any]) -> tuple[str, dict[str, Any]]:  # noqa: N802 - one signature for every creator
+        cloudwatch = self._c("cloudwatch")
+        cloudwatch.put_metric_alarm(
+            AlarmName=name,
+            AlarmDescription=i.get("alarmDescription", ""),
+            Namespace=i["namespace"],
+            MetricName=i["metricName"],
+            Dimensions=[{"Name": k, "Value": v} for k, v in i.get("dimensions", {}).items()],
+            Statistic=i["statistic"],
+            Period=int(i["period"]),
+            EvaluationPeriods=int(i["evaluationPeriods"]),
+            Threshold=float(i["threshold"]),
+            ComparisonOperator=i["comparisonOperator"],
+            TreatMissingData=i.get("treatMissingData", "missing"),
+            AlarmActions=list(i.get("alarmActions", [])),
+            OKActions=list(i.get("okActions", [])),
+        )
+        arn = cloudwatch.describe_alarms(AlarmNames=[name])["MetricAlarms"][0]["AlarmArn"]
+        return name, {"arn": arn, "name": name}
+
     def _StateMachine(self, name: str, i: dict[str, Any]) -> tuple[str, dict[str, Any]]:  # noqa: N802 - one signature for every creator
         arn = self._c("stepfunctions").create_state_machine(
             name=name, definition=i["definition"], roleArn=i["roleArn"], type=i.get("type", "STANDARD")

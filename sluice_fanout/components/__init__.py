@@ -1,6 +1,7 @@
 """Pulumi components of Sluice. Pulumi code only: never boto3 (a test enforces it)."""
 
 from sluice_fanout.components.fan_out_workflow import FanOutWorkflow, FanOutWorkflowArgs
+from sluice_fanout.components.observability import Observability, ObservabilityArgs
 from sluice_fanout.components.priority_queues import PriorityQueues, PriorityQueuesArgs
 from sluice_fanout.components.priority_worker import PriorityWorker, PriorityWorkerArgs
 from sluice_fanout.components.throttled_fan_out import ThrottledFanOut, ThrottledFanOutArgs
@@ -9,6 +10,8 @@ from sluice_fanout.components.validation import SluiceConfigError
 __all__ = [
     "FanOutWorkflow",
     "FanOutWorkflowArgs",
+    "Observability",
+    "ObservabilityArgs",
     "PriorityQueues",
     "PriorityQueuesArgs",
     "PriorityWorker",

@@ -93,11 +93,13 @@ class PriorityQueues(pulumi.ComponentResource):
             )
         self.ticket_queue_url: pulumi.Output[str] | None = None
         self.ticket_queue_arn: pulumi.Output[str] | None = None
+        self.ticket_dlq_url: pulumi.Output[str] | None = None
         if cfg.ticket_queue:
             # Tickets are fungible and the worker drops orphans itself; their DLQ only catches a
             # ticket whose every delivery crashes the worker.
-            ticket, _ = self._queue_pair(name, TICKET_ROLE, cfg, TICKET_MAX_RECEIVE_COUNT, child)
+            ticket, ticket_dlq = self._queue_pair(name, TICKET_ROLE, cfg, TICKET_MAX_RECEIVE_COUNT, child)
             self.ticket_queue_url, self.ticket_queue_arn = ticket.url, ticket.arn
+            self.ticket_dlq_url = ticket_dlq.url
 
         self.queue_urls = _by_priority({p: q.url for p, q in queues.items()})
         self.queue_arns = _by_priority({p: q.arn for p, q in queues.items()})
@@ -106,6 +108,7 @@ class PriorityQueues(pulumi.ComponentResource):
         self.register_outputs(
             {
                 "ticket_queue_url": self.ticket_queue_url,
+                "ticket_dlq_url": self.ticket_dlq_url,
                 "queue_urls": self.queue_urls,
                 "queue_arns": self.queue_arns,
                 "dlq_urls": self.dlq_urls,

@@ -15,6 +15,8 @@ from sluice_fanout.components.fan_out_workflow import (
     FanOutWorkflowArgs,
     check_workflow_args,
 )
+from sluice_fanout.components.observability import Observability
+from sluice_fanout.components.observability_documents import DEFAULT_HIGH_AGE_ALARM_SECONDS
 from sluice_fanout.components.priority_queues import PriorityQueues, PriorityQueuesArgs, check_queue_args
 from sluice_fanout.components.priority_worker import (
     HttpTargetArgs,
@@ -25,6 +27,9 @@ from sluice_fanout.components.priority_worker import (
 from sluice_fanout.handlers.contract import DEFAULT_PRIORITIES, DISPATCH_MODES, DISPATCH_TICKET
 
 COMPONENT = "ThrottledFanOut"
+# An alarm on the age of urgent work: from a minute (SQS's metric period) to 14 days (the
+# longest an SQS message can wait).
+HIGH_AGE_ALARM_RANGE = (60, 1_209_600)
 DEFAULT_DISPATCH = DISPATCH_TICKET
 """BENCHMARKS.md: strict priority under a flood, no billed waste, no overpull, for one more state
 transition per item."""
@@ -125,6 +130,17 @@ class ThrottledFanOutArgs(TypedDict):
     """Customer KMS key (key or alias ARN) encrypting every queue and DLQ; the worker and state
     machine roles get kms:Decrypt and kms:GenerateDataKey on it alone. Default none: SQS-managed
     encryption."""
+    dashboard: NotRequired[bool]
+    """Create the CloudWatch dashboard. Default True."""
+    alarms: NotRequired[bool]
+    """Create the CloudWatch alarms (every DLQ not empty, the highest priority's age, worker
+    errors). Default True."""
+    high_age_alarm_seconds: NotRequired[int]
+    """Alarm when the highest priority's oldest message is older than this for 3 minutes.
+    Default 300."""
+    alarm_topic_arn: NotRequired[str]
+    """An existing SNS topic (ARN) notified on ALARM and OK. Default none: alarms only change
+    state (visible on the dashboard and in the console)."""
 
 
 class ThrottledFanOut(pulumi.ComponentResource):
@@ -143,6 +159,10 @@ class ThrottledFanOut(pulumi.ComponentResource):
     Step Functions (`item-results/`)."""
     idempotency_table_name: pulumi.Output[str]
     """DynamoDB table holding each item's stored outcome, which answers redeliveries."""
+    dashboard_name: pulumi.Output[str] | None
+    """The CloudWatch dashboard, or None when disabled."""
+    alarm_arns: pulumi.Output[dict[str, str]]
+    """Alarm ARN by role (`dlq-<priority>`, `dlq-tickets`, `age-<highest>`, `worker-errors`)."""
 
     def __init__(
         self, name: str, args: ThrottledFanOutArgs, opts: pulumi.ResourceOptions | None = None
@@ -159,6 +179,10 @@ class ThrottledFanOut(pulumi.ComponentResource):
             "max_receive_count",
             "log_retention_days",
             "queue_kms_key_arn",
+            "dashboard",
+            "alarms",
+            "high_age_alarm_seconds",
+            "alarm_topic_arn",
             *_QUEUE_ARGS,
             *_WORKER_ARGS,
             *_WORKFLOW_ARGS,
@@ -223,8 +247,19 @@ class ThrottledFanOut(pulumi.ComponentResource):
         # Check every sub-component's args before any resource exists, so a bad stack is
         # rejected whole at preview instead of half-built.
         check_queue_args(name, queue_args, COMPONENT)
-        check_worker_args(name, worker_args_plain, COMPONENT)
+        worker_settings = check_worker_args(name, worker_args_plain, COMPONENT)
         check_workflow_args(name, workflow_args_plain, COMPONENT)
+        dashboard = v.check_bool(COMPONENT, name, "dashboard", args.get("dashboard", True))
+        alarms = v.check_bool(COMPONENT, name, "alarms", args.get("alarms", True))
+        high_age = v.check_int(
+            COMPONENT,
+            name,
+            "high_age_alarm_seconds",
+            args.get("high_age_alarm_seconds", DEFAULT_HIGH_AGE_ALARM_SECONDS),
+            low=HIGH_AGE_ALARM_RANGE[0],
+            high=HIGH_AGE_ALARM_RANGE[1],
+        )
+        topic = v.check_sns_topic_arn(COMPONENT, name, "alarm_topic_arn", args.get("alarm_topic_arn"))
 
         super().__init__("sluice:index:ThrottledFanOut", name, {}, opts)
         child = pulumi.ResourceOptions(parent=self)
@@ -254,6 +289,24 @@ class ThrottledFanOut(pulumi.ComponentResource):
             },
         )
         worker = PriorityWorker(f"{name}-worker", worker_args, child)
+        observability = Observability(
+            f"{name}-observability",
+            {
+                "priorities": priorities,
+                "queue_urls": queues.queue_urls,
+                "dlq_urls": queues.dlq_urls,
+                "ticket_queue_url": queues.ticket_queue_url,
+                "ticket_dlq_url": queues.ticket_dlq_url,
+                "function_name": worker.function_name,
+                "state_machine_arn": workflow.state_machine_arn,
+                "concurrency": worker_settings.concurrency,
+                "high_age_alarm_seconds": high_age,
+                "alarm_topic_arn": topic,
+                "dashboard": dashboard,
+                "alarms": alarms,
+            },
+            child,
+        )
 
         self.state_machine_arn = workflow.state_machine_arn
         self.queue_urls = queues.queue_urls
@@ -261,6 +314,8 @@ class ThrottledFanOut(pulumi.ComponentResource):
         self.worker_function_name = worker.function_name
         self.results_bucket = workflow.results_bucket
         self.idempotency_table_name = worker.idempotency_table_name
+        self.dashboard_name = observability.dashboard_name
+        self.alarm_arns = observability.alarm_arns
         self.register_outputs(
             {
                 "state_machine_arn": self.state_machine_arn,
@@ -269,6 +324,8 @@ class ThrottledFanOut(pulumi.ComponentResource):
                 "worker_function_name": self.worker_function_name,
                 "results_bucket": self.results_bucket,
                 "idempotency_table_name": self.idempotency_table_name,
+                "dashboard_name": self.dashboard_name,
+                "alarm_arns": self.alarm_arns,
             }
         )
 

@@ -130,3 +130,29 @@ def check_kms_key_arn(component: str, name: str, arg: str, value: Any) -> str | 
             value,
         )
     return value
+
+
+def check_bool(component: str, name: str, arg: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise fail(component, name, arg, "must be true or false", value)
+    return value
+
+
+# Topic names: 1 to 256 letters, digits, `-` and `_`, `.fifo` for FIFO topics (CreateTopic).
+SNS_TOPIC_ARN_PATTERN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?$")
+
+
+def check_sns_topic_arn(component: str, name: str, arg: str, value: Any) -> str | None:
+    """None, or an SNS topic ARN: CloudWatch alarm actions take the ARN, not the topic name."""
+    if value is None:
+        return None
+    # fullmatch: `$` alone also matches before a trailing newline.
+    if not isinstance(value, str) or not SNS_TOPIC_ARN_PATTERN.fullmatch(value):
+        raise fail(
+            component,
+            name,
+            arg,
+            "must be an SNS topic ARN (arn:aws:sns:<region>:<account>:<topic name>)",
+            value,
+        )
+    return value

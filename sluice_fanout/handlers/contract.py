@@ -43,6 +43,31 @@ IDEMPOTENCY_EXPIRY_ATTRIBUTE = "expiration"
 ENV_RESULTS_BUCKET = "SLUICE_RESULTS_BUCKET"
 """Bucket for results too large to return through Step Functions."""
 
+# CloudWatch metrics the worker emits (EMF lines in its log, so no PutMetricData permission) and
+# the dashboard and alarms read. Every metric carries all three dimensions: CloudWatch matches a
+# metric by its exact dimension set, and the function name keeps two Sluice stacks apart.
+METRICS_NAMESPACE = "Sluice"
+METRICS_SERVICE = "sluice-worker"
+"""Also the worker's POWERTOOLS_SERVICE_NAME; Powertools adds it as the `service` dimension."""
+DIMENSION_SERVICE = "service"
+DIMENSION_FUNCTION = "FunctionName"
+DIMENSION_PRIORITY = "Priority"
+METRIC_PROCESSED = "ItemsProcessed"
+"""Count: items finished with SendTaskSuccess."""
+METRIC_FAILED = "ItemsFailed"
+"""Count: items finished with SendTaskFailure (permanent, attempts spent, malformed with a token)."""
+METRIC_RETRIED = "ItemsRetried"
+"""Count: deliveries returned to be tried again (retryable error, RetryLater, in progress elsewhere)."""
+METRIC_YIELDED = "ItemsYielded"
+"""Count: deliveries that gave their slot to higher-priority work (yield dispatch)."""
+METRIC_FORCED = "ItemsForced"
+"""Count: deliveries worked past waiting higher-priority work (yield dispatch force rule)."""
+METRIC_QUEUE_WAIT = "QueueWaitTime"
+"""Milliseconds from SQS SentTimestamp to the delivery being worked (it keeps growing over retries)."""
+METRIC_API_LATENCY = "ApiLatency"
+"""Milliseconds spent in the target call (the legacy API), whatever it answered."""
+ITEM_COUNT_METRICS = (METRIC_PROCESSED, METRIC_FAILED, METRIC_RETRIED, METRIC_YIELDED, METRIC_FORCED)
+
 DISPATCH_YIELD = "yield"
 DISPATCH_TICKET = "ticket"
 DISPATCH_MODES = (DISPATCH_YIELD, DISPATCH_TICKET)

@@ -14,7 +14,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -28,6 +28,7 @@ from aws_lambda_powertools.utilities.batch import (
 from sluice_fanout.handlers import contract, priority
 from sluice_fanout.handlers.adapters import SqsQueues, TaskTokens
 from sluice_fanout.handlers.messages import MalformedMessage, WorkMessage, parse_message
+from sluice_fanout.handlers.metrics import WorkerMetrics
 from sluice_fanout.handlers.once import ItemInProgress, OncePerItem, Outcome, ResultSpill, task_output
 from sluice_fanout.handlers.target import PermanentFailure, RetryLater, Target, TargetContext, load_target
 
@@ -44,6 +45,8 @@ MAX_EMPTY_TICKET_DELAY_S = 60
 MAX_MALFORMED_PER_TICKET = 10
 # When no Lambda context is given (tests, local runs), assume a generous deadline.
 NO_CONTEXT_REMAINING_MS = 900_000
+# The FunctionName dimension when the worker runs outside Lambda (no AWS_LAMBDA_FUNCTION_NAME).
+LOCAL_FUNCTION_NAME = "local"
 
 
 class WorkerConfigError(Exception):
@@ -178,6 +181,10 @@ class WorkerDeps:
     """Where results too large for Step Functions go; None fails them with the reason."""
     clock: Callable[[], float] = time.time
     """Wall-clock seconds, to compare with SQS's SentTimestamp."""
+    metrics: WorkerMetrics = field(default_factory=lambda: WorkerMetrics(LOCAL_FUNCTION_NAME))
+    """Where item counts and timings go; flushed at the end of every batch."""
+    timer: Callable[[], float] = time.perf_counter
+    """Monotonic seconds, to time the target call."""
 
 
 class VisibleDepths(Mapping[str, int]):
@@ -217,7 +224,12 @@ def handle_batch(event: dict[str, Any], context: LambdaContext | None, deps: Wor
     # Returning every record is normal here (a batch may all yield), so the processor must not
     # raise for it: that would make the whole batch, including any successes, come back.
     processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
-    return dict(process_partial_response(event, record_handler, processor, context))
+    try:
+        return dict(process_partial_response(event, record_handler, processor, context))
+    finally:
+        # Here rather than @log_metrics on lambda_handler: a batch run directly (tests, the
+        # local runner) emits what Lambda would, and the sandbox carries nothing over.
+        deps.metrics.flush()
 
 
 def handle_record(record: SQSRecord, deps: WorkerDeps, depths: Mapping[str, int], remaining_ms: int) -> None:
@@ -231,37 +243,39 @@ def handle_record(record: SQSRecord, deps: WorkerDeps, depths: Mapping[str, int]
     except MalformedMessage as exc:
         _handle_malformed(exc, record.body, queue, deps, log)
         return
-    log |= {"index": message.index, "priority": message.priority, "execution": message.execution}
-
-    decision = priority.decide(
-        priority=queue.priority,
-        priorities=config.priorities,
-        receive_count=receive_count,
-        force_after_receives=config.force_after_receives,
-        visible_depths=depths,
-        yield_delay_seconds=config.yield_delay_seconds,
-    )
-    if isinstance(decision, priority.Yield):
-        deps.queues.change_visibility(queue.url, record.receipt_handle, decision.delay_seconds)
-        logger.info("yielded to higher priority work", extra=log | {"delay_s": decision.delay_seconds})
-        raise MessageReturned("yielded")
-    if decision.forced:
-        logger.info("forced past waiting higher priority work", extra=log)
-
-    try:
-        delay = _call_target(
-            message=message,
+    with logger.append_context_keys(**_item_keys(message)):
+        decision = priority.decide(
+            priority=queue.priority,
+            priorities=config.priorities,
             receive_count=receive_count,
-            remaining_ms=remaining_ms,
-            queue=queue,
-            receipt_handle=record.receipt_handle,
-            deps=deps,
-            log=log,
+            force_after_receives=config.force_after_receives,
+            visible_depths=depths,
+            yield_delay_seconds=config.yield_delay_seconds,
         )
-    except PayloadDropped:
-        return
-    if delay is not None:
-        raise MessageReturned(f"retry in {delay}s")
+        if isinstance(decision, priority.Yield):
+            deps.queues.change_visibility(queue.url, record.receipt_handle, decision.delay_seconds)
+            deps.metrics.count(contract.METRIC_YIELDED, message.priority)
+            logger.info("yielded to higher priority work", extra=log | {"delay_s": decision.delay_seconds})
+            raise MessageReturned("yielded")
+        if decision.forced:
+            deps.metrics.count(contract.METRIC_FORCED, message.priority)
+            logger.info("forced past waiting higher priority work", extra=log)
+
+        try:
+            delay = _call_target(
+                message=message,
+                receive_count=receive_count,
+                remaining_ms=remaining_ms,
+                queue=queue,
+                receipt_handle=record.receipt_handle,
+                sent_timestamp_ms=int(record.attributes.sent_timestamp),
+                deps=deps,
+                log=log,
+            )
+        except PayloadDropped:
+            return
+        if delay is not None:
+            raise MessageReturned(f"retry in {delay}s")
 
 
 def handle_ticket(record: SQSRecord, deps: WorkerDeps, remaining_ms: int) -> None:
@@ -334,23 +348,35 @@ def _work_payload(
 
     Raises PayloadDropped when it was not a real payload (malformed, or its task has ended).
     """
-    receive_count = int(payload.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
-    log: dict[str, Any] = {"queue_priority": queue.priority, "receive_count": receive_count}
+    attributes = payload.get("Attributes", {})
+    receive_count = int(attributes.get("ApproximateReceiveCount", "1"))
+    log: dict[str, Any] = {
+        "message_id": payload.get("MessageId"),
+        "queue_priority": queue.priority,
+        "receive_count": receive_count,
+    }
     try:
         message = parse_message(payload["Body"], deps.config.priorities)
     except MalformedMessage as exc:
         _handle_malformed(exc, payload["Body"], queue, deps, log)
         raise PayloadDropped(exc.reason) from exc
-    log |= {"index": message.index, "priority": message.priority, "execution": message.execution}
-    return _call_target(
-        message=message,
-        receive_count=receive_count,
-        remaining_ms=remaining_ms,
-        queue=queue,
-        receipt_handle=payload["ReceiptHandle"],
-        deps=deps,
-        log=log,
-    )
+    with logger.append_context_keys(**_item_keys(message)):
+        return _call_target(
+            message=message,
+            receive_count=receive_count,
+            remaining_ms=remaining_ms,
+            queue=queue,
+            receipt_handle=payload["ReceiptHandle"],
+            # Requested by SqsQueues.receive_one; a payload without it reports no wait.
+            sent_timestamp_ms=int(attributes["SentTimestamp"]) if "SentTimestamp" in attributes else None,
+            deps=deps,
+            log=log,
+        )
+
+
+def _item_keys(message: WorkMessage) -> dict[str, Any]:
+    """On every log line about the item, the adapters' included; never its token or payload."""
+    return {"index": message.index, "priority": message.priority, "execution": message.execution}
 
 
 def _call_target(
@@ -360,6 +386,7 @@ def _call_target(
     remaining_ms: int,
     queue: QueueRef,
     receipt_handle: str,
+    sent_timestamp_ms: int | None,
     deps: WorkerDeps,
     log: dict[str, Any],
 ) -> int | None:
@@ -386,6 +413,11 @@ def _call_target(
         # calling the API now would be work the aggregate already reports as failed.
         logger.warning("task already ended; item not worked", extra=log)
         raise PayloadDropped("task already ended")
+    metrics = deps.metrics
+    if sent_timestamp_ms is not None:
+        # SentTimestamp is the first send: a redelivery reports the whole wait so far.
+        wait_ms = max(0.0, deps.clock() * 1000 - sent_timestamp_ms)
+        metrics.milliseconds(contract.METRIC_QUEUE_WAIT, message.priority, wait_ms)
     # The last allowed attempt never reported back (the worker crashed or timed out): no new
     # call. Its outcome may still be stored (it died after the API answered), else the item
     # ends now instead of SQS dead-lettering it with its execution still waiting.
@@ -396,10 +428,14 @@ def _call_target(
     def attempt() -> Outcome:
         if spent:
             raise AttemptsSpent(f"{receive_count - 1} deliveries without a finished attempt")
+        started = deps.timer()
         try:
             result = deps.target(message.item, ctx)
         except PermanentFailure as exc:
             return Outcome(error=contract.ERROR_PERMANENT, cause=str(exc) or type(exc).__name__)
+        finally:
+            latency_ms = (deps.timer() - started) * 1000
+            metrics.milliseconds(contract.METRIC_API_LATENCY, message.priority, latency_ms)
         return task_output(result=result, item=message.item, spill=spill)
 
     try:
@@ -409,11 +445,13 @@ def _call_target(
     except AttemptsSpent as exc:
         logger.warning("attempts exhausted before this delivery", extra=log)
         deps.tokens.fail(message.token, contract.ERROR_RETRIES_EXHAUSTED, f"{exc} (worker crash or timeout)")
+        metrics.count(contract.METRIC_FAILED, message.priority)
         return None
     except ItemInProgress as exc:
         # Never fail the token here, even out of attempts: the holder will complete it.
         delay = priority.clamp_visibility(exc.retry_after_s)
         deps.queues.change_visibility(queue.url, receipt_handle, delay)
+        metrics.count(contract.METRIC_RETRIED, message.priority)
         logger.info("item in progress elsewhere", extra=log | {"delay_s": delay})
         return delay
     except RetryLater as exc:
@@ -433,8 +471,10 @@ def _call_target(
     if exhausted:
         logger.warning("attempts exhausted", extra=log | {"cause": cause[:200]})
         deps.tokens.fail(message.token, contract.ERROR_RETRIES_EXHAUSTED, cause)
+        metrics.count(contract.METRIC_FAILED, message.priority)
         return None
     deps.queues.change_visibility(queue.url, receipt_handle, delay)
+    metrics.count(contract.METRIC_RETRIED, message.priority)
     logger.info("will retry", extra=log | {"delay_s": delay, "cause": cause[:200]})
     return delay
 
@@ -442,9 +482,11 @@ def _call_target(
 def _complete(message: WorkMessage, outcome: Outcome, deps: WorkerDeps, log: dict[str, Any]) -> None:
     if outcome.output is None:
         deps.tokens.fail(message.token, outcome.error, outcome.cause)
+        deps.metrics.count(contract.METRIC_FAILED, message.priority)
         logger.info("permanent failure", extra=log | {"error": outcome.error})
         return
     deps.tokens.succeed(message.token, outcome.output)
+    deps.metrics.count(contract.METRIC_PROCESSED, message.priority)
     logger.info("processed", extra=log)
 
 
@@ -457,6 +499,8 @@ def _handle_malformed(
         logger.error("malformed message dead-lettered", extra=log | {"reason": exc.reason})
         return
     deps.tokens.fail(exc.token, exc.error, exc.reason)
+    # Its own priority is unknown or untrusted: counted under the queue it came from.
+    deps.metrics.count(contract.METRIC_FAILED, queue.priority)
     logger.error("malformed message failed", extra=log | {"reason": exc.reason, "error": exc.error})
 
 
@@ -483,6 +527,8 @@ def _deps() -> WorkerDeps:
         tokens=TaskTokens(boto3.client("stepfunctions", config=client_config), logger),
         target=load_target(os.environ.get(contract.ENV_TARGET, contract.HTTP_TARGET)),
         once=OncePerItem(persistence, config.idempotency_ttl_seconds),
+        # Lambda sets it; the dashboard and alarms query the same name (the function's).
+        metrics=WorkerMetrics(os.environ.get("AWS_LAMBDA_FUNCTION_NAME", LOCAL_FUNCTION_NAME)),
         spill=ResultSpill(boto3.client("s3", config=client_config), config.results_bucket)
         if config.results_bucket
         else None,

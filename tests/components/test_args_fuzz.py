@@ -106,6 +106,13 @@ FIELDS: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]] = {
         st.one_of(st.integers().filter(lambda d: d not in LOG_RETENTION_DAYS), junk),
     ),
     "queue_kms_key_arn": KMS,
+    "high_age_alarm_seconds": whole(60, 1_209_600),
+    "alarm_topic_arn": (
+        st.just(f"arn:aws:sns:{REGION}:{ACCOUNT}:alerts"),
+        st.one_of(st.text(max_size=20), st.just(f"arn:aws:sqs:{REGION}:{ACCOUNT}:alerts"), st.integers()),
+    ),
+    "dashboard": (st.booleans(), st.one_of(st.integers(), st.text(max_size=5), st.none())),
+    "alarms": (st.booleans(), st.one_of(st.integers(), st.text(max_size=5), st.none())),
     "throttle_rule": THROTTLE_RULE,
     "http_timeout_seconds": number(0.1, 900),
     "priorities": PRIORITIES,

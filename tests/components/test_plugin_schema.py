@@ -41,8 +41,12 @@ OUTPUTS = (
     "worker_function_name",
     "results_bucket",
     "idempotency_table_name",
+    "dashboard_name",
+    "alarm_arns",
 )
-SCALARS = {int: "integer", float: "number", str: "string"}
+OPTIONAL_OUTPUTS = {"dashboard_name"}
+"""Declared `pulumi.Output[...] | None`: absent when its feature is turned off."""
+SCALARS = {int: "integer", float: "number", str: "string", bool: "boolean"}
 # How each non-scalar arg is offered; `plain` is what the component needs as a plain value.
 NON_SCALAR_INPUTS: dict[str, dict[str, Any]] = {
     "priorities": {"type": "array", "items": {"type": "string", "plain": True}, "plain": True},
@@ -157,7 +161,7 @@ def test_every_output_has_its_type_and_docstring(resource: dict[str, Any]) -> No
     assert set(OUTPUTS) <= set(declared)
     docs = field_docstrings(ThrottledFanOut)
     string_map = {"type": "object", "additionalProperties": {"type": "string"}}
-    shapes = {"queue_urls": string_map, "dlq_urls": string_map}
+    shapes = {"queue_urls": string_map, "dlq_urls": string_map, "alarm_arns": string_map}
     outputs = resource["properties"]
     assert {name: prop.get("description") for name, prop in outputs.items()} == {
         camel(name): docs.get(name) for name in declared
@@ -166,7 +170,7 @@ def test_every_output_has_its_type_and_docstring(resource: dict[str, Any]) -> No
         camel(name): shapes.get(name, {"type": "string"}) for name in declared
     }
     assert [name for name in declared if not docs.get(name)] == []
-    assert sorted(resource["required"]) == sorted(camel(name) for name in declared)
+    assert sorted(resource["required"]) == sorted(camel(n) for n in declared if n not in OPTIONAL_OUTPUTS)
 
 
 def test_whole_numbers_from_other_languages_arrive_as_int() -> None:

@@ -53,6 +53,7 @@ def test_children_by_type(default: Recorder) -> None:
         "sluice:index:PriorityQueues": 1,
         "sluice:index:FanOutWorkflow": 1,
         "sluice:index:PriorityWorker": 1,
+        "sluice:index:Observability": 1,
         "aws:sqs/queue:Queue": 6,
         "aws:sqs/queuePolicy:QueuePolicy": 6,
         "aws:sqs/redriveAllowPolicy:RedriveAllowPolicy": 3,
@@ -65,6 +66,8 @@ def test_children_by_type(default: Recorder) -> None:
         "aws:s3/bucket:Bucket": 1,
         "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock": 1,
         "aws:sfn/stateMachine:StateMachine": 1,
+        "aws:cloudwatch/dashboard:Dashboard": 1,
+        "aws:cloudwatch/metricAlarm:MetricAlarm": 5,  # a DLQ alarm per priority, HIGH age, errors
     }
 
 

@@ -154,3 +154,16 @@ def test_deploy_builds_the_stack_in_moto(aws: EmbeddedAws) -> None:
     (mapping,) = stack.mappings
     assert mapping.queue_arn.endswith("sluice-queues-dispatch-tickets")
     assert (mapping.maximum_concurrency, mapping.batch_size) == (3, 1)
+    cloudwatch = aws.client("cloudwatch")
+    board = cloudwatch.get_dashboard(DashboardName=stack.outputs["dashboardName"])
+    assert "ApproximateAgeOfOldestMessage" in board["DashboardBody"]
+    alarms = {a["AlarmName"]: a for a in cloudwatch.describe_alarms()["MetricAlarms"]}
+    # A DLQ alarm per priority and for tickets, HIGH age, worker errors: each under its ARN.
+    assert len(alarms) == 6
+    assert sorted(alarms) == sorted(a.rsplit(":", 1)[-1] for a in stack.outputs["alarmArns"].values())
+    dlq = alarms["sluice-observability-alarm-dlq-tickets"]
+    assert (dlq["MetricName"], dlq["Threshold"], dlq["TreatMissingData"]) == (
+        "ApproximateNumberOfMessagesVisible",
+        0.0,
+        "ignore",
+    )

@@ -7,7 +7,9 @@ test receives messages itself and hands them over in the ESM's event shape), quo
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import itertools
 import json
 import logging
 import time
@@ -25,6 +27,7 @@ from localcloud.moto_fixes import aws_like_heartbeats
 from sluice_fanout.components.documents import DEFAULT_THROTTLE_RULE, build_item_processor
 from sluice_fanout.handlers.adapters import SqsQueues, TaskTokens
 from sluice_fanout.handlers.contract import ATTR_DEAD_LETTER_REASON, RESULT_POINTER_FIELD
+from sluice_fanout.handlers.metrics import WorkerMetrics
 from sluice_fanout.handlers.once import OncePerItem, ResultSpill
 from sluice_fanout.handlers.target import PermanentFailure, RetryLater, TargetContext
 from sluice_fanout.handlers.worker import QueueRef, WorkerConfig, WorkerDeps, handle_batch, logger
@@ -509,6 +512,41 @@ def test_tokens_and_payloads_never_reach_the_logs_at_info(rig: Rig) -> None:
     for token in tokens:
         assert token not in logged  # ...but never a token
     assert secret not in logged  # nor the payload
+    # Every line about a well-formed item names it; the malformed one has only its message id.
+    lines = [json.loads(line) for line in logged.splitlines()]
+    named = [(line["index"], line["priority"], line["execution"]) for line in lines if "index" in line]
+    assert sorted(set(named)) == [
+        (0, "NORMAL", "arn:parent"),
+        (1, "NORMAL", "arn:parent"),
+        (2, "NORMAL", "arn:parent"),
+    ]
+    assert [line["message_id"] for line in lines if "index" not in line] == ["junk"]
+
+
+def test_the_adapters_log_lines_name_the_item_too(rig: Rig) -> None:
+    """A duplicate delivery after completion: TaskTokens logs the finished token, inside the
+    item's context, so that line names the item like the worker's own."""
+    sink = io.StringIO()
+    handler = logging.StreamHandler(sink)
+    handler.setFormatter(logger.registered_formatter)
+    logger.addHandler(handler)
+    execution = rig.start({"id": "dup", "priority": "HIGH"}, index=4)
+    event = rig.receive("HIGH")
+    deps = rig.deps(ok)
+    try:
+        handle_batch(event, None, deps)
+        rig.output(execution)
+        handle_batch(event, None, deps)
+    finally:
+        logger.removeHandler(handler)
+    lines = [json.loads(line) for line in sink.getvalue().splitlines()]
+    assert [line["message"] for line in lines] == [
+        "processed",
+        "task token already finished",
+        "task already ended; item not worked",
+    ]
+    for line in lines:
+        assert (line["index"], line["priority"], line["execution"]) == (4, "HIGH", "arn:parent"), line
 
 
 def test_a_young_ticket_is_kept_while_its_payload_may_still_be_on_its_way(ticket_rig: Rig) -> None:
@@ -585,3 +623,182 @@ def test_a_payload_whose_task_ended_does_not_use_up_the_ticket(ticket_rig: Rig) 
     assert [item["id"] for item, _ in rig.target_calls] == ["live"]
     assert rig.output(live)["status"] == "SUCCEEDED"
     assert rig.visible("HIGH") == 0
+
+
+# ---- metrics (EMF lines on stdout, as CloudWatch Logs would receive them) ---------------------
+
+FUNCTION = "orders-worker-function"
+WAIT_MS = 2_500
+
+
+def emf_lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
+    """Every EMF object printed since the last call, its timestamp checked and removed."""
+    lines = []
+    for line in capsys.readouterr().out.splitlines():
+        if '"_aws"' not in line:
+            continue
+        blob = json.loads(line)
+        assert abs(blob["_aws"].pop("Timestamp") / 1000 - time.time()) < 60
+        lines.append(blob)
+    return lines
+
+
+def emf(priority: str, **metrics: tuple[str, float]) -> dict[str, Any]:
+    """The one EMF object a batch prints for a priority: `name=(unit, value)`. Powertools gathers
+    a metric's values in a list, here one value each."""
+    return {
+        "_aws": {
+            "CloudWatchMetrics": [
+                {
+                    "Namespace": "Sluice",
+                    "Dimensions": [["FunctionName", "Priority", "service"]],
+                    "Metrics": [{"Name": name, "Unit": unit} for name, (unit, _) in metrics.items()],
+                }
+            ]
+        },
+        "FunctionName": FUNCTION,
+        "Priority": priority,
+        "service": "sluice-worker",
+        **{name: [value] for name, (_, value) in metrics.items()},
+    }
+
+
+class RecordingQueues(SqsQueues):
+    """SqsQueues that keeps every payload it pulls (the ticket path), to read SentTimestamp."""
+
+    def __init__(self, client: Any) -> None:
+        super().__init__(client)
+        self.pulled: list[dict[str, Any]] = []
+
+    def receive_one(self, queue_url: str) -> dict[str, Any] | None:
+        payload = super().receive_one(queue_url)
+        if payload is not None:
+            self.pulled.append(payload)
+        return payload
+
+
+def measured(deps: WorkerDeps, sent_ms: Callable[[], int]) -> WorkerDeps:
+    """Deps whose clock reads WAIT_MS after the message's SentTimestamp and whose every target
+    call takes 250 ms, so the timings are exact."""
+    return dataclasses.replace(
+        deps,
+        metrics=WorkerMetrics(FUNCTION),
+        clock=lambda: (sent_ms() + WAIT_MS) / 1000,
+        timer=itertools.count(10.0, 0.125).__next__,
+    )
+
+
+def sent_ms(event: dict[str, Any]) -> Callable[[], int]:
+    return lambda: int(event["Records"][0]["attributes"]["SentTimestamp"])
+
+
+def test_a_processed_item_reports_its_wait_latency_and_outcome(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rig.start({"id": "m1", "priority": "HIGH"}, index=0)
+    event = rig.receive("HIGH")
+    emf_lines(capsys)
+    assert handle_batch(event, None, measured(rig.deps(ok), sent_ms(event))) == {"batchItemFailures": []}
+    assert emf_lines(capsys) == [
+        emf(
+            "HIGH",
+            QueueWaitTime=("Milliseconds", 2_500.0),
+            ApiLatency=("Milliseconds", 125.0),
+            ItemsProcessed=("Count", 1.0),
+        )
+    ]
+
+
+def test_a_retried_then_failed_item_reports_each_delivery(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def flaky(item: Any, ctx: TargetContext) -> Any:
+        raise ConnectionError("API down")
+
+    rig.start({"id": "m2", "priority": "NORMAL"}, index=0)
+    first = rig.receive("NORMAL")
+    deps = rig.deps(flaky, force_after_receives=1, max_attempts=2)
+    emf_lines(capsys)
+    assert len(handle_batch(first, None, measured(deps, sent_ms(first)))["batchItemFailures"]) == 1
+    assert emf_lines(capsys) == [
+        emf(
+            "NORMAL",
+            QueueWaitTime=("Milliseconds", 2_500.0),
+            ApiLatency=("Milliseconds", 125.0),
+            ItemsRetried=("Count", 1.0),
+        )
+    ]
+    second = rig.receive("NORMAL")
+    assert handle_batch(second, None, measured(deps, sent_ms(second))) == {"batchItemFailures": []}
+    assert emf_lines(capsys) == [
+        emf(
+            "NORMAL",
+            QueueWaitTime=("Milliseconds", 2_500.0),
+            ApiLatency=("Milliseconds", 125.0),
+            ItemsFailed=("Count", 1.0),
+        )
+    ]
+
+
+def test_a_permanently_failed_item_counts_as_failed(rig: Rig, capsys: pytest.CaptureFixture[str]) -> None:
+    def reject(item: Any, ctx: TargetContext) -> Any:
+        raise PermanentFailure("HTTP 400")
+
+    rig.start({"id": "m3", "priority": "BATCH"}, index=0)
+    event = rig.receive("BATCH")
+    emf_lines(capsys)
+    assert handle_batch(event, None, measured(rig.deps(reject), sent_ms(event))) == {"batchItemFailures": []}
+    assert emf_lines(capsys) == [
+        emf(
+            "BATCH",
+            QueueWaitTime=("Milliseconds", 2_500.0),
+            ApiLatency=("Milliseconds", 125.0),
+            ItemsFailed=("Count", 1.0),
+        )
+    ]
+
+
+def test_a_yield_then_a_forced_delivery_are_counted(rig: Rig, capsys: pytest.CaptureFixture[str]) -> None:
+    rig.start({"id": "bulk", "priority": "BATCH"}, index=0)
+    first = rig.receive("BATCH")
+    rig.start({"id": "urgent", "priority": "HIGH"}, index=1)
+    wait_visible(rig, "HIGH", 1)
+    deps = rig.deps(ok, force_after_receives=2, yield_delay_seconds=1)
+    emf_lines(capsys)
+    assert len(handle_batch(first, None, measured(deps, sent_ms(first)))["batchItemFailures"]) == 1
+    # A yield is not worked: no wait, no latency, only the count.
+    assert emf_lines(capsys) == [emf("BATCH", ItemsYielded=("Count", 1.0))]
+    again = rig.receive("BATCH", wait_s=5.0)
+    assert handle_batch(again, None, measured(deps, sent_ms(again))) == {"batchItemFailures": []}
+    assert emf_lines(capsys) == [
+        emf(
+            "BATCH",
+            ItemsForced=("Count", 1.0),
+            QueueWaitTime=("Milliseconds", 2_500.0),
+            ApiLatency=("Milliseconds", 125.0),
+            ItemsProcessed=("Count", 1.0),
+        )
+    ]
+
+
+def test_a_ticket_measures_the_wait_of_the_payload_it_pulls(
+    ticket_rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rig = ticket_rig
+    rig.start({"id": "m4", "priority": "HIGH"}, index=1)
+    wait_visible(rig, "HIGH", 1)
+    queues = RecordingQueues(rig.sqs)
+    deps = measured(
+        dataclasses.replace(rig.deps(ok), queues=queues),
+        lambda: int(queues.pulled[0]["Attributes"]["SentTimestamp"]),
+    )
+    emf_lines(capsys)
+    assert handle_batch(receive_ticket(rig), None, deps) == {"batchItemFailures": []}
+    assert emf_lines(capsys) == [
+        emf(
+            "HIGH",
+            QueueWaitTime=("Milliseconds", 2_500.0),
+            ApiLatency=("Milliseconds", 125.0),
+            ItemsProcessed=("Count", 1.0),
+        )
+    ]

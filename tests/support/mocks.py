@@ -73,6 +73,9 @@ def fake_attributes(typ: str, name: str) -> dict[str, Any]:
             "name": name,
         },
         "aws:lambda/eventSourceMapping:EventSourceMapping": {"uuid": f"uuid-{name}"},
+        "aws:cloudwatch/metricAlarm:MetricAlarm": {
+            "arn": f"arn:aws:cloudwatch:{region}:{account}:alarm:{name}"
+        },
     }
     return table.get(typ, {})
 

@@ -1,0 +1,62 @@
+"""The worker's CloudWatch metrics, as Embedded Metric Format lines in its log (Powertools).
+
+Why one EMF provider per priority, flushed by the worker at the end of each batch:
+- an EMF object has one dimension set for all the metrics in it, so a Priority dimension per
+  metric needs an object per priority;
+- Powertools' `Metrics` class keeps its metric and dimension sets in class attributes shared
+  by every instance (so that modules share one set), so several `Metrics` objects would merge
+  into one; its providers (`AmazonCloudWatchEMFProvider`) each own their sets;
+- `single_metric` would also work but prints one log line per data point; a provider per
+  priority prints one line per priority per batch, values of a metric gathered in a list;
+- the flush is in `handle_batch` (not `@log_metrics` on `lambda_handler`) so a batch run
+  directly, as tests and the local runner do, emits exactly what Lambda would.
+"""
+
+from __future__ import annotations
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import AmazonCloudWatchEMFProvider
+
+from sluice_fanout.handlers import contract
+
+
+class WorkerMetrics:
+    """Item counts and timings by priority for one function; `flush` prints and clears them."""
+
+    def __init__(
+        self,
+        function_name: str,
+        *,
+        namespace: str = contract.METRICS_NAMESPACE,
+        service: str = contract.METRICS_SERVICE,
+    ) -> None:
+        self.function_name = function_name
+        self._namespace = namespace
+        self._service = service
+        self._by_priority: dict[str, AmazonCloudWatchEMFProvider] = {}
+
+    def _provider(self, priority: str) -> AmazonCloudWatchEMFProvider:
+        if priority not in self._by_priority:
+            self._by_priority[priority] = AmazonCloudWatchEMFProvider(
+                namespace=self._namespace,
+                # Given, not read from POWERTOOLS_SERVICE_NAME, so the dimension set is the same
+                # wherever the worker runs and the dashboard's queries match it.
+                service=self._service,
+                default_dimensions={
+                    contract.DIMENSION_FUNCTION: self.function_name,
+                    contract.DIMENSION_PRIORITY: priority,
+                },
+            )
+        return self._by_priority[priority]
+
+    def count(self, name: str, priority: str) -> None:
+        self._provider(priority).add_metric(name=name, unit=MetricUnit.Count, value=1)
+
+    def milliseconds(self, name: str, priority: str, value: float) -> None:
+        self._provider(priority).add_metric(name=name, unit=MetricUnit.Milliseconds, value=value)
+
+    def flush(self) -> None:
+        """Print one EMF line per priority that has data, then forget it (once per invocation)."""
+        providers, self._by_priority = self._by_priority, {}
+        for provider in providers.values():
+            provider.flush_metrics()
