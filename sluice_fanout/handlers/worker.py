@@ -41,8 +41,9 @@ logger = Logger(service="sluice-worker")
 N = TypeVar("N", int, float)
 
 MAX_EMPTY_TICKET_DELAY_S = 60
-# Dead-lettering is quick, but an invocation must not spend its time on a flood of junk.
-MAX_MALFORMED_PER_TICKET = 10
+# Dropping a message that is not work is quick, but an invocation must not spend its time on a
+# flood of junk: after this many in one queue the ticket moves on.
+MAX_DROPPED_PER_QUEUE = 10
 # When no Lambda context is given (tests, local runs), assume a generous deadline.
 NO_CONTEXT_REMAINING_MS = 900_000
 # The FunctionName dimension when the worker runs outside Lambda (no AWS_LAMBDA_FUNCTION_NAME).
@@ -296,7 +297,7 @@ def handle_ticket(record: SQSRecord, deps: WorkerDeps, remaining_ms: int) -> Non
         # whose task has ended may be a duplicate SQS delivery of a payload already worked: the
         # ticket may belong to a real payload, so keep pulling. A surplus ticket is dropped as
         # an orphan later; a missing one would strand a payload until its callback timeout.
-        for _ in range(MAX_MALFORMED_PER_TICKET):
+        for _ in range(MAX_DROPPED_PER_QUEUE):
             payload = deps.queues.receive_one(queue.url)
             if payload is None:
                 break
