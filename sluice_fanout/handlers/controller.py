@@ -10,9 +10,9 @@ The limit rule (`next_limit`), AIMD with a latency baseline. With L the current 
 baseline from the state (B' the baseline after this interval, g = grow_below):
 
 1. calls < min_calls: hold; the interval is too small to be evidence of anything.
-2. t > throttle_threshold, or e > error_threshold, or p > latency_tolerance * B:
-   L' = max(min_limit, min(L - 1, floor(L * decrease_factor)))    (multiplicative decrease,
-   always at least 1 step down unless at min), and a cool-down of `cooldown_intervals` starts.
+2. t > throttle_threshold, or e > error_threshold, or p > latency_tolerance * B (once B exists):
+   L' = max(min_limit, min(L - 1, floor(L * decrease_factor)))   (multiplicative decrease, at
+   least one step down unless at min), and `cooldown_intervals` intervals of cool-down start.
 3. in cool-down: hold (the next intervals still carry load from the old, higher limit).
 4. t > g * throttle_threshold, or e > g * error_threshold, or p > (1 + g * (tolerance - 1)) * B:
    hold (the hold band between "healthy" and "overloaded").
@@ -184,7 +184,8 @@ class Decision:
 
 
 def decrease(limit: int, settings: ControllerSettings) -> int:
-    """floor(limit x factor), at least one step down, never below min_limit."""
+    """floor(limit x factor), never below min_limit: strictly lower unless limit is min_limit."""
+    # floor(L x f) < L in exact arithmetic; L - 1 guards float rounding when f is a hair under 1.
     return max(settings.min_limit, min(limit - 1, math.floor(limit * settings.decrease_factor)))
 
 

@@ -1,0 +1,224 @@
+"""Invariants of the concurrency controller, for any settings, starting state and signals."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from sluice_fanout.handlers.controller import (
+    MIN_BASELINE_MS,
+    BreakerMode,
+    BreakerSettings,
+    BreakerState,
+    ControllerSettings,
+    ControllerState,
+    Reason,
+    Signal,
+    next_breaker,
+    next_limit,
+)
+
+unit = st.floats(min_value=0.0, max_value=0.5)
+
+
+@st.composite
+def settings(draw: st.DrawFn) -> ControllerSettings:
+    low = draw(st.integers(min_value=1, max_value=20))
+    return ControllerSettings(
+        min_limit=low,
+        max_limit=draw(st.integers(min_value=low, max_value=low + 60)),
+        throttle_threshold=draw(unit),
+        error_threshold=draw(unit),
+        latency_tolerance=draw(st.floats(min_value=1.1, max_value=5.0)),
+        decrease_factor=draw(st.floats(min_value=0.1, max_value=0.95)),
+        increase_step=draw(st.integers(min_value=1, max_value=5)),
+        min_calls=draw(st.integers(min_value=1, max_value=50)),
+        grow_below=draw(st.floats(min_value=0.1, max_value=0.9)),
+        saturation=draw(st.floats(min_value=0.1, max_value=1.0)),
+        cooldown_intervals=draw(st.integers(min_value=0, max_value=5)),
+        baseline_rise=draw(st.floats(min_value=0.01, max_value=1.0)),
+    )
+
+
+@st.composite
+def signals(draw: st.DrawFn) -> Signal:
+    calls = draw(st.integers(min_value=0, max_value=500))
+    throttled = draw(st.integers(min_value=0, max_value=calls))
+    return Signal(
+        calls=calls,
+        throttled=throttled,
+        errors=draw(st.integers(min_value=0, max_value=calls - throttled)),
+        latency_p50_ms=draw(st.floats(min_value=0.0, max_value=10_000.0)),
+        peak_in_flight=draw(st.integers(min_value=0, max_value=100)),
+    )
+
+
+baselines = st.none() | st.floats(min_value=MIN_BASELINE_MS, max_value=10_000.0)
+states = st.builds(ControllerState, baselines, st.integers(min_value=0, max_value=10))
+currents = st.integers(min_value=-5, max_value=200)
+
+
+def run(current: int, state: ControllerState, s: ControllerSettings, seq: list[Signal]) -> list[int]:
+    limits = []
+    for signal in seq:
+        decision = next_limit(current, signal, state, s)
+        current, state = decision.limit, decision.state
+        limits.append(current)
+    return limits
+
+
+@given(settings(), currents, states, st.lists(signals(), max_size=60))
+def test_limit_stays_within_bounds(
+    s: ControllerSettings, current: int, state: ControllerState, seq: list[Signal]
+) -> None:
+    for limit in run(current, state, s, seq):
+        assert type(limit) is int
+        assert s.min_limit <= limit <= s.max_limit
+
+
+@st.composite
+def overloads(draw: st.DrawFn) -> tuple[ControllerSettings, ControllerState, Signal]:
+    """A signal with enough calls over the 429, error or latency threshold."""
+    s = draw(settings())
+    calls = draw(st.integers(min_value=s.min_calls, max_value=500))
+    baseline = draw(st.floats(min_value=MIN_BASELINE_MS, max_value=1_000.0))
+    kind = draw(st.sampled_from(["throttled", "errors", "latency"]))
+    bad = draw(st.integers(min_value=math.floor(calls * 0.5) + 1, max_value=calls))
+    p50 = draw(st.floats(min_value=0.0, max_value=10_000.0))
+    if kind == "latency":
+        p50 = baseline * s.latency_tolerance * draw(st.floats(min_value=1.001, max_value=10.0))
+    signal = Signal(
+        calls=calls,
+        throttled=bad if kind == "throttled" else 0,
+        errors=bad if kind == "errors" else 0,
+        latency_p50_ms=p50,
+        peak_in_flight=draw(st.integers(min_value=0, max_value=100)),
+    )
+    state = ControllerState(baseline, draw(st.integers(min_value=0, max_value=10)))
+    return s, state, signal
+
+
+@given(overloads(), currents)
+def test_overload_backs_off(case: tuple[ControllerSettings, ControllerState, Signal], current: int) -> None:
+    s, state, signal = case
+    before = s.clamp(current)
+    decision = next_limit(current, signal, state, s)
+    assert decision.reason in {Reason.THROTTLED, Reason.ERRORS, Reason.LATENCY}
+    assert decision.limit < before or decision.limit == before == s.min_limit
+
+
+@given(settings(), currents, states, st.data())
+def test_healthy_saturated_signal_reaches_max_on_schedule(
+    s: ControllerSettings, current: int, state: ControllerState, data: st.DataObject
+) -> None:
+    """After the cool-down left, +step per interval until max: ceil((max - L0) / step) intervals."""
+    ceiling = state.baseline_ms if state.baseline_ms is not None else 10_000.0
+    signal = Signal(
+        calls=data.draw(st.integers(min_value=s.min_calls, max_value=500)),
+        throttled=0,
+        errors=0,
+        latency_p50_ms=data.draw(st.floats(min_value=0.0, max_value=ceiling)),
+        peak_in_flight=data.draw(st.integers(min_value=s.max_limit, max_value=s.max_limit + 10)),
+    )
+    start = s.clamp(current)
+    steps = state.cooldown_left + math.ceil((s.max_limit - start) / s.increase_step)
+    limits = run(current, state, s, [signal] * (steps + 5))
+    expected = [
+        min(s.max_limit, start + s.increase_step * max(0, i - state.cooldown_left))
+        for i in range(1, steps + 6)
+    ]
+    assert limits == expected
+    assert limits[steps - 1 if steps else 0] == s.max_limit
+
+
+@given(settings(), currents, states, signals())
+def test_unused_limit_does_not_grow(
+    s: ControllerSettings, current: int, state: ControllerState, signal: Signal
+) -> None:
+    assume(signal.peak_in_flight < s.saturation * s.clamp(current))
+    assert next_limit(current, signal, state, s).limit <= s.clamp(current)
+
+
+def latency_warmup(baseline: float | None, signal: Signal, s: ControllerSettings) -> int:
+    """Intervals until the baseline is close enough to a constant p50 for it to count as healthy."""
+    p = max(signal.latency_p50_ms, MIN_BASELINE_MS)
+    if baseline is None or p <= baseline or s.baseline_rise == 1:
+        return 1
+    near = 1 + s.grow_below * (s.latency_tolerance - 1)
+    ratio = (p - p / near) / (p - baseline)
+    if ratio >= 1:
+        return 1
+    return math.ceil(math.log(ratio) / math.log(1 - s.baseline_rise)) + 2  # +2: float rounding
+
+
+@given(settings(), currents, states, signals())
+def test_steady_signal_does_not_oscillate(
+    s: ControllerSettings, current: int, state: ControllerState, signal: Signal
+) -> None:
+    """Down only, then up only (at most one change of direction), then constant after a bound."""
+    span = s.max_limit - s.min_limit
+    warmup = (
+        latency_warmup(state.baseline_ms, signal, s)
+        + max(state.cooldown_left, s.cooldown_intervals)
+        + span
+        + math.ceil(span / s.increase_step)
+        + 1
+    )
+    limits = [s.clamp(current), *run(current, state, s, [signal] * (warmup + 200))]
+    directions = [b > a for a, b in itertools.pairwise(limits) if a != b]
+    assert directions == sorted(directions), f"went up, then down: {limits[:60]}"
+    assert len(set(limits[warmup:])) == 1, f"not constant after {warmup}: {limits[warmup : warmup + 30]}"
+
+
+# --- breaker -----------------------------------------------------------------------------------
+
+breaker_settings = st.builds(
+    BreakerSettings,
+    error_threshold=unit,
+    min_calls=st.integers(min_value=1, max_value=50),
+    open_seconds=st.floats(min_value=0.0, max_value=3_600.0),
+    probe_limit=st.integers(min_value=1, max_value=5),
+)
+steps = st.lists(st.tuples(signals(), st.floats(min_value=0.0, max_value=600.0)), max_size=40)
+
+
+@given(breaker_settings, steps)
+def test_breaker_follows_its_state_machine(s: BreakerSettings, seq: list[tuple[Signal, float]]) -> None:
+    state, now = BreakerState(), 0.0
+    for signal, elapsed in seq:
+        now += elapsed
+        decision = next_breaker(state, signal, now, s)
+        new = decision.state
+        failing = signal.calls > 0 and signal.errors / signal.calls > s.error_threshold
+        if state.mode is BreakerMode.CLOSED:
+            opens = failing and signal.calls >= s.min_calls
+            assert new == (BreakerState(BreakerMode.OPEN, now) if opens else state)
+        elif state.mode is BreakerMode.OPEN:
+            assert state.opened_at is not None
+            cooled = now - state.opened_at >= s.open_seconds
+            assert new.mode is (BreakerMode.HALF_OPEN if cooled else BreakerMode.OPEN)
+            assert new.opened_at == state.opened_at
+        elif failing:
+            assert new == BreakerState(BreakerMode.OPEN, now)
+        else:
+            assert new.mode is (BreakerMode.CLOSED if signal.calls else BreakerMode.HALF_OPEN)
+        # Paused exactly while OPEN, never while CLOSED; the probe cap exactly while HALF_OPEN.
+        assert decision.pause is (new.mode is BreakerMode.OPEN)
+        assert decision.limit_cap == (s.probe_limit if new.mode is BreakerMode.HALF_OPEN else None)
+        state = new
+
+
+@given(breaker_settings, st.floats(min_value=0.0, max_value=1e6), st.lists(signals(), max_size=20), st.data())
+def test_breaker_stays_open_through_the_cooldown(
+    s: BreakerSettings, opened_at: float, seq: list[Signal], data: st.DataObject
+) -> None:
+    assume(s.open_seconds > 0)
+    state = BreakerState(BreakerMode.OPEN, opened_at)
+    for signal in seq:
+        now = opened_at + data.draw(st.floats(min_value=0.0, max_value=s.open_seconds, exclude_max=True))
+        assume(now - opened_at < s.open_seconds)  # the sum can round up onto the boundary
+        decision = next_breaker(state, signal, now, s)
+        assert (decision.state, decision.pause) == (state, True)
