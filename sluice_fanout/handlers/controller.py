@@ -32,7 +32,10 @@ direction, and it settles (at min, at max, or where peak_in_flight stops saturat
 hold band and the cool-down matter when the signal answers the limit (the real API): a limit
 just above the API's capacity throttles, the halved limit must run `cooldown_intervals` and then
 be clearly healthy, not merely under the threshold, before it grows again, so a signal sitting at
-the threshold holds instead of flipping between +step and *factor each interval.
+the threshold holds instead of flipping between +step and *factor each interval. Known limit:
+when a single call over the API's capacity already pushes the 429 share past the threshold
+(a small capacity, e.g. 3 with a 5% threshold), no limit falls in the band and the rule makes
+the usual AIMD sawtooth (decrease, cool-down, climb back); the cool-down bounds its frequency.
 
 The breaker (`next_breaker`): CLOSED -> OPEN when errors / calls > error_threshold over at least
 min_calls calls; OPEN -> HALF_OPEN once open_seconds have passed; HALF_OPEN lets probe_limit
