@@ -34,7 +34,7 @@ def settings(draw: st.DrawFn) -> ControllerSettings:
         throttle_threshold=draw(unit),
         error_threshold=draw(unit),
         latency_tolerance=draw(st.floats(min_value=1.1, max_value=5.0)),
-        decrease_factor=draw(st.floats(min_value=0.1, max_value=0.95)),
+        decrease_factor=draw(st.floats(min_value=0.05, max_value=0.99)),
         increase_step=draw(st.integers(min_value=1, max_value=5)),
         min_calls=draw(st.integers(min_value=1, max_value=50)),
         grow_below=draw(st.floats(min_value=0.1, max_value=0.9)),
@@ -57,8 +57,19 @@ def signals(draw: st.DrawFn) -> Signal:
     )
 
 
+# Healthy: no 429s or errors and a p50 no baseline is below; the peak varies.
+healthy_signals = st.builds(
+    Signal,
+    calls=st.integers(min_value=50, max_value=500),  # >= any generated min_calls
+    throttled=st.just(0),
+    errors=st.just(0),
+    latency_p50_ms=st.floats(min_value=0.0, max_value=MIN_BASELINE_MS),
+    peak_in_flight=st.integers(min_value=0, max_value=100),
+)
+any_signals = signals() | healthy_signals
+
 baselines = st.none() | st.floats(min_value=MIN_BASELINE_MS, max_value=10_000.0)
-states = st.builds(ControllerState, baselines, st.integers(min_value=0, max_value=10))
+states = st.builds(ControllerState, baselines, st.just(0) | st.integers(min_value=0, max_value=10))
 currents = st.integers(min_value=-5, max_value=200)
 
 
@@ -71,7 +82,7 @@ def run(current: int, state: ControllerState, s: ControllerSettings, seq: list[S
     return limits
 
 
-@given(settings(), currents, states, st.lists(signals(), max_size=60))
+@given(settings(), currents, states, st.lists(any_signals, max_size=60))
 def test_limit_stays_within_bounds(
     s: ControllerSettings, current: int, state: ControllerState, seq: list[Signal]
 ) -> None:
@@ -102,9 +113,12 @@ def overloads(draw: st.DrawFn) -> tuple[ControllerSettings, ControllerState, Sig
     return s, state, signal
 
 
-@given(overloads(), currents)
-def test_overload_backs_off(case: tuple[ControllerSettings, ControllerState, Signal], current: int) -> None:
+@given(overloads(), st.data())
+def test_overload_backs_off(
+    case: tuple[ControllerSettings, ControllerState, Signal], data: st.DataObject
+) -> None:
     s, state, signal = case
+    current = data.draw(st.integers(min_value=s.min_limit - 2, max_value=s.max_limit + 2))
     before = s.clamp(current)
     decision = next_limit(current, signal, state, s)
     assert decision.reason in {Reason.THROTTLED, Reason.ERRORS, Reason.LATENCY}
@@ -135,10 +149,12 @@ def test_healthy_saturated_signal_reaches_max_on_schedule(
     assert limits[steps - 1 if steps else 0] == s.max_limit
 
 
-@given(settings(), currents, states, signals(), st.data())
+@given(settings(), states, healthy_signals | signals(), st.data())
 def test_unused_limit_does_not_grow(
-    s: ControllerSettings, current: int, state: ControllerState, signal: Signal, data: st.DataObject
+    s: ControllerSettings, state: ControllerState, signal: Signal, data: st.DataObject
 ) -> None:
+    """Even a healthy interval does not grow a limit whose peak stayed under saturation x limit."""
+    current = data.draw(st.integers(min_value=s.min_limit - 2, max_value=s.max_limit))
     used = math.ceil(s.saturation * s.clamp(current))
     peak = data.draw(st.integers(min_value=0, max_value=used - 1))
     assume(peak < s.saturation * s.clamp(current))  # ceil of a float product can round
@@ -182,7 +198,7 @@ def test_steady_signal_does_not_oscillate(
     The bound: the baseline's catch-up with a slower p50 (`latency_warmup`), a cool-down, at most
     max - min decreases and ceil((max - min) / step) increases.
     """
-    signal = data.draw(signals() | slower_api(s, state))
+    signal = data.draw(any_signals | slower_api(s, state))
     span = s.max_limit - s.min_limit
     warmup = (
         latency_warmup(state.baseline_ms, signal, s)
@@ -243,16 +259,31 @@ def test_hold_band_settles_against_an_api_that_answers_the_limit(
     assert share(limits[-1]) <= s.throttle_threshold
 
 
+@given(settings(), currents, states, any_signals)
+def test_baseline_learns_only_from_intervals_that_are_not_throttled_or_failing(
+    s: ControllerSettings, current: int, state: ControllerState, signal: Signal
+) -> None:
+    """A 429 or a failure answers fast: its latency is not the API's, and must not lower B."""
+    after = next_limit(current, signal, state, s)
+    if signal.calls < s.min_calls or after.reason in {Reason.THROTTLED, Reason.ERRORS}:
+        assert after.state.baseline_ms == state.baseline_ms
+    else:
+        assert after.state.baseline_ms is not None
+
+
 # --- breaker -----------------------------------------------------------------------------------
 
 breaker_settings = st.builds(
     BreakerSettings,
     error_threshold=unit,
     min_calls=st.integers(min_value=1, max_value=50),
-    open_seconds=st.floats(min_value=0.0, max_value=3_600.0),
+    open_seconds=st.floats(min_value=0.0, max_value=1_200.0),
     probe_limit=st.integers(min_value=1, max_value=5),
 )
-steps = st.lists(st.tuples(signals(), st.floats(min_value=0.0, max_value=600.0)), max_size=40)
+# All errors, no calls (paused or idle), healthy, or anything: every edge gets taken.
+failing_signals = st.integers(min_value=50, max_value=500).map(lambda n: Signal(n, 0, n, 100.0, 1))
+breaker_signals = failing_signals | st.just(Signal(0, 0, 0, 0.0, 0)) | healthy_signals | signals()
+steps = st.lists(st.tuples(breaker_signals, st.floats(min_value=0.0, max_value=600.0)), max_size=40)
 
 
 @given(breaker_settings, steps)
