@@ -1,0 +1,337 @@
+"""Dynamic concurrency control: how the worker's limit on the legacy API moves, and when to stop.
+
+Pure: plain values in, plain values out. No boto3, no clock, no environment; the caller passes
+the current time in seconds. A future controller Lambda feeds one `Signal` per control interval
+(e.g. one minute of the worker's EMF metrics), applies the limit to the event source mapping(s)
+and disables them while the breaker is OPEN.
+
+The limit rule (`next_limit`), AIMD with a latency baseline. With L the current limit (clamped to
+[min_limit, max_limit]), t = throttled / calls, e = errors / calls, p = latency p50 and B the
+baseline from the state (B' the baseline after this interval, g = grow_below):
+
+1. calls < min_calls: hold; the interval is too small to be evidence of anything.
+2. t > throttle_threshold, or e > error_threshold, or p > latency_tolerance * B (once B exists):
+   L' = max(min_limit, min(L - 1, floor(L * decrease_factor)))   (multiplicative decrease, at
+   least one step down unless at min), and `cooldown_intervals` intervals of cool-down start.
+3. in cool-down: hold (the next intervals still carry load from the old, higher limit).
+4. t > g * throttle_threshold, or e > g * error_threshold, or p > (1 + g * (tolerance - 1)) * B:
+   hold (the hold band between "healthy" and "overloaded").
+5. peak_in_flight < saturation * L: hold; the limit was not used, so growing it proves nothing.
+6. otherwise L' = min(max_limit, L + increase_step)                 (additive increase).
+
+The baseline B is the latency of a healthy API: a slow-moving minimum of p50 over intervals that
+count (rule 1) and are not throttle- or error-overloaded (a 429 answers fast and would drag it
+down). B' = p when p <= B (fast down), else B + baseline_rise * (p - B) (slow up), so a permanent
+slow-down of the API is accepted after a while instead of pinning the limit at min forever.
+
+Why this does not oscillate on a steady signal: under a constant signal t and e are constant and B
+moves monotonically towards p, so the interval's class can only change in one order (overloaded,
+then hold band, then healthy) and only through the baseline. The limit therefore only goes down
+while the class is "overloaded" and only up once it is "healthy": at most one change of
+direction, and it settles (at min, at max, or where peak_in_flight stops saturating it). The
+hold band and the cool-down matter when the signal answers the limit (the real API): a limit
+just above the API's capacity throttles, the halved limit must run `cooldown_intervals` and then
+be clearly healthy, not merely under the threshold, before it grows again, so a signal sitting at
+the threshold holds instead of flipping between +step and *factor each interval. Known limit:
+when a single call over the API's capacity already pushes the 429 share past the threshold
+(a small capacity, e.g. 3 with a 5% threshold), no limit falls in the band and the rule makes
+the usual AIMD sawtooth (decrease, cool-down, climb back); the cool-down bounds its frequency.
+
+The breaker (`next_breaker`): CLOSED -> OPEN when errors / calls > error_threshold over at least
+min_calls calls; OPEN -> HALF_OPEN once open_seconds have passed; HALF_OPEN lets probe_limit
+calls through and goes CLOSED after a probe interval with calls and errors / calls <=
+error_threshold, OPEN again after one above it. Only errors (5xx, timeouts) count: a 429 says
+the API is alive and busy, which the limit rule handles.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+MIN_BASELINE_MS = 1.0  # below a millisecond, latency differences of an HTTP API are noise
+
+
+class ControllerInputError(ValueError):
+    """A signal or settings value the controller cannot work with."""
+
+
+def _require(ok: bool, who: str, rule: str, got: object) -> None:
+    if not ok:
+        raise ControllerInputError(f"{who}: {rule}, got {got!r}")
+
+
+@dataclass(frozen=True)
+class Signal:
+    """What the worker saw in one control interval. Counts are calls to the legacy API."""
+
+    calls: int
+    """Calls made, including the throttled and failed ones."""
+    throttled: int
+    """Calls answered 429 (or RetryLater)."""
+    errors: int
+    """Calls that failed with a 5xx or a timeout."""
+    latency_p50_ms: float
+    """Median latency of the calls in milliseconds."""
+    peak_in_flight: int
+    """Most calls in flight at once (e.g. the worker's ConcurrentExecutions maximum). It tells
+    whether the limit was used: calls per interval alone depend on latency and interval length."""
+
+    def __post_init__(self) -> None:
+        _require(self.calls >= 0, "Signal", "calls must be >= 0", self.calls)
+        _require(self.throttled >= 0, "Signal", "throttled must be >= 0", self.throttled)
+        _require(self.errors >= 0, "Signal", "errors must be >= 0", self.errors)
+        _require(
+            self.throttled + self.errors <= self.calls,
+            "Signal",
+            "throttled + errors must be <= calls",
+            (self.throttled, self.errors, self.calls),
+        )
+        _require(self.latency_p50_ms >= 0, "Signal", "latency_p50_ms must be >= 0", self.latency_p50_ms)
+        _require(self.peak_in_flight >= 0, "Signal", "peak_in_flight must be >= 0", self.peak_in_flight)
+
+    @property
+    def throttle_share(self) -> float:
+        return self.throttled / self.calls if self.calls else 0.0
+
+    @property
+    def error_share(self) -> float:
+        return self.errors / self.calls if self.calls else 0.0
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    """Tuning of the limit rule. Defaults suit one-minute intervals."""
+
+    min_limit: int = 1
+    """Lowest limit, >= 1 (0 would stop the work; that is the breaker's job)."""
+    max_limit: int = 10
+    """Highest limit, >= min_limit: the API's documented concurrency limit."""
+    throttle_threshold: float = 0.05
+    """Share of 429s above which the limit decreases, in [0, 1)."""
+    error_threshold: float = 0.05
+    """Share of 5xx/timeouts above which the limit decreases, in [0, 1)."""
+    latency_tolerance: float = 2.0
+    """p50 above tolerance x baseline decreases the limit; > 1."""
+    decrease_factor: float = 0.5
+    """Multiplicative decrease, in (0, 1)."""
+    increase_step: int = 1
+    """Additive increase per healthy interval, >= 1."""
+    min_calls: int = 10
+    """Intervals with fewer calls hold the limit and leave the baseline alone; >= 1."""
+    grow_below: float = 0.5
+    """Fraction of each threshold (and of the latency excess) under which an interval is healthy
+    enough to grow; between that and the threshold the limit holds. In (0, 1)."""
+    saturation: float = 0.8
+    """The limit counts as used when peak_in_flight >= saturation x limit. In (0, 1]."""
+    cooldown_intervals: int = 2
+    """Intervals after a decrease in which the limit does not grow; >= 0."""
+    baseline_rise: float = 0.05
+    """Weight of a slower p50 in the baseline per interval, in (0, 1]."""
+
+    def __post_init__(self) -> None:
+        who = "ControllerSettings"
+        _require(self.min_limit >= 1, who, "min_limit must be >= 1", self.min_limit)
+        _require(
+            self.max_limit >= self.min_limit,
+            who,
+            "max_limit must be >= min_limit",
+            (self.max_limit, self.min_limit),
+        )
+        for name in ("throttle_threshold", "error_threshold"):
+            value = getattr(self, name)
+            _require(0 <= value < 1, who, f"{name} must be in [0, 1)", value)
+        _require(self.latency_tolerance > 1, who, "latency_tolerance must be > 1", self.latency_tolerance)
+        _require(0 < self.decrease_factor < 1, who, "decrease_factor must be in (0, 1)", self.decrease_factor)
+        _require(self.increase_step >= 1, who, "increase_step must be >= 1", self.increase_step)
+        _require(self.min_calls >= 1, who, "min_calls must be >= 1", self.min_calls)
+        _require(0 < self.grow_below < 1, who, "grow_below must be in (0, 1)", self.grow_below)
+        _require(0 < self.saturation <= 1, who, "saturation must be in (0, 1]", self.saturation)
+        _require(
+            self.cooldown_intervals >= 0, who, "cooldown_intervals must be >= 0", self.cooldown_intervals
+        )
+        _require(0 < self.baseline_rise <= 1, who, "baseline_rise must be in (0, 1]", self.baseline_rise)
+
+    def clamp(self, limit: int) -> int:
+        return max(self.min_limit, min(self.max_limit, limit))
+
+
+@dataclass(frozen=True)
+class ControllerState:
+    """What the rule remembers between intervals (the Lambda stores it, e.g. in DynamoDB)."""
+
+    baseline_ms: float | None = None
+    """Healthy p50 latency; None until the first interval that counts."""
+    cooldown_left: int = 0
+    """Intervals left in which the limit may not grow."""
+
+
+class Reason(StrEnum):
+    TOO_FEW_CALLS = "too-few-calls"
+    THROTTLED = "throttled"
+    ERRORS = "errors"
+    LATENCY = "latency"
+    COOLDOWN = "cooldown"
+    HOLD_BAND = "hold-band"
+    UNUSED = "unused"
+    AT_MAX = "at-max"
+    INCREASE = "increase"
+
+
+@dataclass(frozen=True)
+class Decision:
+    limit: int
+    state: ControllerState
+    reason: Reason
+
+
+def decrease(limit: int, settings: ControllerSettings) -> int:
+    """floor(limit x factor), never below min_limit: strictly lower unless limit is min_limit."""
+    # floor(L x f) < L in exact arithmetic; L - 1 guards float rounding when f is a hair under 1.
+    return max(settings.min_limit, min(limit - 1, math.floor(limit * settings.decrease_factor)))
+
+
+def next_baseline(baseline: float | None, latency_ms: float, rise: float) -> float:
+    """Fast down to a lower p50, slowly up towards a higher one; never below MIN_BASELINE_MS."""
+    latency_ms = max(latency_ms, MIN_BASELINE_MS)
+    if baseline is None or latency_ms <= baseline:
+        return latency_ms
+    return baseline + rise * (latency_ms - baseline)
+
+
+def next_limit(
+    current: int, signal: Signal, state: ControllerState, settings: ControllerSettings
+) -> Decision:
+    """The limit for the next interval, from the current limit and this interval's signal.
+
+    The rule and why it does not oscillate are in the module docstring. `current` outside
+    [min_limit, max_limit] (settings changed) is clamped first; the result is always inside.
+    """
+    limit = settings.clamp(current)
+    cooldown = max(0, state.cooldown_left - 1)
+    if signal.calls < settings.min_calls:
+        return Decision(limit, replace(state, cooldown_left=cooldown), Reason.TOO_FEW_CALLS)
+
+    s = settings
+    baseline = state.baseline_ms
+    latency = max(signal.latency_p50_ms, MIN_BASELINE_MS)
+    if signal.throttle_share > s.throttle_threshold:
+        overload: Reason | None = Reason.THROTTLED
+    elif signal.error_share > s.error_threshold:
+        overload = Reason.ERRORS
+    elif baseline is not None and latency > s.latency_tolerance * baseline:
+        overload = Reason.LATENCY
+    else:
+        overload = None
+    if overload is not Reason.THROTTLED and overload is not Reason.ERRORS:
+        baseline = next_baseline(baseline, latency, s.baseline_rise)
+    if overload is not None:
+        return Decision(decrease(limit, s), ControllerState(baseline, s.cooldown_intervals), overload)
+
+    reason = _grow_or_hold(limit, signal, state, latency, s)
+    grown = min(s.max_limit, limit + s.increase_step) if reason is Reason.INCREASE else limit
+    return Decision(grown, ControllerState(baseline, cooldown), reason)
+
+
+def _grow_or_hold(
+    limit: int, signal: Signal, state: ControllerState, latency: float, s: ControllerSettings
+) -> Reason:
+    """Rules 3 to 6 for an interval that counts and is not overloaded."""
+    if state.cooldown_left > 0:
+        return Reason.COOLDOWN
+    g = s.grow_below
+    base = state.baseline_ms
+    if (
+        signal.throttle_share > g * s.throttle_threshold
+        or signal.error_share > g * s.error_threshold
+        or (base is not None and latency > (1 + g * (s.latency_tolerance - 1)) * base)
+    ):
+        return Reason.HOLD_BAND
+    if signal.peak_in_flight < s.saturation * limit:
+        return Reason.UNUSED
+    if limit >= s.max_limit:
+        return Reason.AT_MAX
+    return Reason.INCREASE
+
+
+class BreakerMode(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half-open"
+
+
+@dataclass(frozen=True)
+class BreakerSettings:
+    """Tuning of the circuit breaker."""
+
+    error_threshold: float = 0.5
+    """Share of 5xx/timeouts above which the breaker opens (CLOSED) or reopens (HALF_OPEN)."""
+    min_calls: int = 20
+    """CLOSED opens only on at least this many calls in the interval; >= 1."""
+    open_seconds: float = 300.0
+    """Time OPEN before probing, in seconds; >= 0."""
+    probe_limit: int = 1
+    """Concurrency limit while HALF_OPEN; >= 1."""
+
+    def __post_init__(self) -> None:
+        who = "BreakerSettings"
+        _require(
+            0 <= self.error_threshold < 1, who, "error_threshold must be in [0, 1)", self.error_threshold
+        )
+        _require(self.min_calls >= 1, who, "min_calls must be >= 1", self.min_calls)
+        _require(self.open_seconds >= 0, who, "open_seconds must be >= 0", self.open_seconds)
+        _require(self.probe_limit >= 1, who, "probe_limit must be >= 1", self.probe_limit)
+
+
+@dataclass(frozen=True)
+class BreakerState:
+    mode: BreakerMode = BreakerMode.CLOSED
+    opened_at: float | None = None
+    """When the breaker last opened, in the caller's seconds (e.g. epoch); None while CLOSED."""
+
+
+@dataclass(frozen=True)
+class BreakerDecision:
+    state: BreakerState
+    pause: bool
+    """True while OPEN: disable the event source mapping(s), no call reaches the API."""
+    limit_cap: int | None
+    """HALF_OPEN: the probe limit, to apply as min(limit, cap); None otherwise."""
+    reason: str
+
+
+def next_breaker(
+    state: BreakerState, signal: Signal, now: float, settings: BreakerSettings
+) -> BreakerDecision:
+    """The breaker after one interval whose `signal` ended at `now` (seconds).
+
+    OPEN ignores the signal (consumption was paused). HALF_OPEN with no calls keeps waiting for
+    a probe: an empty interval proves nothing either way.
+    """
+    s = settings
+    failing = signal.calls > 0 and signal.error_share > s.error_threshold
+    opened = BreakerDecision(BreakerState(BreakerMode.OPEN, now), True, None, "opened: errors")
+    if state.mode is BreakerMode.CLOSED:
+        if failing and signal.calls >= s.min_calls:
+            return opened
+        return BreakerDecision(state, False, None, "closed")
+    if state.mode is BreakerMode.OPEN:
+        opened_at = now if state.opened_at is None else state.opened_at
+        if now - opened_at >= s.open_seconds:
+            return BreakerDecision(
+                BreakerState(BreakerMode.HALF_OPEN, opened_at), False, s.probe_limit, "probe"
+            )
+        return BreakerDecision(BreakerState(BreakerMode.OPEN, opened_at), True, None, "cooling down")
+    return _after_probe(state, signal, failing, opened, s)
+
+
+def _after_probe(
+    state: BreakerState, signal: Signal, failing: bool, opened: BreakerDecision, s: BreakerSettings
+) -> BreakerDecision:
+    """HALF_OPEN: the interval's calls were the probe."""
+    if failing:
+        return replace(opened, reason="reopened: probe failed")
+    if signal.calls == 0:
+        return BreakerDecision(state, False, s.probe_limit, "probe: no calls yet")
+    return BreakerDecision(BreakerState(), False, None, "closed: probe healthy")

@@ -1,0 +1,113 @@
+"""The concurrency controller on concrete numbers: each rule of the limit and each breaker edge."""
+
+from __future__ import annotations
+
+import pytest
+
+from sluice_fanout.handlers.controller import (
+    BreakerMode,
+    BreakerSettings,
+    BreakerState,
+    ControllerInputError,
+    ControllerSettings,
+    ControllerState,
+    Decision,
+    Reason,
+    Signal,
+    next_breaker,
+    next_limit,
+)
+
+SETTINGS = ControllerSettings(min_limit=1, max_limit=10, decrease_factor=0.5, cooldown_intervals=2)
+WARM = ControllerState(baseline_ms=100.0)
+
+
+def sig(calls: int = 100, throttled: int = 0, errors: int = 0, p50: float = 100.0, peak: int = 8) -> Signal:
+    return Signal(calls=calls, throttled=throttled, errors=errors, latency_p50_ms=p50, peak_in_flight=peak)
+
+
+@pytest.mark.parametrize(
+    ("current", "signal", "expected"),
+    [
+        # 10% 429s > 5%: halve, baseline untouched (fast 429s are not the API's latency).
+        (8, sig(throttled=10), Decision(4, ControllerState(100.0, 2), Reason.THROTTLED)),
+        (3, sig(throttled=10), Decision(1, ControllerState(100.0, 2), Reason.THROTTLED)),
+        (1, sig(throttled=50), Decision(1, ControllerState(100.0, 2), Reason.THROTTLED)),
+        (8, sig(errors=6), Decision(4, ControllerState(100.0, 2), Reason.ERRORS)),
+        # p50 250 > 2 x 100: halve; the baseline rises 5% of the way: 100 + 0.05 x 150.
+        (8, sig(p50=250.0), Decision(4, ControllerState(107.5, 2), Reason.LATENCY)),
+        # 3% 429s: under the 5% threshold but over half of it: the hold band.
+        (8, sig(throttled=3), Decision(8, ControllerState(100.0, 0), Reason.HOLD_BAND)),
+        # p50 160: under 2 x 100 but over (1 + 0.5 x 1) x 100.
+        (8, sig(p50=160.0), Decision(8, ControllerState(103.0, 0), Reason.HOLD_BAND)),
+        # healthy and 8 in flight at limit 8: grow by one; a faster p50 becomes the baseline.
+        (8, sig(throttled=2, p50=80.0), Decision(9, ControllerState(80.0, 0), Reason.INCREASE)),
+        # only 6 in flight, under 0.8 x 8: the limit was not used, so it does not grow.
+        (8, sig(peak=6), Decision(8, ControllerState(100.0, 0), Reason.UNUSED)),
+        (10, sig(peak=10), Decision(10, ControllerState(100.0, 0), Reason.AT_MAX)),
+        (8, sig(calls=9, errors=9), Decision(8, WARM, Reason.TOO_FEW_CALLS)),
+        # a limit outside the settings (they changed) is clamped first.
+        (25, sig(peak=25), Decision(10, ControllerState(100.0, 0), Reason.AT_MAX)),
+        (0, sig(peak=1), Decision(2, ControllerState(100.0, 0), Reason.INCREASE)),
+    ],
+)
+def test_one_interval(current: int, signal: Signal, expected: Decision) -> None:
+    assert next_limit(current, signal, WARM, SETTINGS) == expected
+
+
+def test_first_interval_sets_the_baseline_and_judges_no_latency() -> None:
+    decision = next_limit(8, sig(p50=900.0), ControllerState(), SETTINGS)
+    assert decision == Decision(9, ControllerState(900.0, 0), Reason.INCREASE)
+
+
+def test_cooldown_holds_two_healthy_intervals_after_a_decrease_then_grows() -> None:
+    limits, reasons = [], []
+    limit, state = 8, WARM
+    for signal in [sig(throttled=10), sig(peak=4), sig(peak=4), sig(peak=4), sig(peak=5)]:
+        decision = next_limit(limit, signal, state, SETTINGS)
+        limit, state = decision.limit, decision.state
+        limits.append(limit)
+        reasons.append(decision.reason)
+    assert limits == [4, 4, 4, 5, 6]
+    assert reasons == [Reason.THROTTLED, Reason.COOLDOWN, Reason.COOLDOWN, Reason.INCREASE, Reason.INCREASE]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: ControllerSettings(min_limit=3, max_limit=2), "max_limit must be >= min_limit, got (2, 3)"),
+        (lambda: ControllerSettings(min_limit=0), "min_limit must be >= 1, got 0"),
+        (lambda: ControllerSettings(decrease_factor=1.0), "decrease_factor must be in (0, 1), got 1.0"),
+        (lambda: Signal(5, 3, 3, 1.0, 1), "throttled + errors must be <= calls, got (3, 3, 5)"),
+        (lambda: BreakerSettings(probe_limit=0), "probe_limit must be >= 1, got 0"),
+    ],
+)
+def test_invalid_inputs_name_the_rule_and_the_value(make: object, message: str) -> None:
+    with pytest.raises(ControllerInputError) as raised:
+        make()  # type: ignore[operator]
+    assert message in str(raised.value)
+
+
+BREAKER = BreakerSettings(error_threshold=0.5, min_calls=20, open_seconds=300.0, probe_limit=1)
+OPEN_AT_0 = BreakerState(BreakerMode.OPEN, 0.0)
+
+
+def test_breaker_edges() -> None:
+    closed = BreakerState()
+    assert next_breaker(closed, sig(calls=20, errors=11), 0.0, BREAKER).state == OPEN_AT_0
+    assert next_breaker(closed, sig(calls=20, errors=11), 0.0, BREAKER).pause
+    # 60% errors over 10 calls: too few to open.
+    assert next_breaker(closed, sig(calls=10, errors=6), 0.0, BREAKER).state == closed
+    assert next_breaker(closed, sig(calls=20, errors=10), 0.0, BREAKER).state == closed
+
+    waiting = next_breaker(OPEN_AT_0, sig(calls=0), 299.0, BREAKER)
+    assert (waiting.state, waiting.pause, waiting.limit_cap) == (OPEN_AT_0, True, None)
+    probing = next_breaker(OPEN_AT_0, sig(calls=0), 300.0, BREAKER)
+    half = BreakerState(BreakerMode.HALF_OPEN, 0.0)
+    assert (probing.state, probing.pause, probing.limit_cap) == (half, False, 1)
+
+    assert next_breaker(half, sig(calls=0), 350.0, BREAKER).state == half
+    healthy = next_breaker(half, sig(calls=2, errors=1), 360.0, BREAKER)
+    assert (healthy.state, healthy.pause, healthy.limit_cap) == (BreakerState(), False, None)
+    failed = next_breaker(half, sig(calls=2, errors=2), 400.0, BREAKER)
+    assert (failed.state, failed.pause) == (BreakerState(BreakerMode.OPEN, 400.0), True)
