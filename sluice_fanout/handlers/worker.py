@@ -518,8 +518,11 @@ def _wait_for_slot(deps: WorkerDeps, remaining_ms: int, log: dict[str, Any]) -> 
     if isinstance(decision, Denied):
         logger.warning("rate limit slot too far away", extra=log | {"wait_s": round(decision.wait, 3)})
         raise RetryLater(math.ceil(decision.wait), "calls-per-second limit: next slot too far away")
-    if decision.wait > 0:
-        deps.sleep(decision.wait)
+    # Until the slot itself, not for `wait`: the reservation's own round trip is already spent,
+    # and a call that starts late crowds the next second's window.
+    delay = decision.at - deps.clock()
+    if delay > 0:
+        deps.sleep(delay)
 
 
 def _complete(message: WorkMessage, outcome: Outcome, deps: WorkerDeps, log: dict[str, Any]) -> None:

@@ -48,7 +48,8 @@ def max_calls_in_one_second(calls: list[Call]) -> int:
 def timeline(calls: list[Call]) -> str:
     """Each call's start (from the first), status and calls in flight: the story of a refusal."""
     ordered = sorted(calls, key=lambda c: c.start)
-    return "\n".join(f"{c.start - ordered[0].start:7.3f} {c.status} {c.in_flight} {c.item_id}" for c in ordered)
+    first = ordered[0].start
+    return "\n".join(f"{c.start - first:7.3f} {c.status} {c.in_flight} {c.item_id}" for c in ordered)
 
 
 def test_every_item_is_done_and_the_api_refused_nothing(rated: RunResult) -> None:
