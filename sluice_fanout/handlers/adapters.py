@@ -12,6 +12,7 @@ from sluice_fanout.handlers.contract import (
     ATTR_DEAD_LETTER_REASON,
     IDEMPOTENCY_EXPIRY_ATTRIBUTE,
     IDEMPOTENCY_KEY_ATTRIBUTE,
+    RATE_RESERVATION_LEAD_S,
     SFN_MAX_CAUSE_CHARS,
     SFN_MAX_ERROR_CHARS,
 )
@@ -159,6 +160,7 @@ class DynamoRateLimiter:
         *,
         clock: Callable[[], float] = time.time,
         pause: Callable[[float], None] = time.sleep,
+        lead: float = RATE_RESERVATION_LEAD_S,
     ) -> None:
         self._client = client
         self._table = table
@@ -166,15 +168,15 @@ class DynamoRateLimiter:
         self._interval = interval
         self._clock = clock
         self._pause = pause
+        self._lead = lead
         self._known: str | None = None
         """The stored TAT as DynamoDB returned it (a number's text), or None: no item."""
 
     def reserve(self, max_wait: float) -> Grant | Denied:
         for _ in range(RATE_MAX_TRIES):
             now = self._clock()
-            decision = reserve(
-                None if self._known is None else float(self._known), now, self._interval, max_wait
-            )
+            known = None if self._known is None else float(self._known)
+            decision = reserve(known, now, self._interval, max_wait, self._lead)
             if isinstance(decision, Denied):
                 # Judged on a TAT that can only be older (lower) than the stored one: the real
                 # wait is at least as long, so nothing is reserved on a stale guess.

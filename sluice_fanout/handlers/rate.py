@@ -41,13 +41,18 @@ class Denied:
     wait: float
 
 
-def reserve(tat: float | None, now: float, interval: float, max_wait: float) -> Grant | Denied:
-    """Reserve the next slot at or after `now`, unless it is more than `max_wait` away.
+def reserve(
+    tat: float | None, now: float, interval: float, max_wait: float, lead: float = 0.0
+) -> Grant | Denied:
+    """Reserve the next slot at or after `now + lead`, unless it is more than `max_wait` away.
 
     `tat` is the stored theoretical arrival time (None: never used, or expired). A slot in the
-    past is not kept: idle time does not bank calls for a later burst.
+    past is not kept: idle time does not bank calls for a later burst. `lead` is how long the
+    reservation itself may take: a slot that is due at once is set that far ahead, so the call
+    does not start late against the slots after it.
     """
-    slot = now if tat is None else max(tat, now)
+    soonest = now + lead
+    slot = soonest if tat is None else max(tat, soonest)
     wait = slot - now
     if wait > max_wait:
         return Denied(wait)

@@ -37,7 +37,7 @@ def ddb() -> Iterator[Any]:
 
 def test_the_first_reservation_is_now_and_the_next_one_interval_later(ddb: Any) -> None:
     clock = iter([100.0, 100.1]).__next__  # one reading per uncontended reservation
-    limiter = DynamoRateLimiter(ddb, TABLE, "fn", interval=0.5, clock=clock)
+    limiter = DynamoRateLimiter(ddb, TABLE, "fn", interval=0.5, clock=clock, lead=0.0)
     assert limiter.reserve(max_wait=10) == Grant(at=100.0, wait=0.0, tat=100.5)
     assert limiter.reserve(max_wait=10) == Grant(at=100.5, wait=pytest.approx(0.4), tat=101.0)
     key = {IDEMPOTENCY_KEY_ATTRIBUTE: {"S": RATE_KEY_PREFIX + "fn"}}
@@ -47,23 +47,23 @@ def test_the_first_reservation_is_now_and_the_next_one_interval_later(ddb: Any) 
 
 
 def test_a_second_sandbox_learns_the_tat_from_its_failed_write(ddb: Any) -> None:
-    first = DynamoRateLimiter(ddb, TABLE, "fn", interval=1.0, clock=lambda: 50.0)
-    second = DynamoRateLimiter(ddb, TABLE, "fn", interval=1.0, clock=lambda: 50.0)
+    first = DynamoRateLimiter(ddb, TABLE, "fn", interval=1.0, clock=lambda: 50.0, lead=0.0)
+    second = DynamoRateLimiter(ddb, TABLE, "fn", interval=1.0, clock=lambda: 50.0, lead=0.0)
     assert first.reserve(max_wait=10).at == 50.0  # type: ignore[union-attr]
     assert second.reserve(max_wait=10) == Grant(at=51.0, wait=1.0, tat=52.0)
     assert first.reserve(max_wait=10) == Grant(at=52.0, wait=2.0, tat=53.0)
 
 
 def test_a_slot_too_far_away_is_not_reserved(ddb: Any) -> None:
-    limiter = DynamoRateLimiter(ddb, TABLE, "fn", interval=5.0, clock=lambda: 10.0)
+    limiter = DynamoRateLimiter(ddb, TABLE, "fn", interval=5.0, clock=lambda: 10.0, lead=0.0)
     limiter.reserve(max_wait=1)
     assert limiter.reserve(max_wait=1) == Denied(wait=5.0)
     assert limiter.reserve(max_wait=6) == Grant(at=15.0, wait=5.0, tat=20.0)  # the denial took nothing
 
 
 def test_functions_do_not_share_a_limiter(ddb: Any) -> None:
-    a = DynamoRateLimiter(ddb, TABLE, "a", interval=1.0, clock=lambda: 7.0)
-    b = DynamoRateLimiter(ddb, TABLE, "b", interval=1.0, clock=lambda: 7.0)
+    a = DynamoRateLimiter(ddb, TABLE, "a", interval=1.0, clock=lambda: 7.0, lead=0.0)
+    b = DynamoRateLimiter(ddb, TABLE, "b", interval=1.0, clock=lambda: 7.0, lead=0.0)
     assert a.reserve(max_wait=0).at == b.reserve(max_wait=0).at == 7.0  # type: ignore[union-attr]
 
 

@@ -16,9 +16,15 @@ gaps = st.lists(st.floats(min_value=0.0, max_value=5.0), min_size=1, max_size=60
 max_waits = st.lists(st.floats(min_value=0.0, max_value=30.0), min_size=60, max_size=60)
 
 
-@given(rate=rates, arrival_gaps=gaps, waits=max_waits, start=st.floats(min_value=0, max_value=2e9))
+@given(
+    rate=rates,
+    arrival_gaps=gaps,
+    waits=max_waits,
+    start=st.floats(min_value=0, max_value=2e9),
+    lead=st.sampled_from([0.0, 0.05]),
+)
 def test_granted_slots_are_spaced_and_never_early(
-    rate: float, arrival_gaps: list[float], waits: list[float], start: float
+    rate: float, arrival_gaps: list[float], waits: list[float], start: float, lead: float
 ) -> None:
     interval = interval_for(rate)
     tat: float | None = None
@@ -26,11 +32,11 @@ def test_granted_slots_are_spaced_and_never_early(
     granted: list[float] = []
     for gap, max_wait in zip(arrival_gaps, waits, strict=False):
         now += gap
-        decision = reserve(tat, now, interval, max_wait)
+        decision = reserve(tat, now, interval, max_wait, lead)
         if isinstance(decision, Denied):
             assert decision.wait > max_wait
             continue  # nothing reserved: the TAT is unchanged
-        assert decision.at >= now  # never granted earlier than requested
+        assert decision.at >= now + lead  # never granted earlier than requested
         assert decision.wait == decision.at - now <= max_wait
         granted.append(decision.at)
         tat = decision.tat

@@ -44,6 +44,12 @@ def test_a_rate_that_is_not_positive_is_refused(rate: float) -> None:
         interval_for(rate)
 
 
+def test_a_due_slot_is_set_the_lead_ahead_and_a_later_one_is_kept() -> None:
+    assert reserve(None, 10.0, 0.5, 5.0, lead=0.05) == Grant(at=10.05, wait=pytest.approx(0.05), tat=10.55)
+    assert reserve(10.02, 10.0, 0.5, 5.0, lead=0.05) == Grant(at=10.05, wait=pytest.approx(0.05), tat=10.55)
+    assert reserve(12.0, 10.0, 0.5, 5.0, lead=0.05) == Grant(at=12.0, wait=2.0, tat=12.5)
+
+
 def test_back_to_back_calls_are_spaced_one_interval_apart() -> None:
     tat: float | None = None
     slots = []
