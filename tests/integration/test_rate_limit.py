@@ -67,9 +67,10 @@ def test_every_item_is_done_and_the_api_refused_nothing(rated: RunResult) -> Non
 
 
 def test_no_one_second_window_holds_more_than_the_rate(rated: RunResult) -> None:
-    admitted = [c for c in rated.calls if c.in_flight > 0]
-    peak = max_calls_in_one_second(admitted)
-    starts = sorted(c.start for c in admitted)
+    # Every request Sluice sent, refused ones included: the API's own limit must not be what
+    # keeps the count down.
+    peak = max_calls_in_one_second(rated.calls)
+    starts = sorted(c.start for c in rated.calls)
     achieved = (len(starts) - 1) / (starts[-1] - starts[0])
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     print(
