@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from sluice_fanout.handlers import contract
 from sluice_fanout.handlers.rate import Denied, Grant, interval_for, reserve
+from sluice_fanout.handlers.worker import WorkerConfig, WorkerConfigError
 
 
 @pytest.mark.parametrize(
@@ -59,3 +63,21 @@ def test_back_to_back_calls_are_spaced_one_interval_apart() -> None:
         slots.append(grant.at)
         tat = grant.tat
     assert slots == [100.0, 100.25, 100.5, 100.75, 101.0]
+
+
+WORKER_ENV = {
+    contract.ENV_QUEUES: json.dumps([{"priority": "HIGH", "url": "u", "arn": "a", "dlq_url": "d"}]),
+    contract.ENV_IDEMPOTENCY_TABLE: "t",
+}
+
+
+@pytest.mark.parametrize(("raw", "expected"), [(None, None), ("", None), ("4", 4.0), ("0.25", 0.25)])
+def test_the_worker_reads_its_rate(raw: str | None, expected: float | None) -> None:
+    env = WORKER_ENV | ({} if raw is None else {contract.ENV_CALLS_PER_SECOND: raw})
+    assert WorkerConfig.from_env(env).calls_per_second == expected
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "nan", "inf", "four"])
+def test_the_worker_refuses_a_rate_that_is_not_a_positive_number(raw: str) -> None:
+    with pytest.raises(WorkerConfigError, match=contract.ENV_CALLS_PER_SECOND):
+        WorkerConfig.from_env(WORKER_ENV | {contract.ENV_CALLS_PER_SECOND: raw})
