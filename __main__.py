@@ -31,7 +31,7 @@ INT_ARGS = (
     "share_period",
     "high_age_alarm_seconds",
 )
-FLOAT_ARGS = ("retry_base_seconds", "retry_max_seconds", "tolerated_failure_percentage")
+FLOAT_ARGS = ("retry_base_seconds", "retry_max_seconds", "tolerated_failure_percentage", "calls_per_second")
 STR_ARGS = (
     "dispatch",
     "target_dir",

@@ -20,7 +20,7 @@ from moto.core.responses import BaseResponse
 from moto.server import ThreadedMotoServer
 
 from localcloud.lambda_runner import LambdaRunner
-from localcloud.moto_fixes import aws_like_heartbeats
+from localcloud.moto_fixes import atomic_dynamodb_writes, aws_like_heartbeats
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -117,6 +117,7 @@ def embedded_aws() -> Iterator[EmbeddedAws]:
             return original_call_action(self)
 
         cleanup.enter_context(aws_like_heartbeats())
+        cleanup.enter_context(atomic_dynamodb_writes())
         original_invoke = LambdaFunction._invoke_lambda
         LambdaFunction._invoke_lambda = invoke_in_sandbox  # type: ignore[method-assign]
         cleanup.callback(setattr, LambdaFunction, "_invoke_lambda", original_invoke)

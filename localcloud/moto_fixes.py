@@ -1,4 +1,11 @@
-"""Where moto's Step Functions differs from AWS in a way Sluice's worker can see, and the fix.
+"""Where moto differs from AWS in a way Sluice's worker can see, and the fix.
+
+DynamoDB: moto checks a write's condition and applies the write as separate steps with no lock,
+so two threads (two Lambda sandboxes, or the threaded moto server) can both pass `tat = :old`.
+DynamoDB applies each conditional write atomically; the rate limiter and the idempotency
+records rely on it, so the embedded AWS serializes DynamoDB writes.
+
+Step Functions:
 
 moto answers SendTaskHeartbeat only for tasks that declare HeartbeatSeconds and only while the
 execution runs; anything else is InvalidToken. AWS accepts a heartbeat for any callback task
@@ -9,10 +16,12 @@ must answer like AWS.
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from moto.core.exceptions import AWSError
+from moto.dynamodb.models import DynamoDBBackend
 from moto.stepfunctions.exceptions import InvalidToken
 from moto.stepfunctions.parser.api import ExecutionStatus, SendTaskHeartbeatOutput
 from moto.stepfunctions.parser.asl.eval.callback.callback import CallbackConsumerTimeout
@@ -61,3 +70,28 @@ def aws_like_heartbeats() -> Iterator[None]:
         yield
     finally:
         StepFunctionsParserBackend.send_task_heartbeat = original  # type: ignore[method-assign]
+
+
+_DYNAMODB_WRITES = ("put_item", "update_item", "delete_item", "transact_write_items")
+_dynamodb_lock = threading.RLock()
+
+
+def _serialized(original: Any) -> Any:
+    def write(self: DynamoDBBackend, *args: Any, **kwargs: Any) -> Any:
+        with _dynamodb_lock:
+            return original(self, *args, **kwargs)
+
+    return write
+
+
+@contextmanager
+def atomic_dynamodb_writes() -> Iterator[None]:
+    """Each DynamoDB write (condition check and update) happens as one step, as in AWS."""
+    originals = {name: getattr(DynamoDBBackend, name) for name in _DYNAMODB_WRITES}
+    for name, original in originals.items():
+        setattr(DynamoDBBackend, name, _serialized(original))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(DynamoDBBackend, name, original)

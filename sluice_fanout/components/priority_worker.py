@@ -21,6 +21,7 @@ force_after_receives - 1 + max_attempts (validated) to leave room for such recei
 # schema for other languages, and Pulumi's analyzer reads its annotations as objects, not strings
 # (a postponed annotation reaches it as a ForwardRef it cannot follow; see sluice_fanout/plugin.py).
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -93,6 +94,11 @@ class PriorityWorkerArgs(TypedDict):
     """First backoff after a retryable error; doubles per receive. Default 2."""
     retry_max_seconds: NotRequired[float]
     """Backoff cap. Default 300."""
+    calls_per_second: NotRequired[float]
+    """The API's published rate (> 0, at most 1000), on top of the concurrency limit: every
+    invocation reserves its call's slot on one item of the idempotency table, calls spaced
+    (1 s + 50 ms) / rate apart. Needs concurrency / calls_per_second <= half the timeout minus
+    a second. Default none: no rate limit."""
     log_retention_days: NotRequired[int]
     """Default 14."""
     dispatch: NotRequired[str]
@@ -206,6 +212,8 @@ class PriorityWorker(pulumi.ComponentResource):
             contract.ENV_IDEMPOTENCY_TTL_SECONDS: str(cfg.idempotency_ttl_seconds),
             "POWERTOOLS_SERVICE_NAME": "sluice-worker",
         }
+        if cfg.calls_per_second is not None:
+            env[contract.ENV_CALLS_PER_SECOND] = repr(cfg.calls_per_second)
         if "results_bucket" in args:
             env[contract.ENV_RESULTS_BUCKET] = args["results_bucket"]
         if cfg.dispatch == contract.DISPATCH_TICKET:
@@ -306,6 +314,34 @@ def _check_http_target(c: str, name: str, http: Any) -> Mapping[str, Any]:
     return http
 
 
+def _check_calls_per_second(
+    c: str, name: str, args: Mapping[str, Any], concurrency: int, timeout_seconds: int
+) -> float | None:
+    if "calls_per_second" not in args:
+        return None
+    rate = v.check_number(c, name, "calls_per_second", args["calls_per_second"], low=-math.inf)
+    if rate <= 0 or rate > contract.MAX_CALLS_PER_SECOND:
+        raise v.fail(
+            c, name, "calls_per_second", f"must be > 0 and at most {contract.MAX_CALLS_PER_SECOND:g}", rate
+        )
+    # At most `concurrency` invocations hold a reserved slot, so a call waits at most that many
+    # intervals; the worker waits at most half its remaining time (the rest is for the call,
+    # a second for what comes before the reservation). Beyond that items would bounce.
+    longest_wait = concurrency * (1 + contract.RATE_WINDOW_ALLOWANCE_S) / rate
+    allowed = timeout_seconds * contract.RATE_MAX_WAIT_SHARE - 1
+    if longest_wait > allowed:
+        raise v.fail(
+            c,
+            name,
+            "calls_per_second",
+            f"is too low for concurrency {concurrency}: a call could wait {longest_wait:.1f}s for its "
+            f"slot, more than half the worker timeout ({timeout_seconds}s) less 1s; lower the "
+            "concurrency (sluice:concurrency) or raise the timeout (sluice:workerTimeoutSeconds)",
+            rate,
+        )
+    return rate
+
+
 @dataclass(frozen=True)
 class WorkerSettings:
     priorities: list[str]
@@ -320,6 +356,7 @@ class WorkerSettings:
     yield_delay_seconds: int
     retry_base_seconds: float
     retry_max_seconds: float
+    calls_per_second: float | None
     log_retention_days: int
     dispatch: str
     share_period: int
@@ -376,11 +413,12 @@ def check_worker_args(name: str, args: Mapping[str, Any], component: str = COMPO
             "an item itself before SQS dead-letters it with its execution still waiting",
             max_receive_count,
         )
+    timeout_seconds = whole("timeout_seconds", 30, 1, LAMBDA_MAX_TIMEOUT_SECONDS)
     return WorkerSettings(
         priorities=priorities,
         concurrency=concurrency,
         target=target,
-        timeout_seconds=whole("timeout_seconds", 30, 1, LAMBDA_MAX_TIMEOUT_SECONDS),
+        timeout_seconds=timeout_seconds,
         memory_mb=whole("memory_mb", 256, 128, 10_240),
         batch_size=whole("batch_size", 1, 1, SQS_MAX_BATCH),
         esm_maximum_concurrency=whole(
@@ -394,6 +432,7 @@ def check_worker_args(name: str, args: Mapping[str, Any], component: str = COMPO
         yield_delay_seconds=whole("yield_delay_seconds", 2, 0, contract.SQS_MAX_VISIBILITY_SECONDS),
         retry_base_seconds=number("retry_base_seconds", 2.0, 0, contract.SQS_MAX_VISIBILITY_SECONDS),
         retry_max_seconds=number("retry_max_seconds", 300.0, 0, contract.SQS_MAX_VISIBILITY_SECONDS),
+        calls_per_second=_check_calls_per_second(c, name, args, concurrency, timeout_seconds),
         log_retention_days=v.check_log_retention_days(c, name, args.get("log_retention_days", 14)),
         dispatch=v.check_choice(c, name, "dispatch", args.get("dispatch", "yield"), contract.DISPATCH_MODES),
         share_period=whole("share_period", 10, 2, 1_000),

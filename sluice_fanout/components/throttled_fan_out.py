@@ -49,6 +49,7 @@ _WORKER_ARGS = (
     "yield_delay_seconds",
     "retry_base_seconds",
     "retry_max_seconds",
+    "calls_per_second",
     "idempotency_ttl_seconds",
 )
 _WORKFLOW_ARGS = (
@@ -96,6 +97,9 @@ class ThrottledFanOutArgs(TypedDict):
     """First backoff after a retryable error. Default 2."""
     retry_max_seconds: NotRequired[float]
     """Backoff cap. Default 300."""
+    calls_per_second: NotRequired[float]
+    """The legacy API's published rate, enforced alongside `concurrency` across all worker
+    invocations (a limiter on the idempotency table). Default none."""
     max_receive_count: NotRequired[int]
     """Receives before a message is dead-lettered. Default 10."""
     idempotency_ttl_seconds: NotRequired[int]

@@ -41,6 +41,21 @@ IDEMPOTENCY_KEY_ATTRIBUTE = "id"
 IDEMPOTENCY_EXPIRY_ATTRIBUTE = "expiration"
 """Powertools' attribute names; the table's key and TTL must match them."""
 ENV_RESULTS_BUCKET = "SLUICE_RESULTS_BUCKET"
+ENV_CALLS_PER_SECOND = "SLUICE_CALLS_PER_SECOND"
+"""The API's published rate; set only when the stack sets one."""
+RATE_WINDOW_ALLOWANCE_S = 0.05
+"""Slack added to every second of spacing: calls are spaced (1 s + 50 ms) / rate apart, so the
+(rate+1)-th call starts at least 50 ms after the first one's one-second window closed. It absorbs
+what happens between the granted slot and the API seeing the request (waking from sleep,
+connecting, clocks of different hosts) and costs 5% of the published rate."""
+RATE_RESERVATION_LEAD_S = 0.05
+"""A slot that is due at once is granted this far ahead: the conditional write that reserves it
+takes time, and a call that starts after its slot crowds the window of the ones after it. It
+adds this much latency to a call the limit does not hold back, nothing to throughput."""
+RATE_MAX_WAIT_SHARE = 0.5
+"""The longest a call waits for its rate-limit slot, as a share of the invocation's remaining
+time: the other half is for the call itself."""
+MAX_CALLS_PER_SECOND = 1_000.0  # one DynamoDB item takes at most 1000 writes a second (partition limit)
 """Bucket for results too large to return through Step Functions."""
 
 # CloudWatch metrics the worker emits (EMF lines in its log, so no PutMetricData permission) and

@@ -11,6 +11,7 @@ Each record ends in exactly one of:
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -26,10 +27,11 @@ from aws_lambda_powertools.utilities.batch import (
 )
 
 from sluice_fanout.handlers import contract, priority
-from sluice_fanout.handlers.adapters import SqsQueues, TaskTokens
+from sluice_fanout.handlers.adapters import DynamoRateLimiter, SqsQueues, TaskTokens
 from sluice_fanout.handlers.messages import MalformedMessage, WorkMessage, parse_message
 from sluice_fanout.handlers.metrics import WorkerMetrics
 from sluice_fanout.handlers.once import ItemInProgress, OncePerItem, Outcome, ResultSpill, task_output
+from sluice_fanout.handlers.rate import Denied, RateLimiter, interval_for
 from sluice_fanout.handlers.target import PermanentFailure, RetryLater, Target, TargetContext, load_target
 
 if TYPE_CHECKING:
@@ -94,6 +96,8 @@ class WorkerConfig:
     idempotency_ttl_seconds: int = 345_600
     """Records must outlive every redelivery: by default the queues' 4-day retention."""
     results_bucket: str = ""
+    calls_per_second: float | None = None
+    """The API's published rate, shared by all invocations; None: no rate limit."""
 
     @property
     def priorities(self) -> list[str]:
@@ -136,7 +140,21 @@ class WorkerConfig:
             idempotency_table=_required(env, contract.ENV_IDEMPOTENCY_TABLE),
             idempotency_ttl_seconds=_env_number(env, contract.ENV_IDEMPOTENCY_TTL_SECONDS, 345_600, int),
             results_bucket=env.get(contract.ENV_RESULTS_BUCKET, ""),
+            calls_per_second=_calls_per_second(env),
         )
+
+
+def _calls_per_second(env: Mapping[str, str]) -> float | None:
+    raw = env.get(contract.ENV_CALLS_PER_SECOND)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise WorkerConfigError(f"{contract.ENV_CALLS_PER_SECOND} must be a number, got {raw!r}") from exc
+    if not (value > 0 and math.isfinite(value)):
+        raise WorkerConfigError(f"{contract.ENV_CALLS_PER_SECOND} must be > 0, got {raw!r}")
+    return value
 
 
 def _required(env: Mapping[str, str], name: str) -> str:
@@ -186,6 +204,10 @@ class WorkerDeps:
     """Where item counts and timings go; flushed at the end of every batch."""
     timer: Callable[[], float] = time.perf_counter
     """Monotonic seconds, to time the target call."""
+    limiter: RateLimiter | None = None
+    """Where each real call reserves its slot under the calls-per-second limit; None: no limit."""
+    sleep: Callable[[float], None] = time.sleep
+    """How the worker waits for its slot."""
 
 
 class VisibleDepths(Mapping[str, int]):
@@ -429,6 +451,9 @@ def _call_target(
     def attempt() -> Outcome:
         if spent:
             raise AttemptsSpent(f"{receive_count - 1} deliveries without a finished attempt")
+        # Here, inside the idempotent attempt: a replay of a stored outcome calls nothing and
+        # takes no slot.
+        _wait_for_slot(deps, remaining_ms, log)
         started = deps.timer()
         try:
             result = deps.target(message.item, ctx)
@@ -480,6 +505,27 @@ def _call_target(
     return delay
 
 
+def _wait_for_slot(deps: WorkerDeps, remaining_ms: int, log: dict[str, Any]) -> None:
+    """Reserve this call's slot under the calls-per-second limit and sleep until it comes.
+
+    A slot further away than half the remaining time is not reserved: the message goes back
+    (RetryLater) to come again when the slot would be free. Validation keeps that from happening
+    in a sound stack: at most `concurrency` slots are ever reserved ahead, and concurrency /
+    calls_per_second must fit in half the worker timeout.
+    """
+    if deps.limiter is None:
+        return
+    decision = deps.limiter.reserve(max_wait=remaining_ms / 1000 * contract.RATE_MAX_WAIT_SHARE)
+    if isinstance(decision, Denied):
+        logger.warning("rate limit slot too far away", extra=log | {"wait_s": round(decision.wait, 3)})
+        raise RetryLater(math.ceil(decision.wait), "calls-per-second limit: next slot too far away")
+    # Until the slot itself, not for `wait`: the reservation's own round trip is already spent,
+    # and a call that starts late crowds the next second's window.
+    delay = decision.at - deps.clock()
+    if delay > 0:
+        deps.sleep(delay)
+
+
 def _complete(message: WorkMessage, outcome: Outcome, deps: WorkerDeps, log: dict[str, Any]) -> None:
     if outcome.output is None:
         deps.tokens.fail(message.token, outcome.error, outcome.cause)
@@ -516,12 +562,14 @@ def _deps() -> WorkerDeps:
     # Standard retry mode backs off on throttling and transient errors, so a throttled
     # SendTaskSuccess is retried by botocore rather than lost.
     client_config = Config(retries={"mode": "standard", "max_attempts": 5})
+    ddb = boto3.client("dynamodb", config=client_config)
     persistence = DynamoDBPersistenceLayer(
         table_name=config.idempotency_table,
         key_attr=contract.IDEMPOTENCY_KEY_ATTRIBUTE,
         expiry_attr=contract.IDEMPOTENCY_EXPIRY_ATTRIBUTE,
-        boto3_client=boto3.client("dynamodb", config=client_config),
+        boto3_client=ddb,
     )
+    function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", LOCAL_FUNCTION_NAME)
     return WorkerDeps(
         config=config,
         queues=SqsQueues(boto3.client("sqs", config=client_config)),
@@ -529,9 +577,15 @@ def _deps() -> WorkerDeps:
         target=load_target(os.environ.get(contract.ENV_TARGET, contract.HTTP_TARGET)),
         once=OncePerItem(persistence, config.idempotency_ttl_seconds),
         # Lambda sets it; the dashboard and alarms query the same name (the function's).
-        metrics=WorkerMetrics(os.environ.get("AWS_LAMBDA_FUNCTION_NAME", LOCAL_FUNCTION_NAME)),
+        metrics=WorkerMetrics(function_name),
         spill=ResultSpill(boto3.client("s3", config=client_config), config.results_bucket)
         if config.results_bucket
+        else None,
+        # One limiter per function: every invocation of it shares the item `rate#<function>`.
+        limiter=DynamoRateLimiter(
+            ddb, config.idempotency_table, function_name, interval_for(config.calls_per_second)
+        )
+        if config.calls_per_second
         else None,
     )
 

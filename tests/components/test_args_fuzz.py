@@ -117,6 +117,18 @@ FIELDS: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]] = {
     "http_timeout_seconds": number(0.1, 900),
     "priorities": PRIORITIES,
     "default_priority": (st.nothing(), st.text(max_size=8)),  # the valid one depends on priorities
+    # The valid range depends on concurrency and the worker timeout: only bad values are fuzzed
+    # (test_validation covers the valid ones and the cross-field rule).
+    "calls_per_second": (
+        st.nothing(),
+        st.one_of(
+            st.floats(max_value=0.0),
+            st.floats(min_value=1_000.001),
+            st.just(math.nan),
+            st.text(max_size=3),
+            st.booleans(),
+        ),
+    ),
 }
 UNKNOWN_ARGS = ("surprise", "queue_kms_key", "http_url")
 
@@ -127,6 +139,8 @@ def fan_out_args(draw: st.DrawFn) -> tuple[dict[str, Any], set[str]]:
     chosen = draw(st.sets(st.sampled_from(sorted(FIELDS)), max_size=6)) | {"concurrency"}
     bad = draw(st.sets(st.sampled_from(sorted(chosen)), max_size=2))
     args: dict[str, Any] = {"http_target": {"url": HTTP_URL}}
+    if "calls_per_second" not in bad:
+        chosen.discard("calls_per_second")
     for field in sorted(chosen - {"default_priority"}):
         value = draw(FIELDS[field][field in bad])
         if field == "http_timeout_seconds":

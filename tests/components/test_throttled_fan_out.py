@@ -335,3 +335,29 @@ def test_ticket_dispatch_is_the_default() -> None:
     assert ticket_state["Resource"] == "arn:aws:states:::sqs:sendMessage"
     assert ticket_state["Parameters"]["QueueUrl"] == url(ticket)
     assert ticket_state["Next"] == "Inline-EnqueueHIGH"
+
+
+def test_a_calls_per_second_limit_reaches_the_worker_and_needs_no_new_permission() -> None:
+    plain = build({"concurrency": 4, "http_target": HTTP})
+    limited = build({"concurrency": 4, "http_target": HTTP, "calls_per_second": 2.5})
+    env = limited.named("orders-worker-function").inputs["environment"]["variables"]
+    assert env[contract.ENV_CALLS_PER_SECOND] == "2.5"
+    assert (
+        contract.ENV_CALLS_PER_SECOND
+        not in plain.named("orders-worker-function").inputs["environment"]["variables"]
+    )
+    # The limiter's item lives in the idempotency table, which the worker already writes.
+    assert (
+        limited.named("orders-worker-policy").inputs["policy"]
+        == plain.named("orders-worker-policy").inputs["policy"]
+    )
+
+
+def test_calls_per_second_comes_from_stack_config() -> None:
+    import runpy
+
+    root = Path(__file__).resolve().parents[2]
+    config = {"sluice:concurrency": "2", "sluice:httpUrl": HTTP["url"], "sluice:callsPerSecond": "0.5"}
+    rec = run_program(lambda: runpy.run_path(str(root / "__main__.py")), config=config)
+    env = rec.named("sluice-worker-function").inputs["environment"]["variables"]
+    assert env[contract.ENV_CALLS_PER_SECOND] == "0.5"

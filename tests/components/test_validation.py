@@ -58,6 +58,21 @@ def construct(args: dict[str, Any]) -> list[str]:
         ({"esm_maximum_concurrency": 1}, "esm_maximum_concurrency must be between 2 and 1000, got 1"),
         ({"retry_base_seconds": float("nan")}, "retry_base_seconds must be a number"),
         (
+            {"calls_per_second": 0},
+            "calls_per_second must be > 0 and at most 1000, got 0.0 (set sluice:callsPerSecond)",
+        ),
+        ({"calls_per_second": -2.5}, "calls_per_second must be > 0 and at most 1000, got -2.5"),
+        ({"calls_per_second": 1500}, "calls_per_second must be > 0 and at most 1000, got 1500.0"),
+        ({"calls_per_second": "4"}, "calls_per_second must be a number, got '4' (set sluice:callsPerSecond)"),
+        ({"calls_per_second": float("nan")}, "calls_per_second must be a number"),
+        (
+            # 4 invocations at 0.2/s: the last waits 21 s for its slot, over 30 / 2 - 1 = 14 s.
+            {"calls_per_second": 0.2},
+            "calls_per_second is too low for concurrency 4: a call could wait 21.0s for its slot, more "
+            "than half the worker timeout (30s) less 1s; lower the concurrency (sluice:concurrency) or "
+            "raise the timeout (sluice:workerTimeoutSeconds), got 0.2 (set sluice:callsPerSecond)",
+        ),
+        (
             {"default_priority": "LOW"},
             "default_priority must be one of ['HIGH', 'NORMAL', 'BATCH'], got 'LOW'",
         ),

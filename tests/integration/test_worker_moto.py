@@ -12,6 +12,7 @@ import io
 import itertools
 import json
 import logging
+import threading
 import time
 import uuid
 from collections import Counter
@@ -23,12 +24,17 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from localcloud.moto_fixes import aws_like_heartbeats
+from localcloud.moto_fixes import atomic_dynamodb_writes, aws_like_heartbeats
 from sluice_fanout.components.documents import DEFAULT_THROTTLE_RULE, build_item_processor
-from sluice_fanout.handlers.adapters import SqsQueues, TaskTokens
-from sluice_fanout.handlers.contract import ATTR_DEAD_LETTER_REASON, RESULT_POINTER_FIELD
+from sluice_fanout.handlers.adapters import DynamoRateLimiter, SqsQueues, TaskTokens
+from sluice_fanout.handlers.contract import (
+    ATTR_DEAD_LETTER_REASON,
+    RATE_WINDOW_ALLOWANCE_S,
+    RESULT_POINTER_FIELD,
+)
 from sluice_fanout.handlers.metrics import WorkerMetrics
 from sluice_fanout.handlers.once import OncePerItem, ResultSpill
+from sluice_fanout.handlers.rate import Denied, Grant, interval_for
 from sluice_fanout.handlers.target import PermanentFailure, RetryLater, TargetContext
 from sluice_fanout.handlers.worker import QueueRef, WorkerConfig, WorkerDeps, handle_batch, logger
 from tests.support.idempotency import create_idempotency_table, idempotency_store
@@ -802,3 +808,91 @@ def test_a_ticket_measures_the_wait_of_the_payload_it_pulls(
             ItemsProcessed=("Count", 1.0),
         )
     ]
+
+
+class CountingLimiter:
+    """A limiter that always grants at once (or denies), counting the reservations."""
+
+    def __init__(self, denied_wait: float | None = None) -> None:
+        self.reservations = 0
+        self._denied_wait = denied_wait
+
+    def reserve(self, max_wait: float) -> Grant | Denied:
+        self.reservations += 1
+        if self._denied_wait is not None:
+            return Denied(self._denied_wait)
+        now = time.time()
+        return Grant(at=now, wait=0.0, tat=now + 1)
+
+
+def test_calls_under_a_rate_limit_are_spaced_across_concurrent_invocations(rig: Rig) -> None:
+    """Three invocations at once, each its own sandbox (its own limiter object), share the limit
+    through the table: the target's calls are one interval apart however they interleave."""
+    rate = 10.0
+    interval = interval_for(rate)
+    called_at: list[float] = []
+    lock = threading.Lock()
+
+    def timed(item: Any, ctx: TargetContext) -> Any:
+        with lock:
+            called_at.append(time.time())
+        return ok(item, ctx)
+
+    runs = [rig.start({"id": f"r{i}", "priority": "NORMAL"}, index=i) for i in range(6)]
+    wait_visible(rig, "NORMAL", 6)
+    records: list[Any] = []
+    deadline = time.monotonic() + DEADLINE_S
+    while len(records) < 6 and time.monotonic() < deadline:
+        records += rig.receive("NORMAL")["Records"]
+    assert len(records) == 6
+    events = [{"Records": records[i : i + 2]} for i in range(0, 6, 2)]
+
+    def invoke(event: dict[str, Any]) -> None:
+        limiter = DynamoRateLimiter(rig.ddb, TABLE, "worker", interval)
+        assert handle_batch(event, None, dataclasses.replace(rig.deps(timed), limiter=limiter)) == {
+            "batchItemFailures": []
+        }
+
+    with atomic_dynamodb_writes():
+        threads = [threading.Thread(target=invoke, args=(e,)) for e in events]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=DEADLINE_S)
+    assert len(called_at) == 6
+    calls = sorted(called_at)
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    # A call starts at or after its slot (sleep never wakes early), but a slot that is due at
+    # once is reached only after the reservation's write: that call may be late by the write's
+    # latency, which the allowance in the interval is there to absorb.
+    assert min(gaps) >= interval - RATE_WINDOW_ALLOWANCE_S, gaps
+    assert calls[-1] - calls[0] >= 5 * interval - RATE_WINDOW_ALLOWANCE_S
+    for run in runs:
+        assert rig.output(run)["status"] == "SUCCEEDED"
+
+
+def test_a_replay_takes_no_rate_limit_slot(rig: Rig) -> None:
+    """The same item sent again (new token) is answered from its stored outcome: one call, one
+    reservation."""
+    limiter = CountingLimiter()
+    first_run = rig.start({"id": "k", "priority": "HIGH"}, index=2)
+    second_run = rig.start({"id": "k", "priority": "HIGH"}, index=2)
+    wait_visible(rig, "HIGH", 2)
+    event = rig.receive("HIGH")
+    assert len(event["Records"]) == 2
+    deps = dataclasses.replace(rig.deps(ok), limiter=limiter)
+    assert handle_batch(event, None, deps) == {"batchItemFailures": []}
+    assert rig.output(first_run)["result"] == rig.output(second_run)["result"]
+    assert (len(rig.target_calls), limiter.reservations) == (1, 1)
+
+
+def test_a_rate_limit_slot_too_far_away_returns_the_message_without_a_call(rig: Rig) -> None:
+    limiter = CountingLimiter(denied_wait=7.2)
+    rig.start({"id": "far", "priority": "NORMAL"})
+    event = rig.receive("NORMAL")
+    deps = dataclasses.replace(rig.deps(ok), limiter=limiter)
+    result = handle_batch(event, None, deps)
+    assert result == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
+    assert rig.target_calls == []
+    assert rig.visible("NORMAL") == 0  # returned with the wait (8 s) as its visibility
+    assert rig.sfn_calls["SendTaskSuccess"] == rig.sfn_calls["SendTaskFailure"] == 0

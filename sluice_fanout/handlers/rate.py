@@ -1,0 +1,69 @@
+"""A calls-per-second limit shared by every invocation of the worker: GCRA without burst.
+
+The generic cell rate algorithm keeps one number, the theoretical arrival time (TAT): the
+earliest moment the next call may start. A call that arrives at `now` is granted the slot
+`max(TAT, now)` and moves the TAT one interval past it, so granted slots are at least one
+interval apart whatever the arrival pattern. With no burst allowance, any window shorter than
+`rate` intervals holds at most `rate` slots.
+
+This module decides; it does not store, sleep or read the clock (adapters.DynamoRateLimiter
+keeps the TAT in DynamoDB, the worker sleeps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from sluice_fanout.handlers.contract import RATE_WINDOW_ALLOWANCE_S
+
+
+def interval_for(calls_per_second: float) -> float:
+    """Seconds between granted slots for a published rate."""
+    if not calls_per_second > 0:
+        raise ValueError(f"calls_per_second must be > 0, got {calls_per_second!r}")
+    return (1.0 + RATE_WINDOW_ALLOWANCE_S) / calls_per_second
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A reserved slot: start the call `wait` seconds from `now`; the next slot is at `tat`."""
+
+    at: float
+    wait: float
+    tat: float
+
+
+@dataclass(frozen=True)
+class Denied:
+    """The next slot is `wait` seconds away, longer than the caller can wait: nothing reserved."""
+
+    wait: float
+
+
+def reserve(
+    tat: float | None, now: float, interval: float, max_wait: float, lead: float = 0.0
+) -> Grant | Denied:
+    """Reserve the next slot at or after `now + lead`, unless it is more than `max_wait` away.
+
+    `tat` is the stored theoretical arrival time (None: never used, or expired). A slot in the
+    past is not kept: idle time does not bank calls for a later burst. `lead` is how long the
+    reservation itself may take: a slot that is due at once is set that far ahead, so the call
+    does not start late against the slots after it.
+    """
+    soonest = now + lead
+    slot = soonest if tat is None else max(tat, soonest)
+    wait = slot - now
+    if wait > max_wait:
+        return Denied(wait)
+    return Grant(at=slot, wait=wait, tat=slot + interval)
+
+
+class RateLimiter(Protocol):
+    """Where the worker reserves its slot; adapters.DynamoRateLimiter shares it across invocations."""
+
+    def reserve(self, max_wait: float) -> Grant | Denied: ...
+
+
+class RateLimiterContended(Exception):  # noqa: N818 - names the state, not a bug
+    """Every try to move the TAT lost to another invocation; the call is retried later."""
