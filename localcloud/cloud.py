@@ -12,6 +12,7 @@ from collections import Counter
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from unittest import mock
 
 import boto3
 from botocore.config import Config
@@ -118,11 +119,8 @@ def embedded_aws() -> Iterator[EmbeddedAws]:
 
         cleanup.enter_context(aws_like_heartbeats())
         cleanup.enter_context(atomic_dynamodb_writes())
-        original_invoke = LambdaFunction._invoke_lambda
-        LambdaFunction._invoke_lambda = invoke_in_sandbox  # type: ignore[method-assign]
-        cleanup.callback(setattr, LambdaFunction, "_invoke_lambda", original_invoke)
-        BaseResponse.call_action = counting_call_action  # type: ignore[method-assign]
-        cleanup.callback(setattr, BaseResponse, "call_action", original_call_action)
+        cleanup.enter_context(mock.patch.object(LambdaFunction, "_invoke_lambda", invoke_in_sandbox))
+        cleanup.enter_context(mock.patch.object(BaseResponse, "call_action", counting_call_action))
         yield cloud
 
 

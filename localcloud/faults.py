@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
+from unittest import mock
 
 from moto.core.exceptions import AWSError
 from moto.stepfunctions.parser.models import StepFunctionsParserBackend
@@ -76,8 +77,5 @@ class CompletionFaults:
                 raise ServiceUnavailableError("the caller was gone before this answered")
             return original(backend, task_token, outcome)
 
-        StepFunctionsParserBackend.send_task_success = send_task_success  # type: ignore[method-assign,assignment]
-        try:
+        with mock.patch.object(StepFunctionsParserBackend, "send_task_success", send_task_success):
             yield self
-        finally:
-            StepFunctionsParserBackend.send_task_success = original  # type: ignore[method-assign]

@@ -17,8 +17,9 @@ must answer like AWS.
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
+from unittest import mock
 
 from moto.core.exceptions import AWSError
 from moto.dynamodb.models import DynamoDBBackend
@@ -62,14 +63,8 @@ def _heartbeat(self: StepFunctionsParserBackend, task_token: str) -> SendTaskHea
     raise InvalidToken
 
 
-@contextmanager
-def aws_like_heartbeats() -> Iterator[None]:
-    original: Any = StepFunctionsParserBackend.send_task_heartbeat
-    StepFunctionsParserBackend.send_task_heartbeat = _heartbeat  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        StepFunctionsParserBackend.send_task_heartbeat = original  # type: ignore[method-assign]
+def aws_like_heartbeats() -> AbstractContextManager[Any]:
+    return mock.patch.object(StepFunctionsParserBackend, "send_task_heartbeat", _heartbeat)
 
 
 _DYNAMODB_WRITES = ("put_item", "update_item", "delete_item", "transact_write_items")
@@ -87,11 +82,8 @@ def _serialized(original: Any) -> Any:
 @contextmanager
 def atomic_dynamodb_writes() -> Iterator[None]:
     """Each DynamoDB write (condition check and update) happens as one step, as in AWS."""
-    originals = {name: getattr(DynamoDBBackend, name) for name in _DYNAMODB_WRITES}
-    for name, original in originals.items():
-        setattr(DynamoDBBackend, name, _serialized(original))
-    try:
+    with ExitStack() as patches:
+        for name in _DYNAMODB_WRITES:
+            serialized = _serialized(getattr(DynamoDBBackend, name))
+            patches.enter_context(mock.patch.object(DynamoDBBackend, name, serialized))
         yield
-    finally:
-        for name, original in originals.items():
-            setattr(DynamoDBBackend, name, original)
