@@ -41,6 +41,7 @@ IDEMPOTENCY_KEY_ATTRIBUTE = "id"
 IDEMPOTENCY_EXPIRY_ATTRIBUTE = "expiration"
 """Powertools' attribute names; the table's key and TTL must match them."""
 ENV_RESULTS_BUCKET = "SLUICE_RESULTS_BUCKET"
+"""Bucket for results too large to return through Step Functions."""
 ENV_CALLS_PER_SECOND = "SLUICE_CALLS_PER_SECOND"
 """The API's published rate; set only when the stack sets one."""
 RATE_WINDOW_ALLOWANCE_S = 0.05
@@ -56,7 +57,6 @@ RATE_MAX_WAIT_SHARE = 0.5
 """The longest a call waits for its rate-limit slot, as a share of the invocation's remaining
 time: the other half is for the call itself."""
 MAX_CALLS_PER_SECOND = 1_000.0  # one DynamoDB item takes at most 1000 writes a second (partition limit)
-"""Bucket for results too large to return through Step Functions."""
 
 # CloudWatch metrics the worker emits (EMF lines in its log, so no PutMetricData permission) and
 # the dashboard and alarms read. Every metric carries all three dimensions: CloudWatch matches a
@@ -80,12 +80,45 @@ METRIC_FORCED = "ItemsForced"
 METRIC_QUEUE_WAIT = "QueueWaitTime"
 """Milliseconds from SQS SentTimestamp to the delivery being worked (it keeps growing over retries)."""
 METRIC_API_LATENCY = "ApiLatency"
-"""Milliseconds spent in the target call (the legacy API), whatever it answered."""
+"""Milliseconds spent in a target call the API answered (not refused with 429/RetryLater): its
+sum over an interval is the concurrency the API actually served, the controller's capacity
+estimate; a refusal answers fast and would drag the latency signal down."""
+METRIC_API_CALLS = "ApiCalls"
+"""Count: calls to the target (the legacy API), refused and failed ones included; not replays."""
+METRIC_API_THROTTLED = "ApiThrottled"
+"""Count: calls the target refused with RetryLater (HTTP 429)."""
+METRIC_API_ERRORS = "ApiErrors"
+"""Count: calls that failed with a retryable error (5xx, timeout, any other exception)."""
+API_SIGNAL_METRICS = (METRIC_API_CALLS, METRIC_API_THROTTLED, METRIC_API_ERRORS)
 ITEM_COUNT_METRICS = (METRIC_PROCESSED, METRIC_FAILED, METRIC_RETRIED, METRIC_YIELDED, METRIC_FORCED)
 
 DISPATCH_YIELD = "yield"
 DISPATCH_TICKET = "ticket"
 DISPATCH_MODES = (DISPATCH_YIELD, DISPATCH_TICKET)
+
+# The adaptive controller: a scheduled function that moves the worker's concurrency limit
+# within [min, max] and pauses its event source mappings while the API is failing.
+ENV_CONTROLLER_WORKER = "SLUICE_CONTROLLER_WORKER"
+"""Name of the worker function whose reserved concurrency the controller sets."""
+ENV_CONTROLLER_MAPPINGS = "SLUICE_CONTROLLER_MAPPINGS"
+"""JSON list of the worker's event source mapping UUIDs (MaximumConcurrency, Enabled)."""
+ENV_CONTROLLER_PRIORITIES = "SLUICE_CONTROLLER_PRIORITIES"
+"""JSON list of priority names: the Priority dimensions of the worker metrics to read."""
+ENV_CONTROLLER_TABLE = "SLUICE_CONTROLLER_TABLE"
+"""DynamoDB table (the idempotency table) holding the controller's state item."""
+ENV_CONTROLLER_SETTINGS = "SLUICE_CONTROLLER_SETTINGS"
+"""JSON object. Required: min_limit, max_limit, interval_seconds, signal_delay_seconds.
+Optional (ControllerSettings defaults otherwise): throttle_threshold, error_threshold,
+latency_tolerance, min_calls, probe_intervals. `breaker`: null (no breaker) or an object with
+error_threshold, min_calls, open_seconds, probe_limit (BreakerSettings defaults otherwise)."""
+CONTROLLER_HANDLER = "sluice_fanout.handlers.autopilot.lambda_handler"
+CONTROLLER_STATE_PREFIX = "controller#"
+"""State item key: prefix + worker function name (next to the rate limiter's `rate#` item)."""
+CONTROLLER_SCHEDULE = "rate(1 minute)"  # EventBridge's shortest rate
+CONTROLLER_RUN_SECONDS = 60
+"""One invocation steps every interval_seconds for this long, then the next scheduled one takes
+over: control steps finer than the schedule allows."""
+CONTROLLER_INTERVALS_SECONDS = (1, 5, 10, 30, 60)  # GetMetricData periods of high-resolution metrics
 
 # Environment variables of the bundled HTTP target.
 ENV_HTTP_URL = "SLUICE_HTTP_URL"
