@@ -5,6 +5,7 @@ The composition root: the only place that reads pulumi.Config. No logic beyond m
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pulumi
@@ -44,6 +45,8 @@ STR_ARGS = (
 )
 BOOL_ARGS = ("dashboard", "alarms")
 OBJECT_ARGS = ("priorities", "throttle_rule", "input_bucket_arns")
+CAMEL_OBJECT_ARGS = ("adaptive",)
+"""Objects whose keys are camelCase in config (`minConcurrency`) and snake_case as args."""
 HTTP_KEYS = {
     "url": "httpUrl",
     "secret_arn": "httpSecretArn",
@@ -55,6 +58,10 @@ HTTP_KEYS = {
 
 def _key(arg: str) -> str:
     return config_key(arg).removeprefix("sluice:")
+
+
+def _snake(key: str) -> str:
+    return re.sub(r"[A-Z]", lambda m: "_" + m.group(0).lower(), key)
 
 
 config = pulumi.Config("sluice")
@@ -74,6 +81,10 @@ for arg in STR_ARGS:
 for arg in OBJECT_ARGS:
     if (obj := config.get_object(_key(arg))) is not None:
         args[arg] = obj
+for arg in CAMEL_OBJECT_ARGS:
+    if (obj := config.get_object(_key(arg))) is not None:
+        # Anything but an object is passed on as given, for the component to refuse by name.
+        args[arg] = {_snake(k): v for k, v in obj.items()} if isinstance(obj, dict) else obj
 http: dict[str, Any] = {k: v for k, key in HTTP_KEYS.items() if (v := config.get(key)) is not None}
 if (timeout := config.get_float("httpTimeoutSeconds")) is not None:
     http["timeout_seconds"] = timeout
@@ -91,3 +102,5 @@ pulumi.export("idempotencyTable", fan_out.idempotency_table_name)
 if fan_out.dashboard_name is not None:
     pulumi.export("dashboardName", fan_out.dashboard_name)
 pulumi.export("alarmArns", fan_out.alarm_arns)
+if fan_out.controller_function_name is not None:
+    pulumi.export("controllerFunctionName", fan_out.controller_function_name)

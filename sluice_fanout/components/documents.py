@@ -432,6 +432,59 @@ def build_worker_policy(
     return {"Version": "2012-10-17", "Statement": statements}
 
 
+def event_source_mapping_arn(function_arn: str, uuid: str) -> str:
+    """An event source mapping's ARN, from its function's: the same partition, region and account
+    (`arn:aws:lambda:<region>:<account>:event-source-mapping:<uuid>`)."""
+    prefix = function_arn.split(":function:", 1)[0]
+    return f"{prefix}:event-source-mapping:{uuid}"
+
+
+def build_controller_policy(
+    *,
+    worker_function_arn: str,
+    mapping_arns: Sequence[str],
+    state_table_arn: str,
+    state_key: str,
+    log_group_arn: str,
+) -> dict[str, Any]:
+    """What the adaptive controller may do: read the worker's metrics, set the worker's reserved
+    concurrency and its mappings' MaximumConcurrency and Enabled, keep its one state item, log.
+
+    The table is the worker's idempotency table; dynamodb:LeadingKeys confines the controller to
+    its own item (`state_key`), so it can never read or overwrite an item's stored outcome.
+    """
+    state = _statement(
+        "KeepControllerState",
+        ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"],
+        [state_table_arn],
+    )
+    state["Condition"] = {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [state_key]}}
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            # Unavoidable wildcard: GetMetricData supports no resource-level permissions (IAM's
+            # service authorization reference lists Resource "*" only). It reads, never writes.
+            _statement("ReadWorkerMetrics", ["cloudwatch:GetMetricData"], ["*"]),
+            _statement(
+                "SetWorkerConcurrency",
+                ["lambda:GetFunctionConcurrency", "lambda:PutFunctionConcurrency"],
+                [worker_function_arn],
+            ),
+            _statement(
+                "SetWorkerMappings",
+                ["lambda:GetEventSourceMapping", "lambda:UpdateEventSourceMapping"],
+                mapping_arns,
+            ),
+            state,
+            _statement(
+                "WriteOwnLogs",
+                ["logs:CreateLogStream", "logs:PutLogEvents"],
+                [log_group_arn, f"{log_group_arn}:*"],
+            ),
+        ],
+    }
+
+
 def build_aggregate_policy(*, results_bucket_arn: str, log_group_arn: str) -> dict[str, Any]:
     return {
         "Version": "2012-10-17",

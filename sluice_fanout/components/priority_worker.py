@@ -117,6 +117,11 @@ class PriorityWorkerArgs(TypedDict):
     queue_kms_key_arn: NotRequired[str]
     """The customer KMS key encrypting the queues (as given to PriorityQueues), if any: the role
     may then decrypt what it receives and encrypt what it dead-letters, with that key only."""
+    controlled: NotRequired[bool]
+    """An AdaptiveController sets the function's reserved concurrency and the mappings'
+    MaximumConcurrency and Enabled at run time: Pulumi ignores changes to them, so a later
+    `pulumi up --refresh` does not undo the controller. `concurrency` and
+    esm_maximum_concurrency are then only the values they start from. Default False."""
 
 
 class PriorityWorker(pulumi.ComponentResource):
@@ -127,6 +132,7 @@ class PriorityWorker(pulumi.ComponentResource):
     role_arn: pulumi.Output[str]
     idempotency_table_name: pulumi.Output[str]
     """DynamoDB table of per-item idempotency records (key `id`, TTL attribute `expiration`)."""
+    idempotency_table_arn: pulumi.Output[str]
     mapping_uuids: pulumi.Output[dict[str, str]]
     """Event source mapping UUID by priority, or under TICKETS for the ticket dispatch (to pause
     consumption: disable the mapping)."""
@@ -240,7 +246,11 @@ class PriorityWorker(pulumi.ComponentResource):
             environment={"variables": env},
             logging_config={"log_format": "JSON", "log_group": log_group.name},
             # The mappings start polling as soon as they exist: the role must already allow it.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[policy]),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[policy],
+                ignore_changes=["reserved_concurrent_executions"] if cfg.controlled else None,
+            ),
         )
         # yield: one mapping per priority queue. ticket: only the ticket queue triggers the
         # worker; payloads are pulled by the worker itself, highest priority first.
@@ -257,7 +267,9 @@ class PriorityWorker(pulumi.ComponentResource):
                 batch_size=cfg.batch_size if cfg.dispatch == contract.DISPATCH_YIELD else 1,
                 function_response_types=["ReportBatchItemFailures"],
                 scaling_config={"maximum_concurrency": cfg.esm_maximum_concurrency},
-                opts=child,
+                opts=pulumi.ResourceOptions(
+                    parent=self, ignore_changes=["scaling_config", "enabled"] if cfg.controlled else None
+                ),
             )
             for source, arn in sources.items()
         }
@@ -266,6 +278,7 @@ class PriorityWorker(pulumi.ComponentResource):
         self.function_arn = function.arn
         self.role_arn = role.arn
         self.idempotency_table_name = table.name
+        self.idempotency_table_arn = table.arn
         self.mapping_uuids = pulumi.Output.all(**{p: m.uuid for p, m in mappings.items()}).apply(dict)
         self.register_outputs(
             {
@@ -273,6 +286,7 @@ class PriorityWorker(pulumi.ComponentResource):
                 "function_arn": self.function_arn,
                 "role_arn": self.role_arn,
                 "idempotency_table_name": self.idempotency_table_name,
+                "idempotency_table_arn": self.idempotency_table_arn,
                 "mapping_uuids": self.mapping_uuids,
             }
         )
@@ -362,6 +376,7 @@ class WorkerSettings:
     share_period: int
     idempotency_ttl_seconds: int
     kms_key_arn: str | None
+    controlled: bool
 
 
 def check_worker_args(name: str, args: Mapping[str, Any], component: str = COMPONENT) -> WorkerSettings:
@@ -438,4 +453,5 @@ def check_worker_args(name: str, args: Mapping[str, Any], component: str = COMPO
         share_period=whole("share_period", 10, 2, 1_000),
         idempotency_ttl_seconds=whole("idempotency_ttl_seconds", 345_600, 3_600, 31_536_000),
         kms_key_arn=v.check_kms_key_arn(c, name, "queue_kms_key_arn", args.get("queue_kms_key_arn")),
+        controlled=v.check_bool(c, name, "controlled", args.get("controlled", False)),
     )

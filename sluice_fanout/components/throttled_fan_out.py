@@ -9,6 +9,12 @@ from typing import Any, NotRequired, TypedDict, cast
 import pulumi
 
 from sluice_fanout.components import validation as v
+from sluice_fanout.components.adaptive_controller import (
+    AdaptiveArgs,
+    AdaptiveController,
+    AdaptiveControllerArgs,
+    check_adaptive_args,
+)
 from sluice_fanout.components.fan_out_workflow import (
     SFN_MAX_TIMEOUT_SECONDS,
     FanOutWorkflow,
@@ -19,6 +25,7 @@ from sluice_fanout.components.observability import Observability
 from sluice_fanout.components.observability_documents import DEFAULT_HIGH_AGE_ALARM_SECONDS
 from sluice_fanout.components.priority_queues import PriorityQueues, PriorityQueuesArgs, check_queue_args
 from sluice_fanout.components.priority_worker import (
+    TICKETS,
     HttpTargetArgs,
     PriorityWorker,
     PriorityWorkerArgs,
@@ -86,7 +93,8 @@ class ThrottledFanOutArgs(TypedDict):
     batch_size: NotRequired[int]
     """Messages per worker invocation. Default 1."""
     esm_maximum_concurrency: NotRequired[int]
-    """Per-queue mapping MaximumConcurrency. Default max(2, concurrency)."""
+    """Per-queue mapping MaximumConcurrency. Default max(2, concurrency). Not with `adaptive`,
+    whose controller sets it."""
     force_after_receives: NotRequired[int]
     """Receive count from which a lower-priority message no longer yields. Default 3."""
     max_attempts: NotRequired[int]
@@ -97,6 +105,11 @@ class ThrottledFanOutArgs(TypedDict):
     """First backoff after a retryable error. Default 2."""
     retry_max_seconds: NotRequired[float]
     """Backoff cap. Default 300."""
+    adaptive: NotRequired[AdaptiveArgs]
+    """Let a scheduled controller move the worker's concurrency limit between
+    adaptive.min_concurrency and `concurrency` from the API's 429s, errors and latency, and
+    pause the worker while the API is failing (see README, "Adaptive concurrency"). Default
+    none: the limit is `concurrency`, fixed."""
     calls_per_second: NotRequired[float]
     """The legacy API's published rate, enforced alongside `concurrency` across all worker
     invocations (a limiter on the idempotency table). Default none."""
@@ -167,6 +180,9 @@ class ThrottledFanOut(pulumi.ComponentResource):
     """The CloudWatch dashboard, or None when disabled."""
     alarm_arns: pulumi.Output[dict[str, str]]
     """Alarm ARN by role (`dlq-<priority>`, `dlq-tickets`, `age-<highest>`, `worker-errors`)."""
+    controller_function_name: pulumi.Output[str] | None
+    """The adaptive controller's Lambda function (its logs show each step's signal and
+    decision), or None without `adaptive`."""
 
     def __init__(
         self, name: str, args: ThrottledFanOutArgs, opts: pulumi.ResourceOptions | None = None
@@ -187,6 +203,7 @@ class ThrottledFanOut(pulumi.ComponentResource):
             "alarms",
             "high_age_alarm_seconds",
             "alarm_topic_arn",
+            "adaptive",
             *_QUEUE_ARGS,
             *_WORKER_ARGS,
             *_WORKFLOW_ARGS,
@@ -253,6 +270,24 @@ class ThrottledFanOut(pulumi.ComponentResource):
         check_queue_args(name, queue_args, COMPONENT)
         worker_settings = check_worker_args(name, worker_args_plain, COMPONENT)
         check_workflow_args(name, workflow_args_plain, COMPONENT)
+        adaptive = "adaptive" in args
+        if adaptive:
+            if "esm_maximum_concurrency" in args:
+                raise v.fail(
+                    COMPONENT,
+                    name,
+                    "esm_maximum_concurrency",
+                    "must not be set with adaptive: the controller sets each mapping's MaximumConcurrency",
+                    args["esm_maximum_concurrency"],
+                )
+            check_adaptive_args(
+                COMPONENT,
+                name,
+                args["adaptive"],
+                concurrency=worker_settings.concurrency,
+                callback_timeout_seconds=callback_timeout if waits else None,
+            )
+            worker_args_plain["controlled"] = True
         dashboard = v.check_bool(COMPONENT, name, "dashboard", args.get("dashboard", True))
         alarms = v.check_bool(COMPONENT, name, "alarms", args.get("alarms", True))
         high_age = v.check_int(
@@ -293,6 +328,25 @@ class ThrottledFanOut(pulumi.ComponentResource):
             },
         )
         worker = PriorityWorker(f"{name}-worker", worker_args, child)
+        controller = None
+        if adaptive:
+            mapping_keys = [TICKETS] if dispatch == DISPATCH_TICKET else priorities
+            controller = AdaptiveController(
+                f"{name}-controller",
+                AdaptiveControllerArgs(
+                    adaptive=args["adaptive"],
+                    max_concurrency=worker_settings.concurrency,
+                    callback_timeout_seconds=callback_timeout,
+                    priorities=priorities,
+                    worker_function_name=worker.function_name,
+                    worker_function_arn=worker.function_arn,
+                    mapping_uuids=worker.mapping_uuids.apply(lambda u: [u[k] for k in mapping_keys]),
+                    state_table_name=worker.idempotency_table_name,
+                    state_table_arn=worker.idempotency_table_arn,
+                    log_retention_days=retention,
+                ),
+                child,
+            )
         observability = Observability(
             f"{name}-observability",
             {
@@ -320,6 +374,7 @@ class ThrottledFanOut(pulumi.ComponentResource):
         self.idempotency_table_name = worker.idempotency_table_name
         self.dashboard_name = observability.dashboard_name
         self.alarm_arns = observability.alarm_arns
+        self.controller_function_name = controller.function_name if controller else None
         self.register_outputs(
             {
                 "state_machine_arn": self.state_machine_arn,
@@ -330,6 +385,7 @@ class ThrottledFanOut(pulumi.ComponentResource):
                 "idempotency_table_name": self.idempotency_table_name,
                 "dashboard_name": self.dashboard_name,
                 "alarm_arns": self.alarm_arns,
+                "controller_function_name": self.controller_function_name,
             }
         )
 

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from sluice_fanout import plugin
+from sluice_fanout.components.adaptive_controller import AdaptiveArgs
 from sluice_fanout.components.priority_worker import HttpTargetArgs
 from sluice_fanout.components.throttled_fan_out import ThrottledFanOut, ThrottledFanOutArgs
 from tests.support.mocks import run_program
@@ -34,6 +35,7 @@ from tests.support.mocks import run_program
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "sluice:index:ThrottledFanOut"
 HTTP_TYPE = "sluice:index:HttpTargetArgs"
+ADAPTIVE_TYPE = "sluice:index:AdaptiveArgs"
 OUTPUTS = (
     "state_machine_arn",
     "queue_urls",
@@ -43,14 +45,16 @@ OUTPUTS = (
     "idempotency_table_name",
     "dashboard_name",
     "alarm_arns",
+    "controller_function_name",
 )
-OPTIONAL_OUTPUTS = {"dashboard_name"}
+OPTIONAL_OUTPUTS = {"dashboard_name", "controller_function_name"}
 """Declared `pulumi.Output[...] | None`: absent when its feature is turned off."""
 SCALARS = {int: "integer", float: "number", str: "string", bool: "boolean"}
 # How each non-scalar arg is offered; `plain` is what the component needs as a plain value.
 NON_SCALAR_INPUTS: dict[str, dict[str, Any]] = {
     "priorities": {"type": "array", "items": {"type": "string", "plain": True}, "plain": True},
     "httpTarget": {"$ref": f"#/types/{HTTP_TYPE}", "plain": True},
+    "adaptive": {"$ref": f"#/types/{ADAPTIVE_TYPE}", "plain": True},
     "throttleRule": {
         "type": "object",
         "additionalProperties": {"$ref": "pulumi.json#/Any", "plain": True},
@@ -107,7 +111,7 @@ def test_package_offers_throttled_fan_out_as_a_component(schema: dict[str, Any])
     assert list(schema["resources"]) == [TOKEN]
     assert schema["resources"][TOKEN]["isComponent"] is True
     assert schema["resources"][TOKEN]["description"] == ThrottledFanOut.__doc__
-    assert list(schema["types"]) == [HTTP_TYPE]
+    assert sorted(schema["types"]) == [ADAPTIVE_TYPE, HTTP_TYPE]
 
 
 def test_every_arg_is_an_input_described_by_its_docstring(resource: dict[str, Any]) -> None:
@@ -156,6 +160,25 @@ def test_http_target_is_a_type_with_described_properties(schema: dict[str, Any])
     }
 
 
+def test_adaptive_is_a_type_with_described_plain_properties(schema: dict[str, Any]) -> None:
+    adaptive = schema["types"][ADAPTIVE_TYPE]
+    docs = field_docstrings(AdaptiveArgs)
+    assert adaptive["type"] == "object"
+    assert {name: prop.get("description") for name, prop in adaptive["properties"].items()} == {
+        camel(arg): docs.get(arg) for arg in AdaptiveArgs.__annotations__
+    }
+    assert all(docs.get(arg) for arg in AdaptiveArgs.__annotations__)
+    assert "required" not in adaptive  # every field has a default
+    kinds = {"integer": int, "number": float, "boolean": bool}
+    assert {name: without_descriptions(prop) for name, prop in adaptive["properties"].items()} == {
+        camel(arg): {
+            "type": next(k for k, t in kinds.items() if t is typing.get_args(hint)[0]),
+            "plain": True,
+        }
+        for arg, hint in AdaptiveArgs.__annotations__.items()
+    }
+
+
 def test_every_output_has_its_type_and_docstring(resource: dict[str, Any]) -> None:
     declared = [name for name in ThrottledFanOut.__annotations__ if not name.startswith("_")]
     assert set(OUTPUTS) <= set(declared)
@@ -177,15 +200,22 @@ def test_whole_numbers_from_other_languages_arrive_as_int() -> None:
     provider = plugin.provider()
     definition = provider._component_defs["ThrottledFanOut"]
     mapped = provider.map_inputs(
-        {"concurrency": 4.0, "maxAttempts": 2.5, "httpTarget": {"url": "u", "timeoutSeconds": 3.0}},
+        {
+            "concurrency": 4.0,
+            "maxAttempts": 2.5,
+            "httpTarget": {"url": "u", "timeoutSeconds": 3.0},
+            "adaptive": {"minConcurrency": 2.0, "throttleShare": 0.1},
+        },
         definition,
     )
     assert mapped == {
         "concurrency": 4,
         "max_attempts": 2.5,
         "http_target": {"url": "u", "timeout_seconds": 3.0},
+        "adaptive": {"min_concurrency": 2, "throttle_share": 0.1},
     }
     assert type(mapped["concurrency"]) is int
+    assert type(mapped["adaptive"]["min_concurrency"]) is int
     # A fraction stays a float, for the component to refuse rather than truncate.
     assert type(mapped["max_attempts"]) is float
 
@@ -202,25 +232,31 @@ def test_sdk_still_delivers_whole_numbers_as_float() -> None:
     assert type(mapped["concurrency"]) is float
 
 
-def test_construct_from_another_language_builds_the_component() -> None:
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_construct_from_another_language_builds_the_component(adaptive: bool) -> None:
     """What a YAML program's `concurrency: 4` and `httpTarget: {url: ...}` become: the component
-    with its children, and state under the schema's output names."""
+    with its children, and state under the schema's output names (an optional output that is
+    None is left out of the state)."""
     state: dict[str, Any] = {}
+    inputs: dict[str, Any] = {"concurrency": 4.0, "httpTarget": {"url": "https://erp.example/api"}}
+    if adaptive:
+        inputs["adaptive"] = {"minConcurrency": 2.0, "intervalSeconds": 5.0}
 
     def program() -> None:
-        result = plugin.provider().construct(
-            "orders", TOKEN, {"concurrency": 4.0, "httpTarget": {"url": "https://erp.example/api"}}
-        )
+        result = plugin.provider().construct("orders", TOKEN, inputs)
         state.update(result.state)
 
     recorder = run_program(program)
-    assert sorted(state) == sorted(camel(name) for name in OUTPUTS)
+    expected = [n for n in OUTPUTS if adaptive or n != "controller_function_name"]
+    assert sorted(state) == sorted(camel(name) for name in expected)
     assert [r.name for r in recorder.resources if r.typ == TOKEN] == ["orders"]
-    assert {r.typ for r in recorder.resources} >= {
+    types = {r.typ for r in recorder.resources}
+    assert types >= {
         "sluice:index:PriorityQueues",
         "sluice:index:FanOutWorkflow",
         "sluice:index:PriorityWorker",
     }
+    assert ("sluice:index:AdaptiveController" in types) is adaptive
 
 
 def test_plugin_manifest_sits_with_its_own_entry_point() -> None:

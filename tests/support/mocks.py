@@ -72,7 +72,14 @@ def fake_attributes(typ: str, name: str) -> dict[str, Any]:
             "arn": f"arn:aws:dynamodb:{region}:{account}:table/{name}",
             "name": name,
         },
-        "aws:lambda/eventSourceMapping:EventSourceMapping": {"uuid": f"uuid-{name}"},
+        "aws:lambda/eventSourceMapping:EventSourceMapping": {
+            "uuid": f"uuid-{name}",
+            "arn": f"arn:aws:lambda:{region}:{account}:event-source-mapping:uuid-{name}",
+        },
+        "aws:cloudwatch/eventRule:EventRule": {
+            "arn": f"arn:aws:events:{region}:{account}:rule/{name}",
+            "name": name,
+        },
         "aws:cloudwatch/metricAlarm:MetricAlarm": {
             "arn": f"arn:aws:cloudwatch:{region}:{account}:alarm:{name}"
         },
