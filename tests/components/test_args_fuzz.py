@@ -20,7 +20,13 @@ from tests.support.mocks import ACCOUNT, REGION, run_program
 
 HTTP_URL = "https://erp.example.internal/api"
 KEY_ARN = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
-CROSS_FIELD = {"visibility_timeout_seconds", "max_receive_count"}
+CROSS_FIELD = {
+    "visibility_timeout_seconds",
+    "max_receive_count",
+    "esm_maximum_concurrency",  # refused with adaptive
+    "adaptive.min_concurrency",  # at most concurrency
+    "adaptive.breaker_open_seconds",  # below callback_timeout_seconds - 2 x interval_seconds
+}
 """Args whose rule involves others: valid values alone can still break it, and the error
 names this arg with its value in effect (its default when not given)."""
 
@@ -80,6 +86,58 @@ THROTTLE_RULE = (
     st.just({"Variable": "$.item.kind", "StringEquals": "erp"}),
     st.one_of(st.just({}), st.just({"Variable": "$.x", "IsPresent": True, "Next": "X"}), st.text(max_size=5)),
 )
+SHARE = (
+    st.floats(0, 1, exclude_max=True),
+    st.one_of(st.floats(max_value=0, exclude_max=True), st.floats(min_value=1), st.just(math.nan), junk),
+)
+ADAPTIVE_FIELDS: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]] = {
+    "min_concurrency": whole(1, 1_000),
+    "interval_seconds": (
+        st.sampled_from((1, 5, 10, 30, 60)),
+        st.one_of(st.integers().filter(lambda i: i not in (1, 5, 10, 30, 60)), junk),
+    ),
+    "signal_delay_seconds": whole(0, 59),
+    "throttle_share": SHARE,
+    "error_share": SHARE,
+    "latency_tolerance": (
+        st.floats(1, 100, exclude_min=True),
+        st.one_of(
+            st.floats(max_value=1), st.floats(min_value=100, exclude_min=True), st.just(math.nan), junk
+        ),
+    ),
+    "min_calls": whole(1, 1_000_000),
+    "probe_intervals": whole(1, 1_000_000),
+    "breaker": (st.booleans(), st.one_of(st.integers(), st.text(max_size=5), st.none())),
+    "breaker_error_share": SHARE,
+    "breaker_open_seconds": whole(0, 31_536_000),
+    "breaker_min_calls": whole(1, 1_000_000),
+}
+ADAPTIVE_DEFAULTS = {
+    "min_concurrency": 1,
+    "interval_seconds": 10,
+    "signal_delay_seconds": 10,
+    "breaker": True,
+    "breaker_error_share": 0.5,
+    "breaker_open_seconds": 120,
+    "breaker_min_calls": 20,
+}
+
+
+@st.composite
+def adaptive_args(draw: st.DrawFn, *, bad: bool) -> Any:
+    """AdaptiveArgs within their ranges, or with one field outside (or not an object at all)."""
+    if bad and draw(st.booleans()):
+        return draw(
+            st.one_of(st.none(), st.booleans(), st.text(max_size=8), st.integers(), st.lists(st.integers()))
+        )
+    fields = draw(st.sets(st.sampled_from(sorted(ADAPTIVE_FIELDS)), max_size=4))
+    adaptive = {field: draw(ADAPTIVE_FIELDS[field][0]) for field in sorted(fields)}
+    if bad:
+        field = draw(st.sampled_from(sorted(ADAPTIVE_FIELDS)))
+        adaptive[field] = draw(ADAPTIVE_FIELDS[field][1])
+    return adaptive
+
+
 FIELDS: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]] = {
     "concurrency": whole(1, 1_000),
     "dispatch": choice(("ticket", "yield")),
@@ -115,6 +173,7 @@ FIELDS: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]] = {
     "alarms": (st.booleans(), st.one_of(st.integers(), st.text(max_size=5), st.none())),
     "throttle_rule": THROTTLE_RULE,
     "http_timeout_seconds": number(0.1, 900),
+    "adaptive": (adaptive_args(bad=False), adaptive_args(bad=True)),
     "priorities": PRIORITIES,
     "default_priority": (st.nothing(), st.text(max_size=8)),  # the valid one depends on priorities
     # The valid range depends on concurrency and the worker timeout: only bad values are fuzzed
@@ -161,6 +220,9 @@ def fan_out_args(draw: st.DrawFn) -> tuple[dict[str, Any], set[str]]:
 
 
 def value_in_effect(args: dict[str, Any], arg: str) -> Any:
+    if arg.startswith("adaptive."):
+        field = arg.removeprefix("adaptive.")
+        return args["adaptive"].get(field, ADAPTIVE_DEFAULTS.get(field))
     if arg == "http_timeout_seconds":
         return args["http_target"].get("timeout_seconds", 10.0)
     if arg in args:
@@ -172,7 +234,7 @@ def value_in_effect(args: dict[str, Any], arg: str) -> Any:
     return defaults[arg]
 
 
-MESSAGE = re.compile(r"ThrottledFanOut 'orders': (\w+) (.+?), got (.*) \(set (sluice:\w+)\)", re.DOTALL)
+MESSAGE = re.compile(r"ThrottledFanOut 'orders': ([\w.]+) (.+?), got (.*) \(set (sluice:[\w.]+)\)", re.DOTALL)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -215,6 +277,30 @@ MESSAGE = re.compile(r"ThrottledFanOut 'orders': (\w+) (.+?), got (.*) \(set (sl
         {"callback_timeout_seconds"},
     )
 )
+@example(
+    (
+        {"concurrency": 2, "http_target": {"url": HTTP_URL}, "adaptive": {"min_concurrency": 3}},
+        set(),
+    )
+)
+@example(
+    (
+        {"concurrency": 2, "http_target": {"url": HTTP_URL}, "adaptive": {"interval_seconds": 7}},
+        {"adaptive"},
+    )
+)
+@example(
+    (
+        {"concurrency": 2, "http_target": {"url": HTTP_URL}, "adaptive": {}, "callback_timeout_seconds": 100},
+        set(),
+    )
+)
+@example(
+    (
+        {"concurrency": 2, "http_target": {"url": HTTP_URL}, "adaptive": {}, "esm_maximum_concurrency": 2},
+        set(),
+    )
+)
 def test_args_build_the_stack_or_fail_whole_naming_the_value(drawn: tuple[dict[str, Any], set[str]]) -> None:
     args, bad = drawn
     failure: list[SluiceConfigError] = []
@@ -241,6 +327,6 @@ def test_args_build_the_stack_or_fail_whole_naming_the_value(drawn: tuple[dict[s
     match = MESSAGE.fullmatch(message)
     assert match, message
     arg, _, got, key = match.groups()
-    assert arg in bad | CROSS_FIELD, message
+    assert arg in bad | CROSS_FIELD or arg.split(".")[0] in bad, message
     assert key == config_key(arg)
     assert got == repr(value_in_effect(args, arg))

@@ -12,6 +12,7 @@ import pytest
 
 from sluice_fanout.components.documents import (
     build_aggregate_policy,
+    build_controller_policy,
     build_map_run_policy,
     build_state_machine_definition,
     build_state_machine_policy,
@@ -126,6 +127,15 @@ POLICIES = {
     ),
     "map-run": build_map_run_policy(state_machine_arn=SM_ARN),
     "tls-only": build_tls_only_queue_policy(queue_arn=f"arn:aws:sqs:{REGION}:{ACCOUNT}:q"),
+    "controller": build_controller_policy(
+        worker_function_arn=f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:worker",
+        mapping_arns=[
+            f"arn:aws:lambda:{REGION}:{ACCOUNT}:event-source-mapping:0f1e2d3c-aaaa-bbbb-cccc-123456789012"
+        ],
+        state_table_arn=f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/idempotency",
+        state_key="controller#worker",
+        log_group_arn=LOGS,
+    ),
 }
 
 
@@ -159,4 +169,5 @@ def test_only_the_justified_statements_use_wildcard_resources() -> None:
         ("worker-kms-key", "AnswerTaskTokens"),
         ("state-machine", "DeliverExecutionLogs"),
         ("state-machine-kms-alias", "DeliverExecutionLogs"),
+        ("controller", "ReadWorkerMetrics"),
     }

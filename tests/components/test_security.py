@@ -45,8 +45,9 @@ STACKS: dict[str, dict[str, Any]] = {
         "http_target": HTTP,
         "queue_kms_key_arn": ALIAS_ARN,
     },
+    "adaptive": {"concurrency": 4, "dispatch": "yield", "http_target": HTTP, "adaptive": {}},
 }
-QUEUE_COUNT = {"ticket": 8, "yield": 6, "kms-key": 8, "kms-alias": 6}
+QUEUE_COUNT = {"ticket": 8, "yield": 6, "kms-key": 8, "kms-alias": 6, "adaptive": 6}
 """A queue and a DLQ per priority, plus the ticket queue and its DLQ with the ticket dispatch."""
 
 
@@ -217,6 +218,9 @@ WILDCARD_RESOURCE_ACTIONS = {
         ],
         "log delivery has no resource-level permissions (Step Functions logging guide)",
     ),
+    # The adaptive controller reads the worker's metrics; IAM's service authorization reference
+    # lists GetMetricData with Resource "*" only. It reads metrics, never changes anything.
+    "cloudwatch:GetMetricData": "no resource-level permissions; read only",
 }
 """The only actions that may be allowed on Resource "*", each with the reason."""
 
@@ -315,7 +319,8 @@ def test_every_policy_is_least_privilege(kind: str) -> None:
         for r in rec.resources
         if r.typ in ("aws:iam/rolePolicy:RolePolicy", "aws:iam/role:Role", "aws:sqs/queuePolicy:QueuePolicy")
     }
-    assert len(expected) == 7 + QUEUE_COUNT[kind]
+    # Three roles with a policy each, the map-run policy; the controller's role and policy.
+    assert len(expected) == 7 + QUEUE_COUNT[kind] + (2 if "adaptive" in STACKS[kind] else 0)
     assert expected <= owners
     assert privilege_problems(rec) == []
 
@@ -349,6 +354,49 @@ def test_the_privilege_walk_catches_broad_grants() -> None:
     finally:
         worker.inputs["policy"] = original
     assert privilege_problems(rec) == []
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"Action": ["lambda:UpdateEventSourceMapping"], "Resource": ["*"]},
+        {"Action": ["lambda:PutFunctionConcurrency"], "Resource": ["*"]},
+        {
+            "Action": ["lambda:UpdateEventSourceMapping"],
+            "Resource": [f"arn:aws:lambda:{REGION}:{ACCOUNT}:event-source-mapping:someone-elses"],
+        },
+        {
+            "Action": ["lambda:PutFunctionConcurrency"],
+            "Resource": [f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:x"],
+        },
+    ],
+)
+def test_the_walk_catches_a_controller_that_reaches_beyond_its_worker(bad: dict[str, Any]) -> None:
+    rec = stack("adaptive")
+    controller = rec.named("orders-controller-policy")
+    original = controller.inputs["policy"]
+    try:
+        policy = json.loads(original)
+        policy["Statement"].append({"Sid": "Bad", "Effect": "Allow", **bad})
+        controller.inputs["policy"] = json.dumps(policy)
+        assert [p for p in privilege_problems(rec) if "/Bad:" in p]
+    finally:
+        controller.inputs["policy"] = original
+    assert privilege_problems(rec) == []
+
+
+def test_the_controller_may_touch_only_its_own_state_item() -> None:
+    (state,) = [
+        s
+        for s in policy_of(stack("adaptive"), "orders-controller-policy")["Statement"]
+        if s["Sid"] == "KeepControllerState"
+    ]
+    assert state["Condition"] == {
+        "ForAllValues:StringEquals": {
+            "dynamodb:LeadingKeys": [contract.CONTROLLER_STATE_PREFIX + "orders-worker-function"]
+        }
+    }
+    assert "dynamodb:DeleteItem" not in state["Action"]
 
 
 # ---- 4. secrets by reference -----------------------------------------------------------------

@@ -90,6 +90,72 @@ def construct(args: dict[str, Any]) -> list[str]:
             "not both",
         ),
         ({"surprise": 1}, "unknown args ['surprise']"),
+        ({"adaptive": 3}, "adaptive must be an object with AdaptiveArgs fields, got 3 (set sluice:adaptive)"),
+        ({"adaptive": {"minimum": 1}}, "adaptive has unknown keys ['minimum']; known keys are ["),
+        (
+            {"adaptive": {"min_concurrency": 5}},
+            "adaptive.min_concurrency must be at most concurrency (4), got 5 "
+            "(set sluice:adaptive.minConcurrency)",
+        ),
+        (
+            {"adaptive": {"min_concurrency": 0}},
+            "adaptive.min_concurrency must be between 1 and 1000, got 0 (set sluice:adaptive.minConcurrency)",
+        ),
+        (
+            {"adaptive": {"interval_seconds": 15}},
+            "adaptive.interval_seconds must be one of [1, 5, 10, 30, 60], got 15 "
+            "(set sluice:adaptive.intervalSeconds)",
+        ),
+        (
+            {"adaptive": {"signal_delay_seconds": 60}},
+            "adaptive.signal_delay_seconds must be between 0 and 59, got 60",
+        ),
+        (
+            {"adaptive": {"signal_delay_seconds": -1}},
+            "adaptive.signal_delay_seconds must be between 0 and 59",
+        ),
+        (
+            {"adaptive": {"throttle_share": 1}},
+            "adaptive.throttle_share must be >= 0 and < 1, got 1 (set sluice:adaptive.throttleShare)",
+        ),
+        ({"adaptive": {"error_share": -0.1}}, "adaptive.error_share must be >= 0 and < 1, got -0.1"),
+        ({"adaptive": {"error_share": "0.1"}}, "adaptive.error_share must be a number, got '0.1'"),
+        (
+            {"adaptive": {"latency_tolerance": 1}},
+            "adaptive.latency_tolerance must be > 1 and at most 100, got 1 "
+            "(set sluice:adaptive.latencyTolerance)",
+        ),
+        (
+            {"adaptive": {"latency_tolerance": float("inf")}},
+            "adaptive.latency_tolerance must be > 1 and at most 100, got inf",
+        ),
+        ({"adaptive": {"min_calls": 0}}, "adaptive.min_calls must be between 1 and 1000000, got 0"),
+        ({"adaptive": {"probe_intervals": 1.5}}, "adaptive.probe_intervals must be a whole number, got 1.5"),
+        (
+            {"adaptive": {"breaker": "yes"}},
+            "adaptive.breaker must be true or false, got 'yes' (set sluice:adaptive.breaker)",
+        ),
+        ({"adaptive": {"breaker_error_share": 1.0}}, "adaptive.breaker_error_share must be >= 0 and < 1"),
+        ({"adaptive": {"breaker_min_calls": 0}}, "adaptive.breaker_min_calls must be between 1 and 1000000"),
+        (
+            # 120 s open + 2 x 10 s: the paused items' tokens would time out first.
+            {"callback_timeout_seconds": 140, "adaptive": {}},
+            "adaptive.breaker_open_seconds must be less than callback_timeout_seconds (140) - 2 x "
+            "adaptive.interval_seconds (10) = 120, so work paused while the breaker is open is resumed "
+            "before its task tokens time out, got 120 (set sluice:adaptive.breakerOpenSeconds)",
+        ),
+        (
+            {
+                "callback_timeout_seconds": 600,
+                "adaptive": {"breaker_open_seconds": 500, "interval_seconds": 60},
+            },
+            "callback_timeout_seconds (600) - 2 x adaptive.interval_seconds (60) = 480",
+        ),
+        (
+            {"esm_maximum_concurrency": 4, "adaptive": {}},
+            "esm_maximum_concurrency must not be set with adaptive: the controller sets each mapping's "
+            "MaximumConcurrency, got 4 (set sluice:esmMaximumConcurrency)",
+        ),
     ],
 )
 def test_invalid_args_fail_whole_with_a_clear_message(overrides: dict[str, Any], expected: str) -> None:
@@ -135,3 +201,49 @@ def test_a_valid_stack_registers_resources(tmp_path: Path) -> None:
 )
 def test_config_key(arg: str, key: str) -> None:
     assert config_key(arg) == key
+
+
+@pytest.mark.parametrize(
+    "adaptive",
+    [
+        {"min_concurrency": 4, "interval_seconds": 1, "signal_delay_seconds": 59},
+        {
+            "throttle_share": 0,
+            "error_share": 0.99,
+            "latency_tolerance": 100,
+            "min_calls": 1,
+            "probe_intervals": 1,
+        },
+        # The pause rule is the breaker's: without it the timeout does not bound anything.
+        {"breaker": False, "breaker_open_seconds": 10_000},
+        {"breaker_open_seconds": 579, "interval_seconds": 10},
+    ],
+)
+def test_adaptive_edges_are_accepted(adaptive: dict[str, Any]) -> None:
+    args = {**OK, "callback_timeout_seconds": 600, "adaptive": adaptive}
+    assert "sluice:index:AdaptiveController" in construct(args)
+
+
+def test_adaptive_controller_alone_checks_its_args() -> None:
+    from sluice_fanout.components import AdaptiveController
+
+    with pytest.raises(
+        SluiceConfigError, match=r"^AdaptiveController 'c': adaptive.min_concurrency must be at most"
+    ):
+        AdaptiveController(
+            "c",
+            {
+                "adaptive": {"min_concurrency": 3},
+                "max_concurrency": 2,
+                "priorities": ["HIGH"],
+                "worker_function_name": "w",
+                "worker_function_arn": "arn:aws:lambda:us-east-1:123456789012:function:w",
+                "mapping_uuids": ["u"],
+                "state_table_name": "t",
+                "state_table_arn": "arn:aws:dynamodb:us-east-1:123456789012:table/t",
+            },
+        )
+
+
+def test_nested_config_keys() -> None:
+    assert config_key("adaptive.breaker_open_seconds") == "sluice:adaptive.breakerOpenSeconds"
