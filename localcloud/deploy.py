@@ -39,11 +39,23 @@ class MappingSpec:
 
 
 @dataclass
+class ScheduleSpec:
+    """A function EventBridge invokes on a schedule: what a local timer needs. moto stores the
+    rule and its target but never fires them."""
+
+    function_name: str
+    expression: str
+    """EventBridge's schedule expression, e.g. `rate(1 minute)`."""
+
+
+@dataclass
 class DeployedStack:
     outputs: dict[str, Any]
     mappings: list[MappingSpec]
     resources: dict[str, str] = field(default_factory=dict)
     """Pulumi type by resource name, for tests and the summary."""
+    schedules: list[ScheduleSpec] = field(default_factory=list)
+    """Scheduled invocations, one per rule target (the adaptive controller's)."""
 
 
 def archive_zip(archive: Any) -> bytes:
@@ -77,6 +89,9 @@ class MotoResources(pulumi.runtime.Mocks):
     def __init__(self, aws: EmbeddedAws) -> None:
         self.aws = aws
         self.mappings: list[MappingSpec] = []
+        self.schedules: list[ScheduleSpec] = []
+        self._schedule_expressions: dict[str, str] = {}
+        """Schedule expression by rule name, for the targets that follow their rule."""
         self.types: dict[str, str] = {}
         self._clients: dict[str, Any] = {}
 
@@ -200,6 +215,40 @@ class MotoResources(pulumi.runtime.Mocks):
         )
         return uuid, {"uuid": uuid}
 
+    def _FunctionEventInvokeConfig(self, name: str, i: dict[str, Any]) -> tuple[str, dict[str, Any]]:  # noqa: N802, ARG002 - one signature for every creator
+        settings = {
+            "MaximumRetryAttempts": int(i["maximumRetryAttempts"]),
+            "MaximumEventAgeInSeconds": int(i["maximumEventAgeInSeconds"]),
+        }
+        self._c("lambda").put_function_event_invoke_config(FunctionName=i["functionName"], **settings)
+        return i["functionName"], {}
+
+    def _Permission(self, name: str, i: dict[str, Any]) -> tuple[str, dict[str, Any]]:  # noqa: N802 - one signature for every creator
+        self._c("lambda").add_permission(
+            FunctionName=i["function"],
+            StatementId=name,
+            Action=i["action"],
+            Principal=i["principal"],
+            SourceArn=i["sourceArn"],
+        )
+        return f"{i['function']}/{name}", {"statementId": name}
+
+    def _EventRule(self, name: str, i: dict[str, Any]) -> tuple[str, dict[str, Any]]:  # noqa: N802 - one signature for every creator
+        arn = self._c("events").put_rule(
+            Name=name, ScheduleExpression=i["scheduleExpression"], Description=i.get("description", "")
+        )["RuleArn"]
+        self._schedule_expressions[name] = i["scheduleExpression"]
+        return name, {"arn": arn, "name": name}
+
+    def _EventTarget(self, name: str, i: dict[str, Any]) -> tuple[str, dict[str, Any]]:  # noqa: N802 - one signature for every creator
+        self._c("events").put_targets(Rule=i["rule"], Targets=[{"Id": name, "Arn": i["arn"]}])
+        self.schedules.append(
+            ScheduleSpec(
+                function_name=i["arn"].rsplit(":", 1)[-1], expression=self._schedule_expressions[i["rule"]]
+            )
+        )
+        return f"{i['rule']}-{name}", {"targetId": name}
+
     def _Table(self, name: str, i: dict[str, Any]) -> tuple[str, dict[str, Any]]:  # noqa: N802 - one signature for every creator
         ddb = self._c("dynamodb")
         ddb.create_table(
@@ -269,4 +318,6 @@ def deploy(aws: EmbeddedAws, config: dict[str, Any], program: Path = ROOT / "__m
 
     run_under_mocks: Any = pulumi.runtime.test  # untyped in the SDK
     run_under_mocks(run_stack_program)()
-    return DeployedStack(outputs=outputs, mappings=mocks.mappings, resources=mocks.types)
+    return DeployedStack(
+        outputs=outputs, mappings=mocks.mappings, resources=mocks.types, schedules=mocks.schedules
+    )

@@ -167,3 +167,35 @@ def test_deploy_builds_the_stack_in_moto(aws: EmbeddedAws) -> None:
         0.0,
         "ignore",
     )
+
+
+def test_deploy_builds_the_adaptive_controller_and_records_its_schedule() -> None:
+    """Its own embedded AWS: the stack's names would collide with the other deploy's. What moto
+    cannot show: EventBridge firing the rule (a local timer reads `schedules` for that)."""
+    with embedded_aws() as aws:
+        stack = deploy(
+            aws,
+            {
+                "sluice:concurrency": "4",
+                "sluice:httpUrl": "http://127.0.0.1:9/api",
+                "sluice:adaptive": {"minConcurrency": 2},
+            },
+        )
+        lam, events = aws.client("lambda"), aws.client("events")
+        controller = stack.outputs["controllerFunctionName"]
+        assert controller == "sluice-controller-function"
+        assert [(s.function_name, s.expression) for s in stack.schedules] == [(controller, "rate(1 minute)")]
+        config = lam.get_function(FunctionName=controller)
+        assert config["Configuration"]["Handler"] == "sluice_fanout.handlers.autopilot.lambda_handler"
+        assert config["Concurrency"]["ReservedConcurrentExecutions"] == 1
+        env = config["Configuration"]["Environment"]["Variables"]
+        assert json.loads(env["SLUICE_CONTROLLER_MAPPINGS"]) == [m.uuid for m in stack.mappings]
+        assert json.loads(env["SLUICE_CONTROLLER_SETTINGS"])["min_limit"] == 2
+        (target,) = events.list_targets_by_rule(Rule="sluice-controller-schedule")["Targets"]
+        assert target["Arn"] == config["Configuration"]["FunctionArn"]
+        policy = json.loads(lam.get_policy(FunctionName=controller)["Policy"])
+        (statement,) = policy["Statement"]
+        assert statement["Principal"] == {"Service": "events.amazonaws.com"}
+        invoke = lam.get_function_event_invoke_config(FunctionName=controller)
+        assert (invoke["MaximumRetryAttempts"], invoke["MaximumEventAgeInSeconds"]) == (0, 60)
+        assert stack.resources["sluice-controller"] == "sluice:index:AdaptiveController"
