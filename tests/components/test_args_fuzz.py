@@ -88,7 +88,13 @@ THROTTLE_RULE = (
 )
 SHARE = (
     st.floats(0, 1, exclude_max=True),
-    st.one_of(st.floats(max_value=0, exclude_max=True), st.floats(min_value=1), st.just(math.nan), junk),
+    st.one_of(
+        st.just(1.0),
+        st.floats(max_value=0, exclude_max=True),
+        st.floats(min_value=1),
+        st.just(math.nan),
+        junk,
+    ),
 )
 ADAPTIVE_FIELDS: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]] = {
     "min_concurrency": whole(1, 1_000),
@@ -219,6 +225,39 @@ def fan_out_args(draw: st.DrawFn) -> tuple[dict[str, Any], set[str]]:
     return args, bad
 
 
+def is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def broken_adaptive_rules(args: dict[str, Any]) -> set[str]:
+    """The cross-field rules of `adaptive` that args drawn in range still break: each must be
+    refused, like a value out of range. Only judged where the values it compares are valid."""
+    adaptive = args.get("adaptive")
+    if not isinstance(adaptive, dict):
+        return set()
+    broken = set()
+    if "esm_maximum_concurrency" in args:
+        broken.add("esm_maximum_concurrency")
+    minimum = adaptive.get("min_concurrency", 1)
+    concurrency = args.get("concurrency")
+    if is_whole(minimum) and is_whole(concurrency) and 1 <= concurrency <= 1_000 and minimum > concurrency:
+        broken.add("adaptive.min_concurrency")
+    timeout = args.get("callback_timeout_seconds", 86_400)
+    interval = adaptive.get("interval_seconds", 10)
+    open_seconds = adaptive.get("breaker_open_seconds", 120)
+    if (
+        adaptive.get("breaker", True) is True
+        and is_whole(timeout)
+        and 1 <= timeout <= 31_536_000
+        and interval in (1, 5, 10, 30, 60)
+        and is_whole(interval)
+        and is_whole(open_seconds)
+        and open_seconds >= timeout - 2 * interval
+    ):
+        broken.add("adaptive.breaker_open_seconds")
+    return broken
+
+
 def value_in_effect(args: dict[str, Any], arg: str) -> Any:
     if arg.startswith("adaptive."):
         field = arg.removeprefix("adaptive.")
@@ -289,10 +328,17 @@ MESSAGE = re.compile(r"ThrottledFanOut 'orders': ([\w.]+) (.+?), got (.*) \(set 
         {"adaptive"},
     )
 )
+# The boundaries of adaptive's rules: 120 s open + 2 x 10 s is not below 140; a share of 1.
 @example(
     (
-        {"concurrency": 2, "http_target": {"url": HTTP_URL}, "adaptive": {}, "callback_timeout_seconds": 100},
+        {"concurrency": 2, "http_target": {"url": HTTP_URL}, "adaptive": {}, "callback_timeout_seconds": 140},
         set(),
+    )
+)
+@example(
+    (
+        {"concurrency": 2, "http_target": {"url": HTTP_URL}, "adaptive": {"breaker_error_share": 1.0}},
+        {"adaptive"},
     )
 )
 @example(
@@ -303,6 +349,7 @@ MESSAGE = re.compile(r"ThrottledFanOut 'orders': ([\w.]+) (.+?), got (.*) \(set 
 )
 def test_args_build_the_stack_or_fail_whole_naming_the_value(drawn: tuple[dict[str, Any], set[str]]) -> None:
     args, bad = drawn
+    bad = bad | broken_adaptive_rules(args)
     failure: list[SluiceConfigError] = []
 
     def program() -> None:

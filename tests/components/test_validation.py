@@ -136,6 +136,11 @@ def construct(args: dict[str, Any]) -> list[str]:
             "adaptive.breaker must be true or false, got 'yes' (set sluice:adaptive.breaker)",
         ),
         ({"adaptive": {"breaker_error_share": 1.0}}, "adaptive.breaker_error_share must be >= 0 and < 1"),
+        (
+            # Checked with the breaker off too: turning it on later must not reveal a bad value.
+            {"adaptive": {"breaker": False, "breaker_error_share": 2}},
+            "adaptive.breaker_error_share must be >= 0 and < 1, got 2",
+        ),
         ({"adaptive": {"breaker_min_calls": 0}}, "adaptive.breaker_min_calls must be between 1 and 1000000"),
         (
             # 120 s open + 2 x 10 s: the paused items' tokens would time out first.
