@@ -107,6 +107,9 @@ class WorkerConfig:
     results_bucket: str = ""
     calls_per_second: float | None = None
     """The API's published rate, shared by all invocations; None: no rate limit."""
+    throttle_hold_seconds: float = 0.0
+    """Least time a refused slot is held (see _hold_slot); the adaptive controller sets it to
+    its reaction time. 0: the Retry-After alone, at most THROTTLE_HOLD_MAX_S."""
 
     @property
     def priorities(self) -> list[str]:
@@ -148,6 +151,7 @@ class WorkerConfig:
             empty_ticket_delay_seconds=_env_number(env, contract.ENV_EMPTY_TICKET_DELAY_SECONDS, 1, int),
             idempotency_table=_required(env, contract.ENV_IDEMPOTENCY_TABLE),
             idempotency_ttl_seconds=_env_number(env, contract.ENV_IDEMPOTENCY_TTL_SECONDS, 345_600, int),
+            throttle_hold_seconds=_env_number(env, contract.ENV_THROTTLE_HOLD_SECONDS, 0.0, float),
             results_bucket=env.get(contract.ENV_RESULTS_BUCKET, ""),
             calls_per_second=_calls_per_second(env),
         )
@@ -534,11 +538,15 @@ def _hold_slot(deps: WorkerDeps, retry_after_s: float, remaining_ms: int) -> Non
     API: the refusals would come as fast as the queue can deliver, and the 429 share the
     controller sees would depend on SQS round trips, not on how far the limit is over the API's
     capacity. Held for the Retry-After (at most THROTTLE_HOLD_MAX_S, and never into the time the
-    invocation needs to return), a refused slot makes about one call per hold. It costs billed
-    time only while the API is refusing.
+    invocation needs to return), a refused slot makes about one call per hold. With the adaptive
+    controller on, the hold is at least its reaction time (interval + signal delay): an excess
+    slot then refuses about once before the controller removes it, instead of once per
+    Retry-After, which keeps the 429 share of a capacity drop low. It costs billed time only
+    while the API is refusing.
     """
     budget = remaining_ms / 1000 * contract.RATE_MAX_WAIT_SHARE
-    hold = min(retry_after_s, THROTTLE_HOLD_MAX_S, budget)
+    wanted = max(min(retry_after_s, THROTTLE_HOLD_MAX_S), deps.config.throttle_hold_seconds)
+    hold = min(wanted, budget)
     if hold > 0:
         deps.sleep(hold)
 

@@ -777,13 +777,16 @@ def test_a_permanently_failed_item_counts_as_failed(rig: Rig, capsys: pytest.Cap
     ]
 
 
-@pytest.mark.parametrize(("retry_after", "held"), [(1, [1]), (30, [THROTTLE_HOLD_MAX_S])])
+@pytest.mark.parametrize(
+    ("retry_after", "hold_setting", "held"),
+    [(1, 0.0, [1]), (30, 0.0, [THROTTLE_HOLD_MAX_S]), (1, 6.0, [6.0])],
+)
 def test_a_refused_call_is_counted_without_latency_and_holds_its_slot(
-    rig: Rig, capsys: pytest.CaptureFixture[str], retry_after: int, held: list[float]
+    rig: Rig, capsys: pytest.CaptureFixture[str], retry_after: int, hold_setting: float, held: list[float]
 ) -> None:
     """The controller reads refusals from ApiThrottled and the served concurrency from
     ApiLatency, so a 429 must count as a call and a refusal but add no latency; the slot is
-    held for the Retry-After, at most THROTTLE_HOLD_MAX_S."""
+    held for the Retry-After (at most THROTTLE_HOLD_MAX_S), or the controller's reaction time."""
 
     def full(item: Any, ctx: TargetContext) -> Any:
         raise RetryLater(retry_after)
@@ -791,7 +794,9 @@ def test_a_refused_call_is_counted_without_latency_and_holds_its_slot(
     rig.start({"id": "m5", "priority": "NORMAL"}, index=0)
     event = rig.receive("NORMAL")
     slept: list[float] = []
-    deps = dataclasses.replace(measured(rig.deps(full), sent_ms(event)), sleep=slept.append)
+    deps = dataclasses.replace(
+        measured(rig.deps(full, throttle_hold_seconds=hold_setting), sent_ms(event)), sleep=slept.append
+    )
     emf_lines(capsys)
     assert len(handle_batch(event, None, deps)["batchItemFailures"]) == 1
     assert emf_lines(capsys) == [
