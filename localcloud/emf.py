@@ -46,11 +46,25 @@ def _numbers(value: Any) -> list[float] | None:
     return [float(v) for v in items]
 
 
+def _dimension_sets(directive: dict[str, Any], record: dict[str, Any]) -> list[list[dict[str, str]]]:
+    sets = directive.get("Dimensions")
+    dimension_sets = [[]] if sets is None else sets if isinstance(sets, list) else []
+    valid = []
+    for keys in dimension_sets:
+        # CloudWatch Logs rejects a dimension whose value is missing or not a string.
+        if isinstance(keys, list) and all(
+            isinstance(k, str) and isinstance(record.get(k), str) for k in keys
+        ):
+            valid.append([{"Name": k, "Value": record[k]} for k in keys])
+    return valid
+
+
 def metric_data(record: Any) -> list[tuple[str, dict[str, Any]]]:
-    """(namespace, PutMetricData datum) for every metric an EMF record defines; [] if not EMF."""
+    """(namespace, PutMetricData datum) for every metric an EMF record defines; [] if not EMF.
+    Parts that are not valid EMF are skipped, never raised on: a log line must not stop the tail."""
     aws = record.get("_aws") if isinstance(record, dict) else None
     directives = aws.get("CloudWatchMetrics") if isinstance(aws, dict) else None
-    if not isinstance(aws, dict) or not isinstance(directives, list):
+    if not isinstance(record, dict) or not isinstance(aws, dict) or not isinstance(directives, list):
         return []
     stamp = aws.get("Timestamp")
     if isinstance(stamp, bool) or not isinstance(stamp, int | float):
@@ -60,20 +74,21 @@ def metric_data(record: Any) -> list[tuple[str, dict[str, Any]]]:
     for directive in directives:
         if not isinstance(directive, dict) or not isinstance(directive.get("Namespace"), str):
             continue
-        for dimension_set in directive.get("Dimensions") or [[]]:
-            if not all(isinstance(record.get(key), str) for key in dimension_set):
-                continue  # CloudWatch Logs rejects a dimension whose value is missing or not a string
-            dimensions = [{"Name": key, "Value": record[key]} for key in dimension_set]
-            for definition in directive.get("Metrics") or []:
-                samples = _numbers(record.get(definition.get("Name")))
-                if samples is None:
+        definitions = directive.get("Metrics")
+        for dimensions in _dimension_sets(directive, record):
+            for definition in definitions if isinstance(definitions, list) else []:
+                name = definition.get("Name") if isinstance(definition, dict) else None
+                samples = _numbers(record.get(name)) if isinstance(name, str) else None
+                if name is None or samples is None:
                     continue
+                resolution = definition.get("StorageResolution", DEFAULT_STORAGE_RESOLUTION)
                 base = {
-                    "MetricName": definition["Name"],
+                    "MetricName": name,
                     "Dimensions": dimensions,
                     "Timestamp": timestamp,
                     "Unit": definition.get("Unit", "None"),
-                    "StorageResolution": int(definition.get("StorageResolution", DEFAULT_STORAGE_RESOLUTION)),
+                    # 1 (high resolution) or 60 are the only values CloudWatch takes.
+                    "StorageResolution": 1 if resolution == 1 else DEFAULT_STORAGE_RESOLUTION,
                 }
                 counted = list(Counter(samples).items())
                 for start in range(0, len(counted), PUT_METRIC_DATA_MAX_VALUES):
@@ -139,11 +154,14 @@ class EmfForwarder:
     def _forward(self, path: Path) -> int:
         if not path.exists():
             return 0
+        if path.stat().st_size < self._offsets.get(path, 0):
+            self._offsets[path] = 0  # the file was replaced: read the new one from its start
         with path.open("rb") as log:
             log.seek(self._offsets.get(path, 0))
             chunk = log.read(READ_MAX_BYTES)
-        # Only whole lines: a sandbox may be half-way through printing one.
-        end = chunk.rfind(b"\n") + 1
+        # Only whole lines: a sandbox may be half-way through printing one. A line longer than a
+        # whole read is skipped (CloudWatch Logs also truncates events over 256 KB).
+        end = chunk.rfind(b"\n") + 1 or (len(chunk) if len(chunk) == READ_MAX_BYTES else 0)
         self._offsets[path] = self._offsets.get(path, 0) + end
         by_namespace: dict[str, list[dict[str, Any]]] = {}
         records = 0
