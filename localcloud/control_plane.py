@@ -46,27 +46,29 @@ class Change(NamedTuple):
     value: int | bool | None
 
 
-def mirror_mappings(lam: Any, specs: Iterable[MappingSpec]) -> dict[str, str]:
-    """Create each local mapping in moto (same queue, function, batch size, MaximumConcurrency)
-    so the Lambda API can read and update it; return {moto UUID: local uuid}.
+def create_detached_mapping(lam: Any, spec: MappingSpec) -> str:
+    """Create `spec` in moto (same queue, function, batch size, MaximumConcurrency) so the Lambda
+    API can read and update it; return moto's UUID.
 
-    moto would also deliver to an enabled mapping inside SendMessage; the mirror is detached from
+    moto would also deliver to an enabled mapping inside SendMessage; the mapping is detached from
     the queue so only the local pollers deliver. moto runs in this process (the embedded AWS).
     """
-    ids: dict[str, str] = {}
-    for spec in specs:
-        created = lam.create_event_source_mapping(
-            EventSourceArn=spec.queue_arn,
-            FunctionName=spec.function_name,
-            BatchSize=spec.batch_size,
-            ScalingConfig={"MaximumConcurrency": spec.maximum_concurrency},
-            FunctionResponseTypes=["ReportBatchItemFailures"] if spec.report_batch_item_failures else [],
-        )
-        _, _, _, region, account, *_ = created["EventSourceMappingArn"].split(":")
-        queue = sqs_backends[account][region].queues[spec.queue_arn.rsplit(":", 1)[-1]]
-        queue.lambda_event_source_mappings.pop(created["FunctionArn"], None)
-        ids[created["UUID"]] = spec.uuid
-    return ids
+    created = lam.create_event_source_mapping(
+        EventSourceArn=spec.queue_arn,
+        FunctionName=spec.function_name,
+        BatchSize=spec.batch_size,
+        ScalingConfig={"MaximumConcurrency": spec.maximum_concurrency},
+        FunctionResponseTypes=["ReportBatchItemFailures"] if spec.report_batch_item_failures else [],
+    )
+    _, _, _, region, account, *_ = created["EventSourceMappingArn"].split(":")
+    queue = sqs_backends[account][region].queues[spec.queue_arn.rsplit(":", 1)[-1]]
+    queue.lambda_event_source_mappings.pop(created["FunctionArn"], None)
+    return str(created["UUID"])
+
+
+def mirror_mappings(lam: Any, specs: Iterable[MappingSpec]) -> dict[str, str]:
+    """`create_detached_mapping` for each local mapping; returns {moto UUID: local uuid}."""
+    return {create_detached_mapping(lam, spec): spec.uuid for spec in specs}
 
 
 class ControlPlaneSync:
