@@ -109,6 +109,9 @@ class EventSourceMappings:
         self._threads: list[threading.Thread] = []
         self.stats: dict[str, MappingStats] = {m.uuid: MappingStats() for m in mappings}
         self._pollers = {m.uuid: (max_pollers or {}).get(m.uuid, m.maximum_concurrency) for m in mappings}
+        for uuid, count in self._pollers.items():
+            if count < 1:
+                raise ValueError(f"EventSourceMappings '{uuid}': max_pollers must be >= 1, got {count}")
         self._state = {m.uuid: MappingState(m.maximum_concurrency, enabled=True) for m in mappings}
         # Pollers that may not receive sleep on this; configure() and stop() wake them.
         self._changed = threading.Condition()
