@@ -21,7 +21,7 @@ from moto.core.responses import BaseResponse
 from moto.server import ThreadedMotoServer
 
 from localcloud.lambda_runner import LambdaRunner
-from localcloud.moto_fixes import atomic_dynamodb_writes, aws_like_heartbeats
+from localcloud.moto_fixes import atomic_dynamodb_writes, aws_like_heartbeats, order_free_metric_dimensions
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -119,6 +119,7 @@ def embedded_aws() -> Iterator[EmbeddedAws]:
 
         cleanup.enter_context(aws_like_heartbeats())
         cleanup.enter_context(atomic_dynamodb_writes())
+        cleanup.enter_context(order_free_metric_dimensions())
         cleanup.enter_context(mock.patch.object(LambdaFunction, "_invoke_lambda", invoke_in_sandbox))
         cleanup.enter_context(mock.patch.object(BaseResponse, "call_action", counting_call_action))
         yield cloud

@@ -1,6 +1,12 @@
 """SQS event source mappings with AWS semantics, driven by real ReceiveMessage calls.
 
 Per mapping, up to MaximumConcurrency pollers each receive a batch and invoke the function.
+MaximumConcurrency and Enabled can change at run time (`configure`, as UpdateEventSourceMapping):
+a mapping starts `max_pollers` pollers (default its deployed MaximumConcurrency) and poller n
+receives only while n < the current MaximumConcurrency and the mapping is enabled. A change
+reaches a poller before its next ReceiveMessage, so a receive already waiting (up to LONG_POLL_S)
+may still deliver one batch, as AWS's pollers finish theirs while a mapping is Disabling; a
+batch in flight always finishes normally.
 - Success: the poller deletes the batch, except the messages listed in batchItemFailures
   (with ReportBatchItemFailures), which SQS delivers again when their visibility lapses.
 - Function error: nothing is deleted; the batch comes back after its visibility timeout.
@@ -9,6 +15,10 @@ Per mapping, up to MaximumConcurrency pollers each receive a batch and invoke th
   cannot get a slot in time the batch simply reappears in the queue and its next receive raises
   its receive count: the overpull AWS users meet. Meanwhile the held messages are invisible, so
   a worker checking for higher-priority work does not see them.
+
+What this cannot prove: AWS's poller scaling (it adds pollers gradually, up to 5 at first, and
+may run fewer than MaximumConcurrency), the delay before AWS applies an update, or its
+Enabling/Disabling states (here a change is applied at once).
 """
 
 from __future__ import annotations
@@ -30,7 +40,17 @@ if TYPE_CHECKING:
 THROTTLE_RETRY_FIRST_S = 0.05
 THROTTLE_RETRY_MAX_S = 0.5
 VISIBILITY_MARGIN_S = 1.0  # give up a throttled batch this long before its visibility lapses
-LONG_POLL_S = 1  # short, so stop() is prompt
+LONG_POLL_S = 1  # short, so stop() and configure() take effect promptly
+IDLE_CHECK_S = 0.25  # how often a poller that may not receive re-checks (besides being woken)
+
+
+@dataclass(frozen=True)
+class MappingState:
+    """A mapping's run-time settings."""
+
+    maximum_concurrency: int
+    """Pollers allowed to receive; beyond the pollers started, the extra has no effect."""
+    enabled: bool
 
 
 @dataclass
@@ -77,7 +97,10 @@ class EventSourceMappings:
         runner: LambdaRunner,
         sqs: Any,
         on_receive: Callable[[dict[str, Any]], None] | None = None,
+        max_pollers: dict[str, int] | None = None,
     ) -> None:
+        """`max_pollers`: pollers to start per mapping uuid, the most its MaximumConcurrency may
+        reach at run time (default: the deployed MaximumConcurrency)."""
         self._mappings = mappings
         self._runner = runner
         self._sqs = sqs
@@ -85,6 +108,13 @@ class EventSourceMappings:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.stats: dict[str, MappingStats] = {m.uuid: MappingStats() for m in mappings}
+        self._pollers = {m.uuid: (max_pollers or {}).get(m.uuid, m.maximum_concurrency) for m in mappings}
+        for uuid, count in self._pollers.items():
+            if count < 1:
+                raise ValueError(f"EventSourceMappings '{uuid}': max_pollers must be >= 1, got {count}")
+        self._state = {m.uuid: MappingState(m.maximum_concurrency, enabled=True) for m in mappings}
+        # Pollers that may not receive sleep on this; configure() and stop() wake them.
+        self._changed = threading.Condition()
         self._urls = {m.queue_arn: self._queue_url(m.queue_arn) for m in mappings}
         self._visibility = {
             arn: int(
@@ -99,25 +129,66 @@ class EventSourceMappings:
         name = arn.rsplit(":", 1)[-1]
         return str(self._sqs.get_queue_url(QueueName=name)["QueueUrl"])
 
+    def configure(
+        self, uuid: str, *, maximum_concurrency: int | None = None, enabled: bool | None = None
+    ) -> MappingState:
+        """Change a mapping's MaximumConcurrency and/or Enabled (None: unchanged); returns the
+        new state. Pollers beyond `max_pollers` do not exist, so a higher value caps there."""
+        if maximum_concurrency is not None and maximum_concurrency < 1:
+            raise ValueError(
+                f"EventSourceMappings '{uuid}': maximum_concurrency must be >= 1, got {maximum_concurrency}"
+            )
+        with self._changed:
+            old = self._state[uuid]
+            new = MappingState(
+                old.maximum_concurrency if maximum_concurrency is None else maximum_concurrency,
+                old.enabled if enabled is None else enabled,
+            )
+            self._state[uuid] = new
+            self._changed.notify_all()
+        return new
+
+    def state(self, uuid: str) -> MappingState:
+        """A mapping's current settings."""
+        with self._changed:
+            return self._state[uuid]
+
+    def pollers(self, uuid: str) -> int:
+        """Pollers started for a mapping: the most that can ever receive at once."""
+        return self._pollers[uuid]
+
     def start(self) -> None:
         for mapping in self._mappings:
-            for n in range(mapping.maximum_concurrency):
+            for n in range(self._pollers[mapping.uuid]):
                 thread = threading.Thread(
-                    target=self._poll, args=(mapping,), name=f"esm-{mapping.uuid}-{n}", daemon=True
+                    target=self._poll, args=(mapping, n), name=f"esm-{mapping.uuid}-{n}", daemon=True
                 )
                 thread.start()
                 self._threads.append(thread)
 
     def stop(self) -> None:
         self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
         for thread in self._threads:
             thread.join(timeout=LONG_POLL_S + 35)
         self._threads.clear()
 
-    def _poll(self, mapping: MappingSpec) -> None:
+    def _may_receive(self, uuid: str, n: int) -> bool:
+        """Wait (briefly) until poller n may receive; False if it still may not."""
+        with self._changed:
+            state = self._state[uuid]
+            if state.enabled and n < state.maximum_concurrency:
+                return True
+            self._changed.wait(IDLE_CHECK_S)
+            return False
+
+    def _poll(self, mapping: MappingSpec, n: int) -> None:
         url = self._urls[mapping.queue_arn]
         stats = self.stats[mapping.uuid]
         while not self._stop.is_set():
+            if not self._may_receive(mapping.uuid, n):
+                continue
             try:
                 received = self._sqs.receive_message(
                     QueueUrl=url,

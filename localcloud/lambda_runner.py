@@ -2,7 +2,12 @@
 
 Concurrency follows Lambda: at most `reserved` sandboxes busy at once per function; an event
 source mapping's invoke beyond that is throttled (the caller decides what that means for its
-messages), a synchronous invoke (Step Functions) waits for a slot.
+messages), a synchronous invoke (Step Functions) waits for a slot (at most `SLOT_WAIT_MAX_S`).
+
+The reserved limit can change while invokes run (`set_reserved`), as PutFunctionConcurrency does:
+a lower limit stops nothing already running and admits nothing new until in-flight is below it;
+a higher one admits waiting invokes at once. What this cannot prove: how quickly the real Lambda
+service applies a new limit (here: at once), and account-level concurrency, which is not modelled.
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
 COLD_START_ALLOWANCE_S = 30.0
+# A synchronous invoke waits for a slot at most this long, then counts as throttled. Lambda's
+# maximum timeout: any invoke holding a slot ends within it, unless the limit was lowered to 0.
+SLOT_WAIT_MAX_S = 900.0
+SLOT_WAIT_TICK_S = 0.5  # re-check period of a waiting invoke, so no wake-up can be missed for long
 DEAD_SANDBOX_ERRORS = ("Sandbox.Timedout", "Sandbox.Exited")
 
 
@@ -54,12 +63,20 @@ class _Sandbox:
     conn: Connection
 
 
+def admits(in_flight: int, reserved: int | None) -> bool:
+    """Whether one more invoke may start: unreserved functions are not limited here."""
+    return reserved is None or in_flight < reserved
+
+
 @dataclass
 class _Function:
     spec: FunctionSpec
-    slots: threading.Semaphore | None
+    reserved: int | None
+    """The current limit; `spec.reserved` keeps the deployed one."""
     idle: list[_Sandbox] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    # A condition, not a Semaphore: a semaphore's count cannot be lowered below the number of
+    # permits already out, and a limit that moves at run time needs exactly that.
+    lock: threading.Condition = field(default_factory=threading.Condition)
     invocations: int = 0
     throttles: int = 0
     in_flight: int = 0
@@ -92,7 +109,31 @@ class LambdaRunner:
         with zipfile.ZipFile(io.BytesIO(zip_bytes)) as archive:
             archive.extractall(code_dir)
         spec = FunctionSpec(name, arn, handler, env, timeout_s, memory_mb, reserved, str(code_dir))
-        self._functions[name] = _Function(spec, threading.Semaphore(reserved) if reserved else None)
+        # pulumi-aws writes "unreserved" as -1; 0 is a real limit (the function is switched off).
+        self._functions[name] = _Function(spec, reserved if reserved is not None and reserved >= 0 else None)
+
+    def set_reserved(self, name: str, reserved: int | None) -> None:
+        """Change the function's reserved concurrency (None: unreserved) without stopping any
+        invoke in flight; waiting synchronous invokes re-check at once."""
+        if reserved is not None and reserved < 0:
+            raise ValueError(
+                f"LambdaRunner '{name}': reserved concurrency must be >= 0 or None, got {reserved}"
+            )
+        fn = self._functions[name]
+        with fn.lock:
+            fn.reserved = reserved
+            fn.lock.notify_all()
+
+    def reserved(self, name: str) -> int | None:
+        """The function's current reserved concurrency (None: unreserved)."""
+        fn = self._functions[name]
+        with fn.lock:
+            return fn.reserved
+
+    def in_flight(self, name: str) -> int:
+        fn = self._functions[name]
+        with fn.lock:
+            return fn.in_flight
 
     def stats(self, name: str) -> dict[str, int]:
         fn = self._functions[name]
@@ -106,16 +147,17 @@ class LambdaRunner:
 
     def invoke(self, name: str, event: Any, *, wait_for_slot: bool) -> Invocation:
         fn = self._functions[name]
-        if fn.slots is not None and not fn.slots.acquire(blocking=wait_for_slot):
-            with fn.lock:
+        with fn.lock:
+            if not self._admit(fn, wait_for_slot=wait_for_slot):
                 fn.throttles += 1
-            return Invocation(throttled=True)
+                return Invocation(throttled=True)
+            # Admission and the in-flight count change under one lock hold: no other invoke can
+            # be admitted against a count that is about to rise.
+            fn.invocations += 1
+            fn.in_flight += 1
+            fn.max_in_flight = max(fn.max_in_flight, fn.in_flight)
+            sandbox = fn.idle.pop() if fn.idle else None
         try:
-            with fn.lock:
-                fn.invocations += 1
-                fn.in_flight += 1
-                fn.max_in_flight = max(fn.max_in_flight, fn.in_flight)
-                sandbox = fn.idle.pop() if fn.idle else None
             cold = sandbox is None
             if sandbox is None:
                 sandbox = self._start(fn.spec)
@@ -130,8 +172,18 @@ class LambdaRunner:
         finally:
             with fn.lock:
                 fn.in_flight -= 1
-            if fn.slots is not None:
-                fn.slots.release()
+                fn.lock.notify_all()
+
+    @staticmethod
+    def _admit(fn: _Function, *, wait_for_slot: bool) -> bool:
+        """Called holding `fn.lock`; waits (bounded) for a slot if asked to."""
+        deadline = time.monotonic() + SLOT_WAIT_MAX_S
+        while not admits(fn.in_flight, fn.reserved):
+            remaining = deadline - time.monotonic()
+            if not wait_for_slot or remaining <= 0:
+                return False
+            fn.lock.wait(min(SLOT_WAIT_TICK_S, remaining))
+        return True
 
     def log_path(self, name: str) -> Path:
         return self._workdir / f"{name}.log"

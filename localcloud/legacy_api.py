@@ -12,6 +12,11 @@ Idempotency-Key so they are deterministic whatever the order of calls:
 - `reject: true` (the profile's `reject_field`): answered 400.
 Like an API that honours Idempotency-Key, a key that already succeeded gets its stored answer
 back without the work being done again; such calls are recorded as `replayed`.
+
+The concurrency limit (the API's capacity) starts at the profile's and can change while calls
+run (`set_concurrency_limit`), like a backend losing or gaining servers: calls already admitted
+finish normally, new calls see the new limit. Each change is kept in `capacity` as (epoch s,
+limit), on the same clock as `Call.start`, so a report can draw capacity under the calls.
 """
 
 from __future__ import annotations
@@ -78,6 +83,36 @@ class LegacyApi:
     _attempts: Counter[str] = field(default_factory=Counter)
     _done: dict[str, Any] = field(default_factory=dict)
     _server: ThreadingHTTPServer | None = None
+    _limit: int = field(default=-1, init=False)
+    capacity: list[tuple[float, int]] = field(default_factory=list, init=False)
+    """(time.time(), concurrency limit) at start and at each change."""
+
+    def __post_init__(self) -> None:
+        # The profile stays frozen (scenarios share it); the live limit is the simulator's own.
+        self._limit = self.profile.concurrency_limit
+        self.capacity.append((time.time(), self._limit))
+
+    @property
+    def concurrency_limit(self) -> int:
+        with self._lock:
+            return self._limit
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return self._in_flight
+
+    def set_concurrency_limit(self, limit: int) -> None:
+        """Change how many calls may be in flight at once; admitted calls are unaffected."""
+        if limit < 0:
+            raise ValueError(f"LegacyApi: concurrency limit must be >= 0, got {limit}")
+        with self._lock:
+            self._limit = limit
+            self.capacity.append((time.time(), limit))
+
+    def capacity_snapshot(self) -> list[tuple[float, int]]:
+        with self._lock:
+            return list(self.capacity)
 
     def start(self) -> LegacyApi:
         self._rng.seed(self.profile.seed)
@@ -120,7 +155,7 @@ class LegacyApi:
         """Admit a call within the limits; return its in-flight count, or 0 when refused."""
         p = self.profile
         with self._lock:
-            if self._in_flight >= p.concurrency_limit:
+            if self._in_flight >= self._limit:
                 return 0
             if p.calls_per_second is not None:
                 self._window = [t for t in self._window if now - t < 1.0]

@@ -12,6 +12,12 @@ execution runs; anything else is InvalidToken. AWS accepts a heartbeat for any c
 still waiting (HeartbeatSeconds only sets how often one is required) and says TaskTimedOut or
 TaskDoesNotExist once it has ended. The worker asks before calling the API, so the embedded AWS
 must answer like AWS.
+
+CloudWatch: moto matches a GetMetricData query's dimensions to stored data by sorting both
+lists, but its `Dimension.__lt__` compares a value with a name, so the sort depends on the input
+order and a query that lists the same dimensions in another order finds nothing. CloudWatch
+identifies a metric by its set of dimensions, whatever their order; the embedded AWS sorts by
+(name, value).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 from unittest import mock
 
+from moto.cloudwatch.models import Dimension
 from moto.core.exceptions import AWSError
 from moto.dynamodb.models import DynamoDBBackend
 from moto.stepfunctions.exceptions import InvalidToken
@@ -87,3 +94,12 @@ def atomic_dynamodb_writes() -> Iterator[None]:
             serialized = _serialized(getattr(DynamoDBBackend, name))
             patches.enter_context(mock.patch.object(DynamoDBBackend, name, serialized))
         yield
+
+
+def _dimension_lt(self: Dimension, other: Dimension) -> bool:
+    return (self.name or "", self.value or "") < (other.name or "", other.value or "")
+
+
+def order_free_metric_dimensions() -> AbstractContextManager[Any]:
+    """GetMetricData finds a metric whatever order its dimensions are listed in, as in AWS."""
+    return mock.patch.object(Dimension, "__lt__", _dimension_lt)

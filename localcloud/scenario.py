@@ -54,6 +54,9 @@ class Scenario:
     one hangs past the worker's timeout, so the worker dies mid-item)."""
     malformed_payloads: int = 0
     """Junk messages put on each priority queue at the start (no token, not JSON)."""
+    capacity_changes: tuple[tuple[float, int], ...] = ()
+    """(offset s, limit): the simulated API's concurrency limit changes to `limit` at `offset`
+    (capacity drops and recoveries); the profile's limit applies before the first."""
 
     @property
     def items_total(self) -> int:
@@ -140,7 +143,27 @@ def load(path: Path) -> Scenario:
         deadline_s=_number(data, "deadline_s", 110, "scenario"),
         completion_faults=_completion_faults(data.get("completion_faults", {}), path),
         malformed_payloads=int(_number(data, "malformed_payloads", 0, "scenario")),
+        capacity_changes=_capacity_changes(data.get("capacity_changes", []), path),
     )
+
+
+def _capacity_changes(raw: Any, path: Path) -> tuple[tuple[float, int], ...]:
+    ok = isinstance(raw, list) and all(
+        isinstance(c, list)
+        and len(c) == 2
+        and isinstance(c[0], int | float)
+        and not isinstance(c[0], bool)
+        and c[0] >= 0
+        and isinstance(c[1], int)
+        and not isinstance(c[1], bool)
+        and c[1] >= 1
+        for c in raw
+    )
+    if not ok:
+        raise ScenarioError(
+            f"{path}: capacity_changes must be a list of [offset_s >= 0, limit >= 1] pairs, got {raw!r}"
+        )
+    return tuple(sorted((float(at), int(limit)) for at, limit in raw))
 
 
 def _completion_faults(raw: Any, path: Path) -> dict[str, str]:

@@ -42,6 +42,8 @@ IDEMPOTENCY_EXPIRY_ATTRIBUTE = "expiration"
 """Powertools' attribute names; the table's key and TTL must match them."""
 ENV_RESULTS_BUCKET = "SLUICE_RESULTS_BUCKET"
 """Bucket for results too large to return through Step Functions."""
+ENV_THROTTLE_HOLD_SECONDS = "SLUICE_THROTTLE_HOLD_SECONDS"
+"""Least seconds the worker keeps a slot the API refused (429); set with the adaptive controller."""
 ENV_CALLS_PER_SECOND = "SLUICE_CALLS_PER_SECOND"
 """The API's published rate; set only when the stack sets one."""
 RATE_WINDOW_ALLOWANCE_S = 0.05

@@ -50,6 +50,10 @@ MAX_DROPPED_PER_QUEUE = 10
 NO_CONTEXT_REMAINING_MS = 900_000
 # The FunctionName dimension when the worker runs outside Lambda (no AWS_LAMBDA_FUNCTION_NAME).
 LOCAL_FUNCTION_NAME = "local"
+THROTTLE_HOLD_MAX_S = 2.0
+"""Longest an invocation keeps its slot after a 429 (see _hold_slot): long enough to slow a
+refused slot to about one call per hold, short enough that a Retry-After of minutes does not
+bill minutes of sleep (the message's visibility carries the rest of the wait)."""
 
 
 class WorkerConfigError(Exception):
@@ -63,6 +67,11 @@ class PayloadDropped(Exception):  # noqa: N818 - a control signal, not an error
 
 class AttemptsSpent(Exception):  # noqa: N818 - a control signal, not an error
     """Every allowed attempt was used up by deliveries that never reported back."""
+
+
+class ApiRefused(RetryLater):
+    """The target itself refused the call (HTTP 429): unlike the rate limiter's own RetryLater,
+    a call was made and the API is full."""
 
 
 class MessageReturned(Exception):  # noqa: N818 - a control signal, not an error
@@ -98,6 +107,9 @@ class WorkerConfig:
     results_bucket: str = ""
     calls_per_second: float | None = None
     """The API's published rate, shared by all invocations; None: no rate limit."""
+    throttle_hold_seconds: float = 0.0
+    """Least time a refused slot is held (see _hold_slot); the adaptive controller sets it to
+    its reaction time. 0: the Retry-After alone, at most THROTTLE_HOLD_MAX_S."""
 
     @property
     def priorities(self) -> list[str]:
@@ -139,6 +151,7 @@ class WorkerConfig:
             empty_ticket_delay_seconds=_env_number(env, contract.ENV_EMPTY_TICKET_DELAY_SECONDS, 1, int),
             idempotency_table=_required(env, contract.ENV_IDEMPOTENCY_TABLE),
             idempotency_ttl_seconds=_env_number(env, contract.ENV_IDEMPOTENCY_TTL_SECONDS, 345_600, int),
+            throttle_hold_seconds=_env_number(env, contract.ENV_THROTTLE_HOLD_SECONDS, 0.0, float),
             results_bucket=env.get(contract.ENV_RESULTS_BUCKET, ""),
             calls_per_second=_calls_per_second(env),
         )
@@ -454,15 +467,26 @@ def _call_target(
         # Here, inside the idempotent attempt: a replay of a stored outcome calls nothing and
         # takes no slot.
         _wait_for_slot(deps, remaining_ms, log)
+        metrics.count(contract.METRIC_API_CALLS, message.priority)
         started = deps.timer()
         try:
             result = deps.target(message.item, ctx)
         except PermanentFailure as exc:
+            answered(started)
             return Outcome(error=contract.ERROR_PERMANENT, cause=str(exc) or type(exc).__name__)
-        finally:
-            latency_ms = (deps.timer() - started) * 1000
-            metrics.milliseconds(contract.METRIC_API_LATENCY, message.priority, latency_ms)
+        except RetryLater as exc:
+            metrics.count(contract.METRIC_API_THROTTLED, message.priority)
+            raise ApiRefused(exc.seconds, str(exc)) from exc
+        except Exception:
+            answered(started)
+            metrics.count(contract.METRIC_API_ERRORS, message.priority)
+            raise
+        answered(started)
         return task_output(result=result, item=message.item, spill=spill)
+
+    def answered(started: float) -> None:
+        latency_ms = (deps.timer() - started) * 1000
+        metrics.milliseconds(contract.METRIC_API_LATENCY, message.priority, latency_ms)
 
     try:
         outcome, replayed = deps.once.run(
@@ -483,6 +507,8 @@ def _call_target(
     except RetryLater as exc:
         delay = priority.clamp_visibility(exc.seconds)
         cause = f"RetryLater after {delay}s: {exc}"
+        if isinstance(exc, ApiRefused):
+            _hold_slot(deps, delay, remaining_ms)
     except Exception as exc:  # noqa: BLE001 - any target error (or a store outage) is retried by contract
         delay = priority.retry_delay(
             receive_count=ctx.receive_count,
@@ -503,6 +529,26 @@ def _call_target(
     metrics.count(contract.METRIC_RETRIED, message.priority)
     logger.info("will retry", extra=log | {"delay_s": delay, "cause": cause[:200]})
     return delay
+
+
+def _hold_slot(deps: WorkerDeps, retry_after_s: float, remaining_ms: int) -> None:
+    """After the API refused a call, keep this invocation (its concurrency slot) a moment.
+
+    A freed slot would take the next ticket at once and send another call into the same full
+    API: the refusals would come as fast as the queue can deliver, and the 429 share the
+    controller sees would depend on SQS round trips, not on how far the limit is over the API's
+    capacity. Held for the Retry-After (at most THROTTLE_HOLD_MAX_S, and never into the time the
+    invocation needs to return), a refused slot makes about one call per hold. With the adaptive
+    controller on, the hold is at least its reaction time (interval + signal delay): an excess
+    slot then refuses about once before the controller removes it, instead of once per
+    Retry-After, which keeps the 429 share of a capacity drop low. It costs billed time only
+    while the API is refusing.
+    """
+    budget = remaining_ms / 1000 * contract.RATE_MAX_WAIT_SHARE
+    wanted = max(min(retry_after_s, THROTTLE_HOLD_MAX_S), deps.config.throttle_hold_seconds)
+    hold = min(wanted, budget)
+    if hold > 0:
+        deps.sleep(hold)
 
 
 def _wait_for_slot(deps: WorkerDeps, remaining_ms: int, log: dict[str, Any]) -> None:

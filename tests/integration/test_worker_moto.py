@@ -36,7 +36,14 @@ from sluice_fanout.handlers.metrics import WorkerMetrics
 from sluice_fanout.handlers.once import OncePerItem, ResultSpill
 from sluice_fanout.handlers.rate import Denied, Grant, interval_for
 from sluice_fanout.handlers.target import PermanentFailure, RetryLater, TargetContext
-from sluice_fanout.handlers.worker import QueueRef, WorkerConfig, WorkerDeps, handle_batch, logger
+from sluice_fanout.handlers.worker import (
+    THROTTLE_HOLD_MAX_S,
+    QueueRef,
+    WorkerConfig,
+    WorkerDeps,
+    handle_batch,
+    logger,
+)
 from tests.support.idempotency import create_idempotency_table, idempotency_store
 from tests.support.sqs_events import receive_event
 
@@ -709,6 +716,7 @@ def test_a_processed_item_reports_its_wait_latency_and_outcome(
         emf(
             "HIGH",
             QueueWaitTime=("Milliseconds", 2_500.0),
+            ApiCalls=("Count", 1.0),
             ApiLatency=("Milliseconds", 125.0),
             ItemsProcessed=("Count", 1.0),
         )
@@ -730,7 +738,9 @@ def test_a_retried_then_failed_item_reports_each_delivery(
         emf(
             "NORMAL",
             QueueWaitTime=("Milliseconds", 2_500.0),
+            ApiCalls=("Count", 1.0),
             ApiLatency=("Milliseconds", 125.0),
+            ApiErrors=("Count", 1.0),
             ItemsRetried=("Count", 1.0),
         )
     ]
@@ -740,7 +750,9 @@ def test_a_retried_then_failed_item_reports_each_delivery(
         emf(
             "NORMAL",
             QueueWaitTime=("Milliseconds", 2_500.0),
+            ApiCalls=("Count", 1.0),
             ApiLatency=("Milliseconds", 125.0),
+            ApiErrors=("Count", 1.0),
             ItemsFailed=("Count", 1.0),
         )
     ]
@@ -758,10 +770,63 @@ def test_a_permanently_failed_item_counts_as_failed(rig: Rig, capsys: pytest.Cap
         emf(
             "BATCH",
             QueueWaitTime=("Milliseconds", 2_500.0),
+            ApiCalls=("Count", 1.0),
             ApiLatency=("Milliseconds", 125.0),
             ItemsFailed=("Count", 1.0),
         )
     ]
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "hold_setting", "held"),
+    [(1, 0.0, [1]), (30, 0.0, [THROTTLE_HOLD_MAX_S]), (1, 6.0, [6.0])],
+)
+def test_a_refused_call_is_counted_without_latency_and_holds_its_slot(
+    rig: Rig, capsys: pytest.CaptureFixture[str], retry_after: int, hold_setting: float, held: list[float]
+) -> None:
+    """The controller reads refusals from ApiThrottled and the served concurrency from
+    ApiLatency, so a 429 must count as a call and a refusal but add no latency; the slot is
+    held for the Retry-After (at most THROTTLE_HOLD_MAX_S), or the controller's reaction time."""
+
+    def full(item: Any, ctx: TargetContext) -> Any:
+        raise RetryLater(retry_after)
+
+    rig.start({"id": "m5", "priority": "NORMAL"}, index=0)
+    event = rig.receive("NORMAL")
+    slept: list[float] = []
+    deps = dataclasses.replace(
+        measured(rig.deps(full, throttle_hold_seconds=hold_setting), sent_ms(event)), sleep=slept.append
+    )
+    emf_lines(capsys)
+    assert len(handle_batch(event, None, deps)["batchItemFailures"]) == 1
+    assert emf_lines(capsys) == [
+        emf(
+            "NORMAL",
+            QueueWaitTime=("Milliseconds", 2_500.0),
+            ApiCalls=("Count", 1.0),
+            ApiThrottled=("Count", 1.0),
+            ItemsRetried=("Count", 1.0),
+        )
+    ]
+    assert slept == held
+
+
+def test_a_rate_limit_denial_is_no_call_and_holds_nothing(
+    rig: Rig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rig.start({"id": "m6", "priority": "NORMAL"}, index=0)
+    event = rig.receive("NORMAL")
+    slept: list[float] = []
+    deps = dataclasses.replace(
+        measured(rig.deps(ok), sent_ms(event)), sleep=slept.append, limiter=CountingLimiter(denied_wait=5.0)
+    )
+    emf_lines(capsys)
+    assert len(handle_batch(event, None, deps)["batchItemFailures"]) == 1
+    assert emf_lines(capsys) == [
+        emf("NORMAL", QueueWaitTime=("Milliseconds", 2_500.0), ItemsRetried=("Count", 1.0))
+    ]
+    assert slept == []
+    assert rig.target_calls == []
 
 
 def test_a_yield_then_a_forced_delivery_are_counted(rig: Rig, capsys: pytest.CaptureFixture[str]) -> None:
@@ -781,6 +846,7 @@ def test_a_yield_then_a_forced_delivery_are_counted(rig: Rig, capsys: pytest.Cap
             "BATCH",
             ItemsForced=("Count", 1.0),
             QueueWaitTime=("Milliseconds", 2_500.0),
+            ApiCalls=("Count", 1.0),
             ApiLatency=("Milliseconds", 125.0),
             ItemsProcessed=("Count", 1.0),
         )
@@ -804,6 +870,7 @@ def test_a_ticket_measures_the_wait_of_the_payload_it_pulls(
         emf(
             "HIGH",
             QueueWaitTime=("Milliseconds", 2_500.0),
+            ApiCalls=("Count", 1.0),
             ApiLatency=("Milliseconds", 125.0),
             ItemsProcessed=("Count", 1.0),
         )

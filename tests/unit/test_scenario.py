@@ -33,6 +33,8 @@ def test_the_example_scenario_loads() -> None:
         ),
         ({"batches": [{"counts": {}}], "api": {"limit": 3}}, "api has an unknown field"),
         ({"batches": [{"counts": {}}], "dispatch": "lifo"}, "got 'lifo'"),
+        ({"batches": [{"counts": {}}], "capacity_changes": [[60, 0]]}, "capacity_changes must be"),
+        ({"batches": [{"counts": {}}], "capacity_changes": [[-1, 4]]}, "got [[-1, 4]]"),
     ],
 )
 def test_invalid_scenarios_name_the_problem(data: dict[str, object], message: str, tmp_path: Path) -> None:
@@ -47,3 +49,11 @@ def test_scaling_keeps_every_kind_of_item() -> None:
     assert small.batches[0].counts == {"BATCH": 4, "NORMAL": 2}
     assert small.batches[0].reject == {"NORMAL": 1}
     assert small.batches[1].counts == {"HIGH": 1}
+
+
+def test_capacity_changes_load_in_time_order(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    path.write_text(
+        json.dumps({"batches": [{"counts": {"BATCH": 1}}], "capacity_changes": [[180, 8], [60, 4]]})
+    )
+    assert load(path).capacity_changes == ((60.0, 4), (180.0, 8))
