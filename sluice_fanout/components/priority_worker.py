@@ -117,6 +117,10 @@ class PriorityWorkerArgs(TypedDict):
     queue_kms_key_arn: NotRequired[str]
     """The customer KMS key encrypting the queues (as given to PriorityQueues), if any: the role
     may then decrypt what it receives and encrypt what it dead-letters, with that key only."""
+    throttle_hold_seconds: NotRequired[float]
+    """Least seconds an invocation keeps its slot after a 429: with an AdaptiveController, its
+    reaction time (interval + signal delay), so an excess slot is refused about once before the
+    controller removes it. Default none: the worker holds for the Retry-After alone."""
     controlled: NotRequired[bool]
     """An AdaptiveController sets the function's reserved concurrency and the mappings'
     MaximumConcurrency and Enabled at run time: Pulumi ignores changes to them, so a later
@@ -218,6 +222,10 @@ class PriorityWorker(pulumi.ComponentResource):
             contract.ENV_IDEMPOTENCY_TTL_SECONDS: str(cfg.idempotency_ttl_seconds),
             "POWERTOOLS_SERVICE_NAME": "sluice-worker",
         }
+        if "throttle_hold_seconds" in args:
+            env[contract.ENV_THROTTLE_HOLD_SECONDS] = repr(
+                v.check_number(COMPONENT, name, "throttle_hold_seconds", args["throttle_hold_seconds"], low=0)
+            )
         if cfg.calls_per_second is not None:
             env[contract.ENV_CALLS_PER_SECOND] = repr(cfg.calls_per_second)
         if "results_bucket" in args:

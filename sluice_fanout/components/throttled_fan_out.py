@@ -280,7 +280,7 @@ class ThrottledFanOut(pulumi.ComponentResource):
                     "must not be set with adaptive: the controller sets each mapping's MaximumConcurrency",
                     args["esm_maximum_concurrency"],
                 )
-            check_adaptive_args(
+            adaptive_settings = check_adaptive_args(
                 COMPONENT,
                 name,
                 args["adaptive"],
@@ -288,6 +288,9 @@ class ThrottledFanOut(pulumi.ComponentResource):
                 callback_timeout_seconds=callback_timeout if waits else None,
             )
             worker_args_plain["controlled"] = True
+            worker_args_plain["throttle_hold_seconds"] = float(
+                adaptive_settings.interval_seconds + adaptive_settings.signal_delay_seconds
+            )
         dashboard = v.check_bool(COMPONENT, name, "dashboard", args.get("dashboard", True))
         alarms = v.check_bool(COMPONENT, name, "alarms", args.get("alarms", True))
         high_age = v.check_int(

@@ -289,6 +289,32 @@ def test_drift_the_controller_makes_is_ignored_only_when_adaptive(dispatch: str)
     assert {name: changes for name, changes in plain.items() if changes} == {}
 
 
+def test_the_worker_holds_a_refused_slot_for_the_controllers_reaction_time(
+    adaptive: tuple[Recorder, Any],
+) -> None:
+    rec, _ = adaptive
+    env = rec.named("orders-worker-function").inputs["environment"]["variables"]
+    assert env[contract.ENV_THROTTLE_HOLD_SECONDS] == "20.0"  # interval 10 s + signal delay 10 s
+    plain, _ = run({"concurrency": 8, "http_target": HTTP})
+    assert (
+        contract.ENV_THROTTLE_HOLD_SECONDS
+        not in plain.named("orders-worker-function").inputs["environment"]["variables"]
+    )
+    tuned, _ = run(
+        {
+            "concurrency": 8,
+            "http_target": HTTP,
+            "adaptive": {"interval_seconds": 5, "signal_delay_seconds": 3},
+        }
+    )
+    assert (
+        tuned.named("orders-worker-function").inputs["environment"]["variables"][
+            contract.ENV_THROTTLE_HOLD_SECONDS
+        ]
+        == "8.0"
+    )
+
+
 def test_the_worker_starts_at_the_max(adaptive: tuple[Recorder, Any]) -> None:
     rec, _ = adaptive
     assert rec.named("orders-worker-function").inputs["reservedConcurrentExecutions"] == 8
