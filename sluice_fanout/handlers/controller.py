@@ -6,29 +6,29 @@ the current time in seconds. A future controller Lambda feeds one `Signal` per c
 and disables them while the breaker is OPEN.
 
 The limit rule (`next_limit`), AIMD with a latency baseline. With L the current limit (clamped to
-[min_limit, max_limit]), t = throttled / calls, e = errors / calls, p = latency p50 and B the
+[min_limit, max_limit]), t = throttled / calls, e = errors / calls, m = mean latency and B the
 baseline from the state (B' the baseline after this interval, g = grow_below):
 
 1. calls < min_calls: hold; the interval is too small to be evidence of anything.
-2. t > throttle_threshold, or e > error_threshold, or p > latency_tolerance * B (once B exists):
+2. t > throttle_threshold, or e > error_threshold, or m > latency_tolerance * B (once B exists):
    L' = max(min_limit, min(L - 1, floor(L * decrease_factor)))   (multiplicative decrease, at
    least one step down unless at min), and `cooldown_intervals` intervals of cool-down start.
 3. in cool-down: hold (the next intervals still carry load from the old, higher limit).
-4. t > g * throttle_threshold, or e > g * error_threshold, or p > (1 + g * (tolerance - 1)) * B:
+4. t > g * throttle_threshold, or e > g * error_threshold, or m > (1 + g * (tolerance - 1)) * B:
    hold (the hold band between "healthy" and "overloaded").
-5. peak_in_flight < saturation * L: hold; the limit was not used, so growing it proves nothing.
+5. in_flight < saturation * L: hold; the limit was not used, so growing it proves nothing.
 6. otherwise L' = min(max_limit, L + increase_step)                 (additive increase).
 
-The baseline B is the latency of a healthy API: a slow-moving minimum of p50 over intervals that
+The baseline B is the latency of a healthy API: a slow-moving minimum of m over intervals that
 count (rule 1) and are not throttle- or error-overloaded (a 429 answers fast and would drag it
-down). B' = p when p <= B (fast down), else B + baseline_rise * (p - B) (slow up), so a permanent
+down). B' = m when m <= B (fast down), else B + baseline_rise * (m - B) (slow up), so a permanent
 slow-down of the API is accepted after a while instead of pinning the limit at min forever.
 
 Why this does not oscillate on a steady signal: under a constant signal t and e are constant and B
-moves monotonically towards p, so the interval's class can only change in one order (overloaded,
+moves monotonically towards m, so the interval's class can only change in one order (overloaded,
 then hold band, then healthy) and only through the baseline. The limit therefore only goes down
 while the class is "overloaded" and only up once it is "healthy": at most one change of
-direction, and it settles (at min, at max, or where peak_in_flight stops saturating it). The
+direction, and it settles (at min, at max, or where in_flight stops saturating it). The
 hold band and the cool-down matter when the signal answers the limit (the real API): a limit
 just above the API's capacity throttles, the halved limit must run `cooldown_intervals` and then
 be clearly healthy, not merely under the threshold, before it grows again, so a signal sitting at
@@ -72,11 +72,13 @@ class Signal:
     """Calls answered 429 (or RetryLater)."""
     errors: int
     """Calls that failed with a 5xx or a timeout."""
-    latency_p50_ms: float
-    """Median latency of the calls in milliseconds."""
-    peak_in_flight: int
-    """Most calls in flight at once (e.g. the worker's ConcurrentExecutions maximum). It tells
-    whether the limit was used: calls per interval alone depend on latency and interval length."""
+    latency_ms: float
+    """Mean latency of the calls the API answered, in milliseconds (ApiLatency Sum / SampleCount:
+    refused calls are not in it, a 429 answers fast and would drag it down)."""
+    in_flight: float
+    """Average calls in flight among those the API answered: ApiLatency Sum / interval length.
+    The concurrency the API actually served; it tells whether the limit was used (calls per
+    interval alone depend on latency and interval length)."""
 
     def __post_init__(self) -> None:
         _require(self.calls >= 0, "Signal", "calls must be >= 0", self.calls)
@@ -88,8 +90,8 @@ class Signal:
             "throttled + errors must be <= calls",
             (self.throttled, self.errors, self.calls),
         )
-        _require(self.latency_p50_ms >= 0, "Signal", "latency_p50_ms must be >= 0", self.latency_p50_ms)
-        _require(self.peak_in_flight >= 0, "Signal", "peak_in_flight must be >= 0", self.peak_in_flight)
+        _require(self.latency_ms >= 0, "Signal", "latency_ms must be >= 0", self.latency_ms)
+        _require(self.in_flight >= 0, "Signal", "in_flight must be >= 0", self.in_flight)
 
     @property
     def throttle_share(self) -> float:
@@ -113,7 +115,7 @@ class ControllerSettings:
     error_threshold: float = 0.05
     """Share of 5xx/timeouts above which the limit decreases, in [0, 1)."""
     latency_tolerance: float = 2.0
-    """p50 above tolerance x baseline decreases the limit; > 1."""
+    """Mean latency above tolerance x baseline decreases the limit; > 1."""
     decrease_factor: float = 0.5
     """Multiplicative decrease, in (0, 1)."""
     increase_step: int = 1
@@ -124,11 +126,11 @@ class ControllerSettings:
     """Fraction of each threshold (and of the latency excess) under which an interval is healthy
     enough to grow; between that and the threshold the limit holds. In (0, 1)."""
     saturation: float = 0.8
-    """The limit counts as used when peak_in_flight >= saturation x limit. In (0, 1]."""
+    """The limit counts as used when in_flight >= saturation x limit. In (0, 1]."""
     cooldown_intervals: int = 2
     """Intervals after a decrease in which the limit does not grow; >= 0."""
     baseline_rise: float = 0.05
-    """Weight of a slower p50 in the baseline per interval, in (0, 1]."""
+    """Weight of a slower mean latency in the baseline per interval, in (0, 1]."""
 
     def __post_init__(self) -> None:
         who = "ControllerSettings"
@@ -162,7 +164,7 @@ class ControllerState:
     """What the rule remembers between intervals (the Lambda stores it, e.g. in DynamoDB)."""
 
     baseline_ms: float | None = None
-    """Healthy p50 latency; None until the first interval that counts."""
+    """Healthy mean latency; None until the first interval that counts."""
     cooldown_left: int = 0
     """Intervals left in which the limit may not grow."""
 
@@ -193,7 +195,7 @@ def decrease(limit: int, settings: ControllerSettings) -> int:
 
 
 def next_baseline(baseline: float | None, latency_ms: float, rise: float) -> float:
-    """Fast down to a lower p50, slowly up towards a higher one; never below MIN_BASELINE_MS."""
+    """Fast down to a lower latency, slowly up towards a higher one; never below MIN_BASELINE_MS."""
     latency_ms = max(latency_ms, MIN_BASELINE_MS)
     if baseline is None or latency_ms <= baseline:
         return latency_ms
@@ -215,7 +217,7 @@ def next_limit(
 
     s = settings
     baseline = state.baseline_ms
-    latency = max(signal.latency_p50_ms, MIN_BASELINE_MS)
+    latency = max(signal.latency_ms, MIN_BASELINE_MS)
     if signal.throttle_share > s.throttle_threshold:
         overload: Reason | None = Reason.THROTTLED
     elif signal.error_share > s.error_threshold:
@@ -248,7 +250,7 @@ def _grow_or_hold(
         or (base is not None and latency > (1 + g * (s.latency_tolerance - 1)) * base)
     ):
         return Reason.HOLD_BAND
-    if signal.peak_in_flight < s.saturation * limit:
+    if signal.in_flight < s.saturation * limit:
         return Reason.UNUSED
     if limit >= s.max_limit:
         return Reason.AT_MAX

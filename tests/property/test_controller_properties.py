@@ -52,19 +52,19 @@ def signals(draw: st.DrawFn) -> Signal:
         calls=calls,
         throttled=throttled,
         errors=draw(st.integers(min_value=0, max_value=calls - throttled)),
-        latency_p50_ms=draw(st.floats(min_value=0.0, max_value=10_000.0)),
-        peak_in_flight=draw(st.integers(min_value=0, max_value=100)),
+        latency_ms=draw(st.floats(min_value=0.0, max_value=10_000.0)),
+        in_flight=draw(st.floats(min_value=0.0, max_value=100.0)),
     )
 
 
-# Healthy: no 429s or errors and a p50 no baseline is below; the peak varies.
+# Healthy: no 429s or errors and a latency no baseline is below; in_flight varies.
 healthy_signals = st.builds(
     Signal,
     calls=st.integers(min_value=50, max_value=500),  # >= any generated min_calls
     throttled=st.just(0),
     errors=st.just(0),
-    latency_p50_ms=st.floats(min_value=0.0, max_value=MIN_BASELINE_MS),
-    peak_in_flight=st.integers(min_value=0, max_value=100),
+    latency_ms=st.floats(min_value=0.0, max_value=MIN_BASELINE_MS),
+    in_flight=st.floats(min_value=0.0, max_value=100.0),
 )
 any_signals = signals() | healthy_signals
 
@@ -99,15 +99,15 @@ def overloads(draw: st.DrawFn) -> tuple[ControllerSettings, ControllerState, Sig
     baseline = draw(st.floats(min_value=MIN_BASELINE_MS, max_value=1_000.0))
     kind = draw(st.sampled_from(["throttled", "errors", "latency"]))
     bad = draw(st.integers(min_value=math.floor(calls * 0.5) + 1, max_value=calls))
-    p50 = draw(st.floats(min_value=0.0, max_value=10_000.0))
+    latency = draw(st.floats(min_value=0.0, max_value=10_000.0))
     if kind == "latency":
-        p50 = baseline * s.latency_tolerance * draw(st.floats(min_value=1.001, max_value=10.0))
+        latency = baseline * s.latency_tolerance * draw(st.floats(min_value=1.001, max_value=10.0))
     signal = Signal(
         calls=calls,
         throttled=bad if kind == "throttled" else 0,
         errors=bad if kind == "errors" else 0,
-        latency_p50_ms=p50,
-        peak_in_flight=draw(st.integers(min_value=0, max_value=100)),
+        latency_ms=latency,
+        in_flight=draw(st.floats(min_value=0.0, max_value=100.0)),
     )
     state = ControllerState(baseline, draw(st.integers(min_value=0, max_value=10)))
     return s, state, signal
@@ -135,8 +135,8 @@ def test_healthy_saturated_signal_reaches_max_on_schedule(
         calls=data.draw(st.integers(min_value=s.min_calls, max_value=500)),
         throttled=0,
         errors=0,
-        latency_p50_ms=data.draw(st.floats(min_value=0.0, max_value=ceiling)),
-        peak_in_flight=data.draw(st.integers(min_value=s.max_limit, max_value=s.max_limit + 10)),
+        latency_ms=data.draw(st.floats(min_value=0.0, max_value=ceiling)),
+        in_flight=data.draw(st.floats(min_value=s.max_limit, max_value=s.max_limit + 10.0)),
     )
     start = s.clamp(current)
     steps = state.cooldown_left + math.ceil((s.max_limit - start) / s.increase_step)
@@ -153,18 +153,17 @@ def test_healthy_saturated_signal_reaches_max_on_schedule(
 def test_unused_limit_does_not_grow(
     s: ControllerSettings, state: ControllerState, signal: Signal, data: st.DataObject
 ) -> None:
-    """Even a healthy interval does not grow a limit whose peak stayed under saturation x limit."""
+    """Even a healthy interval does not grow a limit whose in_flight stayed under saturation x limit."""
     current = data.draw(st.integers(min_value=s.min_limit - 2, max_value=s.max_limit))
-    used = math.ceil(s.saturation * s.clamp(current))
-    peak = data.draw(st.integers(min_value=0, max_value=used - 1))
-    assume(peak < s.saturation * s.clamp(current))  # ceil of a float product can round
-    signal = replace(signal, peak_in_flight=peak)
+    used = s.saturation * s.clamp(current)
+    in_flight = data.draw(st.floats(min_value=0.0, max_value=used, exclude_max=True))
+    signal = replace(signal, in_flight=in_flight)
     assert next_limit(current, signal, state, s).limit <= s.clamp(current)
 
 
 def latency_warmup(baseline: float | None, signal: Signal, s: ControllerSettings) -> int:
-    """Intervals until the baseline is close enough to a constant p50 for it to count as healthy."""
-    p = max(signal.latency_p50_ms, MIN_BASELINE_MS)
+    """Intervals until the baseline is close enough to a constant latency for it to count as healthy."""
+    p = max(signal.latency_ms, MIN_BASELINE_MS)
     if baseline is None or p <= baseline or s.baseline_rise == 1:
         return 1
     near = 1 + s.grow_below * (s.latency_tolerance - 1)
@@ -175,17 +174,15 @@ def latency_warmup(baseline: float | None, signal: Signal, s: ControllerSettings
 
 
 def slower_api(s: ControllerSettings, state: ControllerState) -> st.SearchStrategy[Signal]:
-    """Healthy, saturated calls at a p50 above the tolerance: the API got slower for good."""
+    """Healthy, saturated calls at a latency above the tolerance: the API got slower for good."""
     base = state.baseline_ms or MIN_BASELINE_MS
     return st.builds(
         Signal,
         calls=st.integers(min_value=s.min_calls, max_value=500),
         throttled=st.just(0),
         errors=st.just(0),
-        latency_p50_ms=st.floats(min_value=1.001, max_value=50.0).map(
-            lambda k: k * s.latency_tolerance * base
-        ),
-        peak_in_flight=st.just(s.max_limit),
+        latency_ms=st.floats(min_value=1.001, max_value=50.0).map(lambda k: k * s.latency_tolerance * base),
+        in_flight=st.just(float(s.max_limit)),
     )
 
 
@@ -195,7 +192,7 @@ def test_steady_signal_does_not_oscillate(
 ) -> None:
     """Down only, then up only (at most one change of direction), then constant after a bound.
 
-    The bound: the baseline's catch-up with a slower p50 (`latency_warmup`), a cool-down, at most
+    The bound: the baseline's catch-up with a slower latency (`latency_warmup`), a cool-down, at most
     max - min decreases and ceil((max - min) / step) increases.
     """
     signal = data.draw(any_signals | slower_api(s, state))
@@ -215,13 +212,14 @@ def test_steady_signal_does_not_oscillate(
 
 
 def capacity_signal(limit: int, capacity: int) -> Signal:
-    """A saturated API of `capacity` concurrent calls: the share of calls beyond it gets 429."""
+    """A saturated API of `capacity` concurrent calls: the share of calls beyond it gets 429, and
+    it serves min(limit, capacity) calls at a time."""
     return Signal(
         calls=100 * limit,
         throttled=100 * max(0, limit - capacity),
         errors=0,
-        latency_p50_ms=100.0,
-        peak_in_flight=limit,
+        latency_ms=100.0,
+        in_flight=float(min(limit, capacity)),
     )
 
 
@@ -281,8 +279,8 @@ breaker_settings = st.builds(
     probe_limit=st.integers(min_value=1, max_value=5),
 )
 # All errors, no calls (paused or idle), healthy, or anything: every edge gets taken.
-failing_signals = st.integers(min_value=50, max_value=500).map(lambda n: Signal(n, 0, n, 100.0, 1))
-breaker_signals = failing_signals | st.just(Signal(0, 0, 0, 0.0, 0)) | healthy_signals | signals()
+failing_signals = st.integers(min_value=50, max_value=500).map(lambda n: Signal(n, 0, n, 100.0, 1.0))
+breaker_signals = failing_signals | st.just(Signal(0, 0, 0, 0.0, 0.0)) | healthy_signals | signals()
 steps = st.lists(st.tuples(breaker_signals, st.floats(min_value=0.0, max_value=600.0)), max_size=40)
 
 

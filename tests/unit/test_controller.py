@@ -22,8 +22,10 @@ SETTINGS = ControllerSettings(min_limit=1, max_limit=10, decrease_factor=0.5, co
 WARM = ControllerState(baseline_ms=100.0)
 
 
-def sig(calls: int = 100, throttled: int = 0, errors: int = 0, p50: float = 100.0, peak: int = 8) -> Signal:
-    return Signal(calls=calls, throttled=throttled, errors=errors, latency_p50_ms=p50, peak_in_flight=peak)
+def sig(
+    calls: int = 100, throttled: int = 0, errors: int = 0, latency: float = 100.0, in_flight: float = 8.0
+) -> Signal:
+    return Signal(calls=calls, throttled=throttled, errors=errors, latency_ms=latency, in_flight=in_flight)
 
 
 @pytest.mark.parametrize(
@@ -34,21 +36,21 @@ def sig(calls: int = 100, throttled: int = 0, errors: int = 0, p50: float = 100.
         (3, sig(throttled=10), Decision(1, ControllerState(100.0, 2), Reason.THROTTLED)),
         (1, sig(throttled=50), Decision(1, ControllerState(100.0, 2), Reason.THROTTLED)),
         (8, sig(errors=6), Decision(4, ControllerState(100.0, 2), Reason.ERRORS)),
-        # p50 250 > 2 x 100: halve; the baseline rises 5% of the way: 100 + 0.05 x 150.
-        (8, sig(p50=250.0), Decision(4, ControllerState(107.5, 2), Reason.LATENCY)),
+        # latency 250 > 2 x 100: halve; the baseline rises 5% of the way: 100 + 0.05 x 150.
+        (8, sig(latency=250.0), Decision(4, ControllerState(107.5, 2), Reason.LATENCY)),
         # 3% 429s: under the 5% threshold but over half of it: the hold band.
         (8, sig(throttled=3), Decision(8, ControllerState(100.0, 0), Reason.HOLD_BAND)),
-        # p50 160: under 2 x 100 but over (1 + 0.5 x 1) x 100.
-        (8, sig(p50=160.0), Decision(8, ControllerState(103.0, 0), Reason.HOLD_BAND)),
-        # healthy and 8 in flight at limit 8: grow by one; a faster p50 becomes the baseline.
-        (8, sig(throttled=2, p50=80.0), Decision(9, ControllerState(80.0, 0), Reason.INCREASE)),
-        # only 6 in flight, under 0.8 x 8: the limit was not used, so it does not grow.
-        (8, sig(peak=6), Decision(8, ControllerState(100.0, 0), Reason.UNUSED)),
-        (10, sig(peak=10), Decision(10, ControllerState(100.0, 0), Reason.AT_MAX)),
+        # latency 160: under 2 x 100 but over (1 + 0.5 x 1) x 100.
+        (8, sig(latency=160.0), Decision(8, ControllerState(103.0, 0), Reason.HOLD_BAND)),
+        # healthy and 8 in flight at limit 8: grow by one; a faster latency becomes the baseline.
+        (8, sig(throttled=2, latency=80.0), Decision(9, ControllerState(80.0, 0), Reason.INCREASE)),
+        # 6 in flight on average, under 0.8 x 8: the limit was not used, so it does not grow.
+        (8, sig(in_flight=6), Decision(8, ControllerState(100.0, 0), Reason.UNUSED)),
+        (10, sig(in_flight=10), Decision(10, ControllerState(100.0, 0), Reason.AT_MAX)),
         (8, sig(calls=9, errors=9), Decision(8, WARM, Reason.TOO_FEW_CALLS)),
         # a limit outside the settings (they changed) is clamped first.
-        (25, sig(peak=25), Decision(10, ControllerState(100.0, 0), Reason.AT_MAX)),
-        (0, sig(peak=1), Decision(2, ControllerState(100.0, 0), Reason.INCREASE)),
+        (25, sig(in_flight=25), Decision(10, ControllerState(100.0, 0), Reason.AT_MAX)),
+        (0, sig(in_flight=1), Decision(2, ControllerState(100.0, 0), Reason.INCREASE)),
     ],
 )
 def test_one_interval(current: int, signal: Signal, expected: Decision) -> None:
@@ -56,14 +58,14 @@ def test_one_interval(current: int, signal: Signal, expected: Decision) -> None:
 
 
 def test_first_interval_sets_the_baseline_and_judges_no_latency() -> None:
-    decision = next_limit(8, sig(p50=900.0), ControllerState(), SETTINGS)
+    decision = next_limit(8, sig(latency=900.0), ControllerState(), SETTINGS)
     assert decision == Decision(9, ControllerState(900.0, 0), Reason.INCREASE)
 
 
 def test_cooldown_holds_two_healthy_intervals_after_a_decrease_then_grows() -> None:
     limits, reasons = [], []
     limit, state = 8, WARM
-    for signal in [sig(throttled=10), sig(peak=4), sig(peak=4), sig(peak=4), sig(peak=5)]:
+    for signal in [sig(throttled=10), sig(in_flight=4), sig(in_flight=4), sig(in_flight=4), sig(in_flight=5)]:
         decision = next_limit(limit, signal, state, SETTINGS)
         limit, state = decision.limit, decision.state
         limits.append(limit)
@@ -78,7 +80,7 @@ def test_cooldown_holds_two_healthy_intervals_after_a_decrease_then_grows() -> N
         (lambda: ControllerSettings(min_limit=3, max_limit=2), "max_limit must be >= min_limit, got (2, 3)"),
         (lambda: ControllerSettings(min_limit=0), "min_limit must be >= 1, got 0"),
         (lambda: ControllerSettings(decrease_factor=1.0), "decrease_factor must be in (0, 1), got 1.0"),
-        (lambda: Signal(5, 3, 3, 1.0, 1), "throttled + errors must be <= calls, got (3, 3, 5)"),
+        (lambda: Signal(5, 3, 3, 1.0, 1.0), "throttled + errors must be <= calls, got (3, 3, 5)"),
         (lambda: BreakerSettings(probe_limit=0), "probe_limit must be >= 1, got 0"),
     ],
 )
