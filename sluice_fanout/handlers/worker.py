@@ -548,6 +548,9 @@ def _hold_slot(deps: WorkerDeps, retry_after_s: float, remaining_ms: int) -> Non
     wanted = max(min(retry_after_s, THROTTLE_HOLD_MAX_S), deps.config.throttle_hold_seconds)
     hold = min(wanted, budget)
     if hold > 0:
+        # EMF lines carry the time they are printed: printed after the hold, the refusal would
+        # land in the controller's next window, and it would decrease twice for one refusal.
+        deps.metrics.flush()
         deps.sleep(hold)
 
 
