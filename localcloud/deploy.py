@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import pulumi
 from pulumi.runtime.settings import get_root_resource
 
+from localcloud.control_plane import create_detached_mapping
+
 if TYPE_CHECKING:
     from localcloud.cloud import EmbeddedAws
 
@@ -202,18 +204,19 @@ class MotoResources(pulumi.runtime.Mocks):
         return name, {"arn": created["FunctionArn"], "name": name, "invokeArn": created["FunctionArn"]}
 
     def _EventSourceMapping(self, name: str, i: dict[str, Any]) -> tuple[str, dict[str, Any]]:  # noqa: N802 - one signature for every creator
-        uuid = f"esm-{name}"
-        self.mappings.append(
-            MappingSpec(
-                uuid=uuid,
-                queue_arn=i["eventSourceArn"],
-                function_name=i["functionName"].rsplit(":", 1)[-1],
-                batch_size=int(i.get("batchSize", 10)),
-                maximum_concurrency=int(i.get("scalingConfig", {}).get("maximumConcurrency", 1000)),
-                report_batch_item_failures="ReportBatchItemFailures" in i.get("functionResponseTypes", []),
-            )
+        spec = MappingSpec(
+            uuid=f"esm-{name}",
+            queue_arn=i["eventSourceArn"],
+            function_name=i["functionName"].rsplit(":", 1)[-1],
+            batch_size=int(i.get("batchSize", 10)),
+            maximum_concurrency=int(i.get("scalingConfig", {}).get("maximumConcurrency", 1000)),
+            report_batch_item_failures="ReportBatchItemFailures" in i.get("functionResponseTypes", []),
         )
-        return uuid, {"uuid": uuid}
+        # Also in moto, under moto's UUID, so the adaptive controller's Lambda API calls find
+        # the mapping the local pollers run (they follow its settings: ControlPlaneSync).
+        spec.uuid = create_detached_mapping(self._c("lambda"), spec)
+        self.mappings.append(spec)
+        return spec.uuid, {"uuid": spec.uuid}
 
     def _FunctionEventInvokeConfig(self, name: str, i: dict[str, Any]) -> tuple[str, dict[str, Any]]:  # noqa: N802, ARG002 - one signature for every creator
         settings = {

@@ -92,6 +92,8 @@ class LambdaRunner:
         self._functions: dict[str, _Function] = {}
         self._workdir = Path(tempfile.mkdtemp(prefix="sluice-lambda-"))
         self._ctx = multiprocessing.get_context("spawn")
+        self._processes: list[Any] = []
+        """Every sandbox started, busy ones included, so close() leaves none running."""
 
     def register(
         self,
@@ -217,6 +219,7 @@ class LambdaRunner:
         )
         process.start()
         child.close()
+        self._processes.append(process)
         return _Sandbox(process, parent)
 
     def _call(self, spec: FunctionSpec, sandbox: _Sandbox, event: Any, *, cold: bool) -> Invocation:
@@ -247,4 +250,10 @@ class LambdaRunner:
                 sandbox.conn.close()
                 sandbox.process.kill()
             fn.idle.clear()
+        # A sandbox still busy (a scheduled controller mid-loop) would go on calling an embedded
+        # AWS that is gone; Lambda would freeze it, here it ends with the run.
+        for process in self._processes:
+            if process.is_alive():
+                process.kill()
+        self._processes.clear()
         shutil.rmtree(self._workdir, ignore_errors=True)

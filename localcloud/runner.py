@@ -11,11 +11,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from localcloud.cloud import EmbeddedAws, embedded_aws
+from localcloud.control_plane import ControlPlaneSync
 from localcloud.deploy import DeployedStack, deploy
+from localcloud.emf import EmfForwarder
 from localcloud.esm import EventSourceMappings, MappingStats, message_key
 from localcloud.faults import CompletionFaults
 from localcloud.legacy_api import Call, LegacyApi
 from localcloud.scenario import FIFO_QUEUE
+from localcloud.scheduler import Fired, Schedules
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -23,6 +26,10 @@ if TYPE_CHECKING:
     from localcloud.scenario import Scenario
 
 POLL_S = 0.25
+FEED_BATCH = -1
+"""ExecutionRecord.batch of the executions a scenario's feed started."""
+RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
+"""API answers after which the worker tries the item again: it is still waiting."""
 # The attribute the worker puts on what it dead-letters itself (handlers/contract.py; localcloud
 # does not import the handlers it runs).
 DEAD_LETTER_REASON_ATTRIBUTE = "SluiceDeadLetterReason"
@@ -60,6 +67,14 @@ class RunResult:
     dead-lettered it itself)."""
     completion_calls: dict[str, int] = field(default_factory=dict)
     """SendTaskSuccess calls per item named in the scenario's completion faults."""
+    limits: list[tuple[float, str, int | bool | None]] = field(default_factory=list)
+    """With the adaptive controller: (epoch s, setting, value) as the data plane applied them
+    (`reserved:<fn>`, `maximum_concurrency:<uuid>`, `enabled:<uuid>`)."""
+    capacity: list[tuple[float, int]] = field(default_factory=list)
+    """(epoch s, limit): the simulated API's concurrency limit over the run."""
+    controller_logs: list[dict[str, Any]] = field(default_factory=list)
+    scheduled: list[Fired] = field(default_factory=list)
+    """Each scheduled invocation and its outcome."""
 
 
 def batch_items(scenario: Scenario, batch_no: int) -> list[dict[str, Any]]:
@@ -146,13 +161,20 @@ def _run(
             sqs.send_message(QueueUrl=url, MessageBody="{not json" if n % 2 else json.dumps({"item": n}))
     mappings = EventSourceMappings(stack.mappings, aws.runner, sqs, on_receive)
     mappings.start()
+    worker = stack.outputs["workerFunctionName"]
+    control = _Control(aws, stack, mappings) if stack.schedules else None
     executions: list[ExecutionRecord] = []
     t0 = time.time()
     deadline = t0 + scenario.deadline_s
     pending = sorted(range(len(scenario.batches)), key=lambda n: scenario.batches[n].start_s)
+    capacity_changes = list(scenario.capacity_changes)
     try:
         while time.time() < deadline:
             now = time.time()
+            while capacity_changes and now - t0 >= capacity_changes[0][0]:
+                api.set_concurrency_limit(capacity_changes.pop(0)[1])
+            if scenario.feed is not None and now - t0 < scenario.feed.until_s:
+                _feed(scenario, sfn, stack, api, executions)
             while pending and now - t0 >= scenario.batches[pending[0]].start_s:
                 n = pending.pop(0)
                 items = batch_items(scenario, n)
@@ -162,16 +184,11 @@ def _run(
                     input=json.dumps({"items": items}),
                 )["executionArn"]
                 executions.append(ExecutionRecord(arn, n, items, time.time()))
-            for record in executions:
-                if record.status == "RUNNING":
-                    described = sfn.describe_execution(executionArn=record.arn)
-                    if described["status"] != "RUNNING":
-                        record.status = described["status"]
-                        record.stopped = time.time()
-                        record.output = json.loads(described.get("output") or "null")
+            _refresh(sfn, executions)
             if on_tick is not None:
                 on_tick(api, executions)
-            if not pending and all(r.status != "RUNNING" for r in executions):
+            feeding = scenario.feed is not None and time.time() - t0 < scenario.feed.until_s
+            if not pending and not feeding and all(r.status != "RUNNING" for r in executions):
                 break
             time.sleep(POLL_S)
     finally:
@@ -181,7 +198,8 @@ def _run(
             if record.status == "RUNNING":
                 sfn.stop_execution(executionArn=record.arn, error="Sluice.RunDeadline")
         mappings.stop()
-    worker = stack.outputs["workerFunctionName"]
+        if control is not None:
+            control.stop()
     dead_letters = [
         {"queue": priority, "body": m["Body"], "reason": _reason(m)}
         for priority, url in stack.outputs["dlqUrls"].items()
@@ -201,7 +219,79 @@ def _run(
         requests=requests,
         parent_transitions=sum(_transitions(sfn, r.arn) for r in executions),
         dead_letters=dead_letters,
+        limits=control.limits() if control else [],
+        capacity=api.capacity_snapshot(),
+        controller_logs=control.logs() if control else [],
+        scheduled=list(control.schedules.fired) if control else [],
     )
+
+
+class _Control:
+    """The adaptive controller's surroundings on the embedded AWS: its schedule fires (the first
+    time at once, so a short run need not wait a minute), the worker's EMF lines become
+    CloudWatch metrics, and the runner and mappings follow what it sets through the Lambda API."""
+
+    def __init__(self, aws: EmbeddedAws, stack: DeployedStack, mappings: EventSourceMappings) -> None:
+        self._aws = aws
+        worker = stack.outputs["workerFunctionName"]
+        self._functions = sorted({s.function_name for s in stack.schedules})
+        # Monotonic times of the sync, as epoch seconds like the API's calls.
+        self._epoch_offset = time.time() - time.monotonic()
+        self.emf = EmfForwarder(aws.client("cloudwatch"), aws.runner, [worker]).start()
+        self.sync = ControlPlaneSync(
+            aws.client("lambda"),
+            aws.runner,
+            mappings,
+            functions=[worker],
+            mapping_ids={m.uuid: m.uuid for m in stack.mappings},
+        ).start()
+        self.schedules = Schedules(
+            [(s.function_name, s.expression) for s in stack.schedules], aws.runner, fire_now=True
+        ).start()
+
+    def stop(self) -> None:
+        self.schedules.stop()
+        self.sync.stop()
+        self.emf.stop()
+
+    def limits(self) -> list[tuple[float, str, int | bool | None]]:
+        return [(c.t + self._epoch_offset, c.what, c.value) for c in self.sync.timeline]
+
+    def logs(self) -> list[dict[str, Any]]:
+        return [r for name in self._functions for r in self._aws.runner.log_records(name)]
+
+
+def _feed(
+    scenario: Scenario, sfn: Any, stack: DeployedStack, api: LegacyApi, executions: list[ExecutionRecord]
+) -> None:
+    """Top the feed's items waiting for their API call back up to its `outstanding`."""
+    feed = scenario.feed
+    assert feed is not None  # noqa: S101 - the caller checked
+    fed = [r for r in executions if r.batch == FEED_BATCH]
+    answered = {c.key for c in api.snapshot() if c.status not in RETRIED_STATUSES}
+    waiting = sum(1 for r in fed for i in range(len(r.items)) if f"{r.arn}#{i}" not in answered)
+    while waiting < feed.outstanding:
+        n = len(fed)
+        items = [{"id": f"feed-{n}-{i}", "priority": feed.priority} for i in range(feed.batch_size)]
+        arn = sfn.start_execution(
+            stateMachineArn=stack.outputs["stateMachineArn"],
+            name=f"{scenario.name}-feed-{n}-{uuid.uuid4().hex[:8]}",
+            input=json.dumps({"items": items}),
+        )["executionArn"]
+        record = ExecutionRecord(arn, FEED_BATCH, items, time.time())
+        executions.append(record)
+        fed.append(record)
+        waiting += feed.batch_size
+
+
+def _refresh(sfn: Any, executions: list[ExecutionRecord]) -> None:
+    for record in executions:
+        if record.status == "RUNNING":
+            described = sfn.describe_execution(executionArn=record.arn)
+            if described["status"] != "RUNNING":
+                record.status = described["status"]
+                record.stopped = time.time()
+                record.output = json.loads(described.get("output") or "null")
 
 
 def _drain(sqs: Any, url: str, limit: int = 1_000) -> list[dict[str, Any]]:

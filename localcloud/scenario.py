@@ -37,6 +37,19 @@ class Batch:
 
 
 @dataclass(frozen=True)
+class Feed:
+    """A closed-loop client: whenever fewer than `outstanding` of its items wait for their API
+    call, it starts another execution of `batch_size` items, until `until_s`. It keeps the
+    worker saturated at whatever the API's capacity is, with a bounded backlog (an open-loop
+    flood would pile up executions in the embedded AWS while capacity is low)."""
+
+    outstanding: int
+    batch_size: int
+    until_s: float
+    priority: str = "BATCH"
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     batches: tuple[Batch, ...]
@@ -54,12 +67,15 @@ class Scenario:
     one hangs past the worker's timeout, so the worker dies mid-item)."""
     malformed_payloads: int = 0
     """Junk messages put on each priority queue at the start (no token, not JSON)."""
+    feed: Feed | None = None
+    """Items fed in a closed loop besides the batches (benchmarks; not read from files)."""
     capacity_changes: tuple[tuple[float, int], ...] = ()
     """(offset s, limit): the simulated API's concurrency limit changes to `limit` at `offset`
     (capacity drops and recoveries); the profile's limit applies before the first."""
 
     @property
     def items_total(self) -> int:
+        """Items of the batches (a feed's count depends on the run)."""
         return sum(sum(b.counts.values()) + b.direct + len(b.items) for b in self.batches)
 
     def scaled(self, factor: float) -> Scenario:
