@@ -10,7 +10,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 NODE_STAMP := node_modules/.installed
 OUT := out
 
-.PHONY: test lint typecheck pytest venv tools demo bench clean
+.PHONY: test lint typecheck pytest venv tools demo bench bench-capacity clean
 
 test: lint typecheck pytest
 
@@ -52,6 +52,11 @@ demo: $(LOCAL_STAMP)
 bench: $(LOCAL_STAMP)
 	mkdir -p $(OUT)
 	$(BIN)/python -m localcloud bench --out $(OUT)/bench.json --markdown $(OUT)/bench.md --plot $(OUT)/bench.png
+
+# The capacity benchmark behind BENCHMARKS.md's adaptive section (about 12 minutes on 2 cores).
+bench-capacity: $(LOCAL_STAMP)
+	mkdir -p $(OUT)
+	$(BIN)/python -m localcloud capacity --out $(OUT)/capacity.json --markdown $(OUT)/capacity.md --plot $(OUT)/capacity.png
 
 clean:
 	rm -rf $(VENV) node_modules $(OUT)

@@ -206,6 +206,25 @@ def run_bench_command(
     return 0 if ok else 1
 
 
+def run_capacity_command(
+    scale: float, out: Path | None, markdown: Path | None, plot_path: Path | None
+) -> int:
+    from localcloud import capacity_bench  # noqa: PLC0415 - only this command needs it
+
+    def done(mode: str, figures: dict[str, Any]) -> None:
+        console.print(
+            f"{mode}: 429 share after the drop {figures['after_drop']['share_429']}, "
+            f"to 90% after the drop {figures['to_90pct_after_drop_s']} s, "
+            f"after the recovery {figures['to_90pct_after_recovery_s']} s"
+        )
+
+    results = capacity_bench.run(capacity_bench.Plan().scaled(scale), done)
+    console.print(capacity_bench.markdown(results), highlight=False)
+    capacity_bench.write(results, out, markdown, plot_path)
+    ok = all(results[m]["executions_not_succeeded"] == 0 for m in ("adaptive", "fixed"))
+    return 0 if ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localcloud", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -223,7 +242,16 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--out", type=Path, help="write the figures as JSON here")
     bench.add_argument("--markdown", type=Path, help="write the table as Markdown here")
     bench.add_argument("--plot", type=Path, help="write a PNG comparing the modes")
+    capacity = sub.add_parser(
+        "capacity", help="the API's capacity halves mid-run, then recovers: adaptive limit vs fixed"
+    )
+    capacity.add_argument("--time-scale", type=float, default=1.0, help="multiply the phases' lengths")
+    capacity.add_argument("--out", type=Path, help="write the figures as JSON here")
+    capacity.add_argument("--markdown", type=Path, help="write the table as Markdown here")
+    capacity.add_argument("--plot", type=Path, help="write a PNG of throughput, 429s and the limit")
     args = parser.parse_args(argv)
+    if args.command == "capacity":
+        return run_capacity_command(args.time_scale, args.out, args.markdown, args.plot)
     if args.command == "bench":
         return run_bench_command(args.scenarios, args.scale, args.out, args.markdown, args.plot)
     try:
