@@ -1,23 +1,43 @@
 """Dynamic concurrency control: how the worker's limit on the legacy API moves, and when to stop.
 
 Pure: plain values in, plain values out. No boto3, no clock, no environment; the caller passes
-the current time in seconds. A future controller Lambda feeds one `Signal` per control interval
-(e.g. one minute of the worker's EMF metrics), applies the limit to the event source mapping(s)
-and disables them while the breaker is OPEN.
+the current time in seconds. The controller Lambda feeds one `Signal` per control interval
+(e.g. 5 seconds of the worker's metrics), applies the limit as the worker's reserved concurrency
+and disables its event source mapping(s) while the breaker is OPEN.
 
-The limit rule (`next_limit`), AIMD with a latency baseline. With L the current limit (clamped to
-[min_limit, max_limit]), t = throttled / calls, e = errors / calls, m = mean latency and B the
-baseline from the state (B' the baseline after this interval, g = grow_below):
+The limit rule (`next_limit`), AIMD with a latency baseline and a ceiling. With L the current
+limit (clamped to [min_limit, max_limit]), t = throttled / calls, e = errors / calls, m = mean
+latency, n = in_flight (the concurrency the API served), B the baseline, C the ceiling and W the
+probe count from the state (B' the baseline after this interval, g = grow_below,
+D(L) = max(min_limit, min(L - 1, floor(L * decrease_factor))), the multiplicative decrease):
 
-1. calls < min_calls: hold; the interval is too small to be evidence of anything.
-2. t > throttle_threshold, or e > error_threshold, or m > latency_tolerance * B (once B exists):
-   L' = max(min_limit, min(L - 1, floor(L * decrease_factor)))   (multiplicative decrease, at
-   least one step down unless at min), and `cooldown_intervals` intervals of cool-down start.
+1. calls < min_calls: hold; the interval is too small to be evidence of anything, so B, C and W
+   stay as they are (only the cool-down runs down).
+2. Overloaded, checked in this order; each starts `cooldown_intervals` intervals of cool-down
+   and sets W = 0:
+   t > throttle_threshold: L' = max(D(L), min(L - 1, round(n))) with round half up, and C' = L.
+     Down to the concurrency the API served, at least one step (unless at min), never below D(L):
+     n can sit far under the capacity (the load ended midway through the interval, slots spent
+     time between calls), and D bounds what one interval can take, as before.
+   e > error_threshold, or m > latency_tolerance * B (once B exists): L' = D(L), C unchanged.
+     5xx and slow answers are no refusal of L: a ceiling there would make the rule wait
+     probe_intervals to regain a limit the API never refused.
 3. in cool-down: hold (the next intervals still carry load from the old, higher limit).
 4. t > g * throttle_threshold, or e > g * error_threshold, or m > (1 + g * (tolerance - 1)) * B:
    hold (the hold band between "healthy" and "overloaded").
-5. in_flight < saturation * L: hold; the limit was not used, so growing it proves nothing.
-6. otherwise L' = min(max_limit, L + increase_step)                 (additive increase).
+5. n < saturation * L: hold; the limit was not used, so growing it proves nothing.
+6. otherwise L' = min(max_limit, L + increase_step)                 (additive increase),
+   except that a growth to L' >= C first holds (PROBE_WAIT, W' = W + 1) while
+   W < probe_intervals, and then goes to C exactly, not past it (W' = 0).
+
+C is the last limit the API refused. An interval that counts, is not overloaded and used a limit
+L >= C (n >= saturation * L) clears it before rules 3 to 6: the API now serves what it refused,
+its capacity grew, and growth is +step per healthy interval again. W counts consecutive intervals
+that reach rule 6 with a growth to C: every other interval that counts resets it (the hold band
+says the API is at its edge at this limit, which is what the wait must rule out). An interval
+with too few calls keeps it, as it keeps everything: resetting there would let a bursty load
+with quiet intervals between busy ones put the probe off for ever, and the rule would never see
+the capacity come back.
 
 The baseline B is the latency of a healthy API: a slow-moving minimum of m over intervals that
 count (rule 1) and are not throttle- or error-overloaded (a 429 answers fast and would drag it
@@ -28,14 +48,31 @@ Why this does not oscillate on a steady signal: under a constant signal t and e 
 moves monotonically towards m, so the interval's class can only change in one order (overloaded,
 then hold band, then healthy) and only through the baseline. The limit therefore only goes down
 while the class is "overloaded" and only up once it is "healthy": at most one change of
-direction, and it settles (at min, at max, or where in_flight stops saturating it). The
-hold band and the cool-down matter when the signal answers the limit (the real API): a limit
-just above the API's capacity throttles, the halved limit must run `cooldown_intervals` and then
-be clearly healthy, not merely under the threshold, before it grows again, so a signal sitting at
-the threshold holds instead of flipping between +step and *factor each interval. Known limit:
-when a single call over the API's capacity already pushes the 429 share past the threshold
-(a small capacity, e.g. 3 with a 5% threshold), no limit falls in the band and the rule makes
-the usual AIMD sawtooth (decrease, cool-down, climb back); the cool-down bounds its frequency.
+direction, and it settles (at min, at max, or where n stops saturating it). A constant t throttles
+every counting interval or none, so C is only ever set while the limit goes down; on the way up
+the limit meets C at most once, waits probe_intervals, and being used at C clears it.
+
+Against the real API the signal answers the limit. With an API of hard capacity K (n = min(L, K))
+where one call over K already throttles (the benchmark: K = 4, 1/5 of calls refused at L = 5), a
+refusal at L > K lands on max(D(L), K) and remembers C = L. Once C was refused from K (so C is at
+most K + increase_step), each cycle holds K for cooldown_intervals + probe_intervals + 1
+intervals and probes C for one: limits stay in [K, K + increase_step] and one interval in
+cooldown_intervals + probe_intervals + 2 carries 429s (1 in 10 with the defaults). When K grows
+from K1 to K2, the next probe is healthy, clears C, and the limit reaches K2 within
+cooldown_intervals + probe_intervals + 1 + ceil((K2 - K1 - 1) / increase_step) intervals (12 from
+4 to 8 with the defaults: 60 s at 5-second intervals). Where a few calls over K stay under the
+threshold (a large K), the limit settles in the hold band above K, or probes the same way from
+the last healthy limit.
+
+Known limits. Probing is how the rule learns that capacity came back, so it keeps paying for it:
+the share of 429s among all calls is about the 429 share of a probe interval divided by
+cooldown_intervals + probe_intervals + 2. With the defaults that stays under 2% only while a
+refused slot makes no more calls than a served one (at most 20% 429s at K + 1 = 5); when refusals
+come back much faster than answers, or the signal's delay keeps a probe running for more than one
+interval, raise probe_intervals, which slows the recovery by as many intervals. n counts time
+inside answered calls only: a worker slot that spends part of its time between calls makes n
+understate what the API served, so a refusal can land one below K; growth under C is free, so that
+costs a cool-down, not a probe.
 
 The breaker (`next_breaker`): CLOSED -> OPEN when errors / calls > error_threshold over at least
 min_calls calls; OPEN -> HALF_OPEN once open_seconds have passed; HALF_OPEN lets probe_limit
@@ -104,14 +141,14 @@ class Signal:
 
 @dataclass(frozen=True)
 class ControllerSettings:
-    """Tuning of the limit rule. Defaults suit one-minute intervals."""
+    """Tuning of the limit rule. Counts are in intervals; the defaults suit 5-second intervals."""
 
     min_limit: int = 1
     """Lowest limit, >= 1 (0 would stop the work; that is the breaker's job)."""
     max_limit: int = 10
     """Highest limit, >= min_limit: the API's documented concurrency limit."""
-    throttle_threshold: float = 0.05
-    """Share of 429s above which the limit decreases, in [0, 1)."""
+    throttle_threshold: float = 0.02
+    """Share of 429s above which the limit decreases, in [0, 1). The benchmark's goal is < 2%."""
     error_threshold: float = 0.05
     """Share of 5xx/timeouts above which the limit decreases, in [0, 1)."""
     latency_tolerance: float = 2.0
@@ -129,6 +166,9 @@ class ControllerSettings:
     """The limit counts as used when in_flight >= saturation x limit. In (0, 1]."""
     cooldown_intervals: int = 2
     """Intervals after a decrease in which the limit does not grow; >= 0."""
+    probe_intervals: int = 6
+    """Intervals that would grow the limit to the ceiling (a limit the API refused) hold first; >= 0.
+    One interval in cooldown_intervals + probe_intervals + 2 at most probes the ceiling."""
     baseline_rise: float = 0.05
     """Weight of a slower mean latency in the baseline per interval, in (0, 1]."""
 
@@ -153,6 +193,7 @@ class ControllerSettings:
         _require(
             self.cooldown_intervals >= 0, who, "cooldown_intervals must be >= 0", self.cooldown_intervals
         )
+        _require(self.probe_intervals >= 0, who, "probe_intervals must be >= 0", self.probe_intervals)
         _require(0 < self.baseline_rise <= 1, who, "baseline_rise must be in (0, 1]", self.baseline_rise)
 
     def clamp(self, limit: int) -> int:
@@ -167,6 +208,11 @@ class ControllerState:
     """Healthy mean latency; None until the first interval that counts."""
     cooldown_left: int = 0
     """Intervals left in which the limit may not grow."""
+    ceiling: int | None = None
+    """The limit of the last THROTTLED interval: the API refused it. None before any refusal and
+    once a limit at or above it was used without overload (the API's capacity grew)."""
+    probe_wait: int = 0
+    """Consecutive counting intervals held so far (PROBE_WAIT) before growing to the ceiling."""
 
 
 class Reason(StrEnum):
@@ -176,6 +222,7 @@ class Reason(StrEnum):
     LATENCY = "latency"
     COOLDOWN = "cooldown"
     HOLD_BAND = "hold-band"
+    PROBE_WAIT = "probe-wait"
     UNUSED = "unused"
     AT_MAX = "at-max"
     INCREASE = "increase"
@@ -200,6 +247,14 @@ def next_baseline(baseline: float | None, latency_ms: float, rise: float) -> flo
     if baseline is None or latency_ms <= baseline:
         return latency_ms
     return baseline + rise * (latency_ms - baseline)
+
+
+def throttled_decrease(limit: int, in_flight: float, settings: ControllerSettings) -> int:
+    """To the concurrency the API served (rounded half up), but at least one step down unless
+    limit is min_limit, and never below `decrease`."""
+    # Capped at the limit before floor: in_flight is a float and may be inf.
+    rounded = math.floor(min(in_flight, limit) + 0.5)
+    return max(decrease(limit, settings), min(limit - 1, rounded))
 
 
 def next_limit(
@@ -228,12 +283,27 @@ def next_limit(
         overload = None
     if overload is not Reason.THROTTLED and overload is not Reason.ERRORS:
         baseline = next_baseline(baseline, latency, s.baseline_rise)
+    if overload is Reason.THROTTLED:
+        after = ControllerState(baseline, s.cooldown_intervals, ceiling=limit)
+        return Decision(throttled_decrease(limit, signal.in_flight, s), after, overload)
     if overload is not None:
-        return Decision(decrease(limit, s), ControllerState(baseline, s.cooldown_intervals), overload)
+        after = ControllerState(baseline, s.cooldown_intervals, ceiling=state.ceiling)
+        return Decision(decrease(limit, s), after, overload)
 
+    ceiling = state.ceiling
+    used = signal.in_flight >= s.saturation * limit
+    if ceiling is not None and limit >= ceiling and used:
+        ceiling = None
     reason = _grow_or_hold(limit, signal, state, latency, s)
-    grown = min(s.max_limit, limit + s.increase_step) if reason is Reason.INCREASE else limit
-    return Decision(grown, ControllerState(baseline, cooldown), reason)
+    grown = min(s.max_limit, limit + s.increase_step)
+    if reason is Reason.INCREASE and ceiling is not None and grown >= ceiling:
+        if state.probe_wait < s.probe_intervals:
+            return Decision(
+                limit, ControllerState(baseline, cooldown, ceiling, state.probe_wait + 1), Reason.PROBE_WAIT
+            )
+        grown = ceiling
+    after = ControllerState(baseline, cooldown, ceiling)
+    return Decision(grown if reason is Reason.INCREASE else limit, after, reason)
 
 
 def _grow_or_hold(

@@ -7,6 +7,7 @@ import math
 from dataclasses import replace
 
 from hypothesis import assume, event, given
+from hypothesis import settings as run_settings
 from hypothesis import strategies as st
 
 from sluice_fanout.handlers.controller import (
@@ -18,6 +19,7 @@ from sluice_fanout.handlers.controller import (
     ControllerState,
     Reason,
     Signal,
+    decrease,
     next_breaker,
     next_limit,
 )
@@ -40,6 +42,7 @@ def settings(draw: st.DrawFn) -> ControllerSettings:
         grow_below=draw(st.floats(min_value=0.1, max_value=0.9)),
         saturation=draw(st.floats(min_value=0.1, max_value=1.0)),
         cooldown_intervals=draw(st.integers(min_value=0, max_value=5)),
+        probe_intervals=draw(st.integers(min_value=0, max_value=8)),
         baseline_rise=draw(st.floats(min_value=0.01, max_value=1.0)),
     )
 
@@ -69,8 +72,22 @@ healthy_signals = st.builds(
 any_signals = signals() | healthy_signals
 
 baselines = st.none() | st.floats(min_value=MIN_BASELINE_MS, max_value=10_000.0)
-states = st.builds(ControllerState, baselines, st.just(0) | st.integers(min_value=0, max_value=10))
+# A ceiling anywhere, also outside the limits (settings changed) and under min or over max.
+ceilings = st.none() | st.integers(min_value=1, max_value=90)
+states = st.builds(
+    ControllerState,
+    baselines,
+    st.just(0) | st.integers(min_value=0, max_value=10),
+    ceilings,
+    st.integers(min_value=0, max_value=10),
+)
+no_ceiling_states = st.builds(ControllerState, baselines, st.integers(min_value=0, max_value=10))
 currents = st.integers(min_value=-5, max_value=200)
+
+# For tests that step the rule through hundreds of intervals per example: on a loaded machine one
+# example has taken 600 ms, over hypothesis' 200 ms default, which fails the test as flaky. The
+# work of an example is bounded by its intervals, not by time.
+many_intervals = run_settings(deadline=None)
 
 
 def run(current: int, state: ControllerState, s: ControllerSettings, seq: list[Signal]) -> list[int]:
@@ -82,6 +99,7 @@ def run(current: int, state: ControllerState, s: ControllerSettings, seq: list[S
     return limits
 
 
+@many_intervals
 @given(settings(), currents, states, st.lists(any_signals, max_size=60))
 def test_limit_stays_within_bounds(
     s: ControllerSettings, current: int, state: ControllerState, seq: list[Signal]
@@ -92,12 +110,14 @@ def test_limit_stays_within_bounds(
 
 
 @st.composite
-def overloads(draw: st.DrawFn) -> tuple[ControllerSettings, ControllerState, Signal]:
+def overloads(
+    draw: st.DrawFn, kinds: tuple[str, ...] = ("throttled", "errors", "latency")
+) -> tuple[ControllerSettings, ControllerState, Signal]:
     """A signal with enough calls over the 429, error or latency threshold."""
     s = draw(settings())
     calls = draw(st.integers(min_value=s.min_calls, max_value=500))
     baseline = draw(st.floats(min_value=MIN_BASELINE_MS, max_value=1_000.0))
-    kind = draw(st.sampled_from(["throttled", "errors", "latency"]))
+    kind = draw(st.sampled_from(kinds))
     bad = draw(st.integers(min_value=math.floor(calls * 0.5) + 1, max_value=calls))
     latency = draw(st.floats(min_value=0.0, max_value=10_000.0))
     if kind == "latency":
@@ -109,7 +129,12 @@ def overloads(draw: st.DrawFn) -> tuple[ControllerSettings, ControllerState, Sig
         latency_ms=latency,
         in_flight=draw(st.floats(min_value=0.0, max_value=100.0)),
     )
-    state = ControllerState(baseline, draw(st.integers(min_value=0, max_value=10)))
+    state = ControllerState(
+        baseline,
+        draw(st.integers(min_value=0, max_value=10)),
+        draw(ceilings),
+        draw(st.integers(min_value=0, max_value=10)),
+    )
     return s, state, signal
 
 
@@ -123,19 +148,40 @@ def test_overload_backs_off(
     decision = next_limit(current, signal, state, s)
     assert decision.reason in {Reason.THROTTLED, Reason.ERRORS, Reason.LATENCY}
     assert decision.limit < before or decision.limit == before == s.min_limit
+    # Only a refusal says where the API's capacity ends; 5xx and slow answers leave the ceiling.
+    assert decision.state.ceiling == (before if decision.reason is Reason.THROTTLED else state.ceiling)
+    assert (decision.state.cooldown_left, decision.state.probe_wait) == (s.cooldown_intervals, 0)
 
 
-@given(settings(), currents, states, st.data())
+@given(overloads(kinds=("throttled",)), st.data())
+def test_throttled_decrease_goes_to_the_served_concurrency_within_one_step_and_the_halving(
+    case: tuple[ControllerSettings, ControllerState, Signal], data: st.DataObject
+) -> None:
+    """decrease(L) <= L' <= L - 1 (both clamped), and L' = round(in_flight) whenever that is inside."""
+    s, state, signal = case
+    current = data.draw(st.integers(min_value=s.min_limit - 2, max_value=s.max_limit + 2))
+    signal = replace(signal, in_flight=data.draw(st.floats(min_value=0.0, max_value=2.0 * s.max_limit + 2)))
+    before = s.clamp(current)
+    low, high = decrease(before, s), max(s.min_limit, before - 1)
+    after = next_limit(current, signal, state, s).limit
+    assert low <= after <= high
+    nearest = math.floor(signal.in_flight + 0.5)
+    if low <= nearest <= high:
+        assert after == nearest
+
+
+@many_intervals
+@given(settings(), currents, no_ceiling_states, st.data())
 def test_healthy_saturated_signal_reaches_max_on_schedule(
     s: ControllerSettings, current: int, state: ControllerState, data: st.DataObject
 ) -> None:
     """After the cool-down left, +step per interval until max: ceil((max - L0) / step) intervals."""
-    ceiling = state.baseline_ms if state.baseline_ms is not None else 10_000.0
+    slowest = state.baseline_ms if state.baseline_ms is not None else 10_000.0
     signal = Signal(
         calls=data.draw(st.integers(min_value=s.min_calls, max_value=500)),
         throttled=0,
         errors=0,
-        latency_ms=data.draw(st.floats(min_value=0.0, max_value=ceiling)),
+        latency_ms=data.draw(st.floats(min_value=0.0, max_value=slowest)),
         in_flight=data.draw(st.floats(min_value=s.max_limit, max_value=s.max_limit + 10.0)),
     )
     start = s.clamp(current)
@@ -186,6 +232,20 @@ def slower_api(s: ControllerSettings, state: ControllerState) -> st.SearchStrate
     )
 
 
+def used_up_to(s: ControllerSettings) -> st.SearchStrategy[Signal]:
+    """Healthy calls whose in_flight uses a limit in [min, max] exactly and the next one not:
+    the growth stops right there, next to the saturation boundary."""
+    return st.builds(
+        Signal,
+        calls=st.integers(min_value=s.min_calls, max_value=500),
+        throttled=st.just(0),
+        errors=st.just(0),
+        latency_ms=st.floats(min_value=0.0, max_value=MIN_BASELINE_MS),
+        in_flight=st.integers(min_value=s.min_limit, max_value=s.max_limit).map(lambda n: s.saturation * n),
+    )
+
+
+@many_intervals
 @given(settings(), currents, states, st.data())
 def test_steady_signal_does_not_oscillate(
     s: ControllerSettings, current: int, state: ControllerState, data: st.DataObject
@@ -193,15 +253,24 @@ def test_steady_signal_does_not_oscillate(
     """Down only, then up only (at most one change of direction), then constant after a bound.
 
     The bound: the baseline's catch-up with a slower latency (`latency_warmup`), a cool-down, at most
-    max - min decreases and ceil((max - min) / step) increases.
+    max - min decreases, ceil((max - min) / step) increases and one probe wait: a constant signal
+    throttles in every interval or in none, so a ceiling is only set on the way down and the way
+    up meets one (the state's or the last refused limit) at most once; being used there clears it.
     """
-    signal = data.draw(any_signals | slower_api(s, state))
+    signal = data.draw(any_signals | slower_api(s, state) | used_up_to(s))
+    # Ceilings the way up meets: anywhere in the limits, and just over the highest limit the
+    # signal uses, where the growth stops for two reasons at once.
+    used = [n for n in range(s.min_limit, s.max_limit + 1) if signal.in_flight >= s.saturation * n]
+    stop = st.just(used[-1] + 1) if used else st.nothing()
+    ceiling = data.draw(st.just(state.ceiling) | st.integers(s.min_limit, s.max_limit) | stop)
+    state = replace(state, ceiling=ceiling)
     span = s.max_limit - s.min_limit
     warmup = (
         latency_warmup(state.baseline_ms, signal, s)
         + max(state.cooldown_left, s.cooldown_intervals)
         + span
         + math.ceil(span / s.increase_step)
+        + s.probe_intervals
         + 1
     )
     limits = [s.clamp(current), *run(current, state, s, [signal] * (warmup + 200))]
@@ -211,18 +280,20 @@ def test_steady_signal_does_not_oscillate(
     assert len(set(limits[warmup:])) == 1, f"not constant after {warmup}: {limits[warmup : warmup + 30]}"
 
 
-def capacity_signal(limit: int, capacity: int) -> Signal:
-    """A saturated API of `capacity` concurrent calls: the share of calls beyond it gets 429, and
-    it serves min(limit, capacity) calls at a time."""
+def capacity_signal(limit: int, capacity: int, refused_per_slot: int = 100) -> Signal:
+    """A saturated API of `capacity` concurrent calls: it serves min(limit, capacity) at a time,
+    100 calls per slot and interval, and refuses the calls of every slot beyond (a 429 answers at
+    once, so a refused slot may call more often than a served one)."""
     return Signal(
-        calls=100 * limit,
-        throttled=100 * max(0, limit - capacity),
+        calls=100 * min(limit, capacity) + refused_per_slot * max(0, limit - capacity),
+        throttled=refused_per_slot * max(0, limit - capacity),
         errors=0,
         latency_ms=100.0,
         in_flight=float(min(limit, capacity)),
     )
 
 
+@many_intervals
 @given(settings(), currents, st.data())
 def test_hold_band_settles_against_an_api_that_answers_the_limit(
     s: ControllerSettings, current: int, data: st.DataObject
@@ -230,9 +301,8 @@ def test_hold_band_settles_against_an_api_that_answers_the_limit(
     """Closed loop: where the 429 share first passes grow_below x threshold inside the hold band
     (i.e. not already over the threshold), the limit settles there instead of cycling +1 / x factor.
 
-    The other case (one call over capacity already exceeds the threshold, e.g. capacity 3 with a
-    5% threshold) is the AIMD sawtooth: decrease, cool-down, climb back. The cool-down bounds its
-    frequency; it is a documented limit of the rule, not checked here.
+    The other case (one call over capacity already exceeds the threshold, e.g. capacity 4 with a
+    2% threshold) is the probe cycle of the next test.
     """
     s = replace(s, increase_step=1)
     capacity = data.draw(st.integers(min_value=s.min_limit, max_value=s.max_limit))
@@ -255,6 +325,88 @@ def test_hold_band_settles_against_an_api_that_answers_the_limit(
         limits.append(limit)
     assert len(set(limits[warmup:])) == 1, f"cycles: {limits[-30:]}"
     assert share(limits[-1]) <= s.throttle_threshold
+
+
+def closed_loop(
+    limit: int, state: ControllerState, s: ControllerSettings, capacities: list[int], refused_per_slot: int
+) -> list[int]:
+    """The limit in force in each interval against an API whose capacity is capacities[i]."""
+    limits = []
+    for capacity in capacities:
+        limit = s.clamp(limit)
+        limits.append(limit)
+        decision = next_limit(limit, capacity_signal(limit, capacity, refused_per_slot), state, s)
+        limit, state = decision.limit, decision.state
+    return limits
+
+
+def probe_period(s: ControllerSettings) -> int:
+    """The refused interval, the cool-down, the probe wait and the interval that grows."""
+    return s.cooldown_intervals + s.probe_intervals + 2
+
+
+def settle_bound(s: ControllerSettings, state: ControllerState) -> int:
+    """Down by at least one per refused interval, up by step per growing one, a stale ceiling and
+    the ceiling of the descent each met once, then one full probe cycle from the capacity."""
+    span = s.max_limit - s.min_limit
+    return span + math.ceil(span / s.increase_step) + state.cooldown_left + 3 * probe_period(s)
+
+
+refusal_rates = st.integers(min_value=1, max_value=1_000)
+
+
+@many_intervals
+@given(settings(), currents, states, refusal_rates, st.data())
+def test_settles_on_a_hard_capacity_and_probes_one_step_over_it_once_per_cycle(
+    s: ControllerSettings, current: int, state: ControllerState, refused_per_slot: int, data: st.DataObject
+) -> None:
+    """Where one call over the capacity C already passes the threshold (the benchmark: 4 -> 5),
+    after `settle_bound` intervals, exactly:
+    - every limit is in [C, C + step] (in_flight is exact here, so a refusal lands on C);
+    - the intervals with 429s are those over C, and they come exactly every
+      cooldown + probe_intervals + 2 intervals: their share is 1 / (cooldown + probe_intervals + 2),
+      at most 1 / (probe_intervals + 2);
+    - at C = max_limit there are none.
+    """
+    capacity = data.draw(st.integers(min_value=s.min_limit, max_value=s.max_limit))
+    over = capacity_signal(capacity + 1, capacity, refused_per_slot)
+    assume(over.throttle_share > s.throttle_threshold)
+    state = replace(state, baseline_ms=100.0)  # the latency signal is not under test here
+    warmup, period = settle_bound(s, state), probe_period(s)
+    limits = closed_loop(current, state, s, [capacity] * (warmup + 4 * period), refused_per_slot)
+    settled = limits[warmup:]
+    assert all(capacity <= n <= capacity + s.increase_step for n in settled), f"{limits}"
+    refused = [i for i, n in enumerate(settled) if n > capacity]
+    event("probes" if refused else "at max")
+    if capacity == s.max_limit:
+        assert not refused
+        return
+    assert refused, f"never probes: {limits}"
+    assert refused[0] < period
+    assert all(b - a == period for a, b in itertools.pairwise(refused)), f"{refused} in {limits}"
+
+
+@many_intervals
+@given(settings(), currents, refusal_rates, st.data())
+def test_reaches_a_risen_capacity_within_cooldown_probe_and_the_climb(
+    s: ControllerSettings, current: int, refused_per_slot: int, data: st.DataObject
+) -> None:
+    """Settled against C1, the capacity rises to C2 at any point of the probe cycle: the limit
+    reaches C2 within cooldown + probe_intervals + 1 + ceil((C2 - C1 - 1) / step) intervals (the
+    worst case starts just after a refusal: cool-down, probe wait, the probe, then the climb)."""
+    assume(s.max_limit > s.min_limit)
+    low = data.draw(st.integers(min_value=s.min_limit, max_value=s.max_limit - 1))
+    high = data.draw(st.integers(min_value=low + 1, max_value=s.max_limit))
+    assume(capacity_signal(low + 1, low, refused_per_slot).throttle_share > s.throttle_threshold)
+    state = ControllerState(100.0)
+    settle = settle_bound(s, state) + data.draw(st.integers(min_value=0, max_value=probe_period(s) - 1))
+    bound = s.cooldown_intervals + s.probe_intervals + 1 + math.ceil((high - low - 1) / s.increase_step)
+    limits = closed_loop(current, state, s, [low] * settle + [high] * (bound + 20), refused_per_slot)
+    after = limits[settle:]
+    reached = next((i for i, n in enumerate(after) if n >= high), None)
+    assert reached is not None, f"never reaches {high}: {after}"
+    assert reached <= bound, f"{high} after {reached} > {bound} intervals: {after}"
+    event(f"reached at the bound: {reached == bound}")
 
 
 @given(settings(), currents, states, any_signals)

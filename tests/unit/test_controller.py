@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import pytest
 
 from sluice_fanout.handlers.controller import (
@@ -31,19 +34,32 @@ def sig(
 @pytest.mark.parametrize(
     ("current", "signal", "expected"),
     [
-        # 10% 429s > 5%: halve, baseline untouched (fast 429s are not the API's latency).
-        (8, sig(throttled=10), Decision(4, ControllerState(100.0, 2), Reason.THROTTLED)),
-        (3, sig(throttled=10), Decision(1, ControllerState(100.0, 2), Reason.THROTTLED)),
-        (1, sig(throttled=50), Decision(1, ControllerState(100.0, 2), Reason.THROTTLED)),
+        # 20% 429s > 2%: down to the 6.4 calls the API served, not halved to 4; it refused 8. The
+        # baseline stays (fast 429s are not the API's latency).
+        (8, sig(throttled=20, in_flight=6.4), Decision(6, ControllerState(100.0, 2, 8), Reason.THROTTLED)),
+        # 4.5 rounds half up to 5 (round-half-even would give 4).
+        (8, sig(throttled=20, in_flight=4.5), Decision(5, ControllerState(100.0, 2, 8), Reason.THROTTLED)),
+        # served about as many as the limit: still one step down.
+        (8, sig(throttled=20, in_flight=7.6), Decision(7, ControllerState(100.0, 2, 8), Reason.THROTTLED)),
+        (
+            8,
+            sig(throttled=20, in_flight=math.inf),
+            Decision(7, ControllerState(100.0, 2, 8), Reason.THROTTLED),
+        ),
+        # served 1: never below the multiplicative decrease.
+        (8, sig(throttled=20, in_flight=1.0), Decision(4, ControllerState(100.0, 2, 8), Reason.THROTTLED)),
+        (3, sig(throttled=10, in_flight=0.0), Decision(1, ControllerState(100.0, 2, 3), Reason.THROTTLED)),
+        (1, sig(throttled=50, in_flight=1.0), Decision(1, ControllerState(100.0, 2, 1), Reason.THROTTLED)),
+        # 5xx and slow answers halve and set no ceiling: the API did not refuse the limit.
         (8, sig(errors=6), Decision(4, ControllerState(100.0, 2), Reason.ERRORS)),
         # latency 250 > 2 x 100: halve; the baseline rises 5% of the way: 100 + 0.05 x 150.
         (8, sig(latency=250.0), Decision(4, ControllerState(107.5, 2), Reason.LATENCY)),
-        # 3% 429s: under the 5% threshold but over half of it: the hold band.
-        (8, sig(throttled=3), Decision(8, ControllerState(100.0, 0), Reason.HOLD_BAND)),
+        # 2% 429s: not over the 2% threshold but over half of it: the hold band.
+        (8, sig(throttled=2), Decision(8, ControllerState(100.0, 0), Reason.HOLD_BAND)),
         # latency 160: under 2 x 100 but over (1 + 0.5 x 1) x 100.
         (8, sig(latency=160.0), Decision(8, ControllerState(103.0, 0), Reason.HOLD_BAND)),
         # healthy and 8 in flight at limit 8: grow by one; a faster latency becomes the baseline.
-        (8, sig(throttled=2, latency=80.0), Decision(9, ControllerState(80.0, 0), Reason.INCREASE)),
+        (8, sig(throttled=1, latency=80.0), Decision(9, ControllerState(80.0, 0), Reason.INCREASE)),
         # 6 in flight on average, under 0.8 x 8: the limit was not used, so it does not grow.
         (8, sig(in_flight=6), Decision(8, ControllerState(100.0, 0), Reason.UNUSED)),
         (10, sig(in_flight=10), Decision(10, ControllerState(100.0, 0), Reason.AT_MAX)),
@@ -62,16 +78,93 @@ def test_first_interval_sets_the_baseline_and_judges_no_latency() -> None:
     assert decision == Decision(9, ControllerState(900.0, 0), Reason.INCREASE)
 
 
+def under(probe_wait: int = 0, cooldown: int = 0, ceiling: int = 5) -> ControllerState:
+    return ControllerState(100.0, cooldown, ceiling, probe_wait)
+
+
+@pytest.mark.parametrize(
+    ("current", "signal", "state", "expected"),
+    [
+        # 4 -> 5 reaches the ceiling 5: hold and count, up to probe_intervals (6) times...
+        (4, sig(in_flight=4), under(0), Decision(4, under(1), Reason.PROBE_WAIT)),
+        (4, sig(in_flight=4), under(5), Decision(4, under(6), Reason.PROBE_WAIT)),
+        # ... then probe the ceiling.
+        (4, sig(in_flight=4), under(6), Decision(5, under(0), Reason.INCREASE)),
+        # under the ceiling growth is free.
+        (3, sig(in_flight=3), under(0), Decision(4, under(0), Reason.INCREASE)),
+        # too few calls is no evidence: the count stays, the cool-down runs down.
+        (4, sig(calls=9), under(3, cooldown=1), Decision(4, under(3), Reason.TOO_FEW_CALLS)),
+        # any other interval that counts restarts the count.
+        (4, sig(throttled=2, in_flight=4), under(3), Decision(4, under(0), Reason.HOLD_BAND)),
+        (4, sig(in_flight=2), under(3), Decision(4, under(0), Reason.UNUSED)),
+        (4, sig(in_flight=4), under(3, cooldown=1), Decision(4, under(0), Reason.COOLDOWN)),
+        (4, sig(errors=6, in_flight=4), under(3), Decision(2, under(0, cooldown=2), Reason.ERRORS)),
+        (
+            4,
+            sig(latency=250, in_flight=4),
+            under(3),
+            Decision(2, ControllerState(107.5, 2, 5), Reason.LATENCY),
+        ),
+        # the ceiling served without a refusal: the capacity grew, forget it and grow again.
+        (5, sig(in_flight=5), under(0), Decision(6, ControllerState(100.0, 0), Reason.INCREASE)),
+        (
+            5,
+            sig(throttled=2, in_flight=5),
+            under(0),
+            Decision(5, ControllerState(100.0, 0), Reason.HOLD_BAND),
+        ),
+        (5, sig(in_flight=5), under(0, cooldown=1), Decision(5, ControllerState(100.0, 0), Reason.COOLDOWN)),
+        # at the ceiling but not used (3 < 0.8 x 5): no evidence that 5 is served, keep it.
+        (5, sig(in_flight=3), under(0), Decision(5, under(0), Reason.UNUSED)),
+        (5, sig(calls=9, in_flight=5), under(0), Decision(5, under(0), Reason.TOO_FEW_CALLS)),
+    ],
+)
+def test_ceiling_and_probe(current: int, signal: Signal, state: ControllerState, expected: Decision) -> None:
+    assert next_limit(current, signal, state, SETTINGS) == expected
+
+
+def test_growth_by_more_than_one_stops_at_the_ceiling() -> None:
+    settings = replace(SETTINGS, increase_step=3)
+    assert next_limit(4, sig(in_flight=4), under(6, ceiling=6), settings) == Decision(
+        6, under(0, ceiling=6), Reason.INCREASE
+    )
+
+
 def test_cooldown_holds_two_healthy_intervals_after_a_decrease_then_grows() -> None:
     limits, reasons = [], []
     limit, state = 8, WARM
-    for signal in [sig(throttled=10), sig(in_flight=4), sig(in_flight=4), sig(in_flight=4), sig(in_flight=5)]:
+    seq = [
+        sig(throttled=10, in_flight=4),
+        sig(in_flight=4),
+        sig(in_flight=4),
+        sig(in_flight=4),
+        sig(in_flight=5),
+    ]
+    for signal in seq:
         decision = next_limit(limit, signal, state, SETTINGS)
         limit, state = decision.limit, decision.state
         limits.append(limit)
         reasons.append(decision.reason)
+    # 5 and 6 are under the ceiling 8: they grow without waiting.
     assert limits == [4, 4, 4, 5, 6]
     assert reasons == [Reason.THROTTLED, Reason.COOLDOWN, Reason.COOLDOWN, Reason.INCREASE, Reason.INCREASE]
+
+
+def test_capacity_4_probes_5_once_every_10_intervals_with_the_defaults() -> None:
+    """The benchmark's API after its drop: 4 calls served at once, the fifth refused at once."""
+    settings = ControllerSettings()
+    limit, state = 5, WARM
+    limits, reasons = [], []
+    for _ in range(21):
+        served = min(limit, 4)
+        signal = sig(calls=25 * limit, throttled=25 * (limit - served), in_flight=float(served))
+        decision = next_limit(limit, signal, state, settings)
+        limits.append(limit)
+        reasons.append(decision.reason)
+        limit, state = decision.limit, decision.state
+    cycle = [Reason.THROTTLED, *[Reason.COOLDOWN] * 2, *[Reason.PROBE_WAIT] * 6, Reason.INCREASE]
+    assert reasons == [*cycle, *cycle, Reason.THROTTLED]
+    assert limits == [5, *[4] * 9, 5, *[4] * 9, 5]
 
 
 @pytest.mark.parametrize(
@@ -80,6 +173,7 @@ def test_cooldown_holds_two_healthy_intervals_after_a_decrease_then_grows() -> N
         (lambda: ControllerSettings(min_limit=3, max_limit=2), "max_limit must be >= min_limit, got (2, 3)"),
         (lambda: ControllerSettings(min_limit=0), "min_limit must be >= 1, got 0"),
         (lambda: ControllerSettings(decrease_factor=1.0), "decrease_factor must be in (0, 1), got 1.0"),
+        (lambda: ControllerSettings(probe_intervals=-1), "probe_intervals must be >= 0, got -1"),
         (lambda: Signal(5, 3, 3, 1.0, 1.0), "throttled + errors must be <= calls, got (3, 3, 5)"),
         (lambda: BreakerSettings(probe_limit=0), "probe_limit must be >= 1, got 0"),
     ],
