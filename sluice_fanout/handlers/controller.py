@@ -15,10 +15,15 @@ D(L) = max(min_limit, min(L - 1, floor(L * decrease_factor))), the multiplicativ
    stay as they are (only the cool-down runs down).
 2. Overloaded, checked in this order; each starts `cooldown_intervals` intervals of cool-down
    and sets W = 0:
-   t > throttle_threshold: L' = max(D(L), min(L - 1, round(n))) with round half up, and C' = L.
+   t > throttle_threshold: L' = max(D(L), min(L - 1, round(n))) with round half up, and
+     C' = min(L, L' + increase_step).
      Down to the concurrency the API served, at least one step (unless at min), never below D(L):
      n can sit far under the capacity (the load ended midway through the interval, slots spent
-     time between calls), and D bounds what one interval can take, as before.
+     time between calls), and D bounds what one interval can take, as before. The ceiling is the
+     first limit above what the API served, not L: after a capacity drop (L = 8 refused, 4
+     served) free growth to 5 would meet a refusal again right after the cool-down, a second
+     burst of 429s for one drop. The price: an n read low (capacity 5, n = 4) costs one probe
+     wait before 5 is tried.
    e > error_threshold, or m > latency_tolerance * B (once B exists): L' = D(L), C unchanged.
      5xx and slow answers are no refusal of L: a ceiling there would make the rule wait
      probe_intervals to regain a limit the API never refused.
@@ -30,14 +35,14 @@ D(L) = max(min_limit, min(L - 1, floor(L * decrease_factor))), the multiplicativ
    except that a growth to L' >= C first holds (PROBE_WAIT, W' = W + 1) while
    W < probe_intervals, and then goes to C exactly, not past it (W' = 0).
 
-C is the last limit the API refused. An interval that counts, is not overloaded and used a limit
-L >= C (n >= saturation * L) clears it before rules 3 to 6: the API now serves what it refused,
-its capacity grew, and growth is +step per healthy interval again. W counts consecutive intervals
-that reach rule 6 with a growth to C: every other interval that counts resets it (the hold band
-says the API is at its edge at this limit, which is what the wait must rule out). An interval
-with too few calls keeps it, as it keeps everything: resetting there would let a bursty load
-with quiet intervals between busy ones put the probe off for ever, and the rule would never see
-the capacity come back.
+C is the lowest limit not proven since the last refusal. An interval that counts, is not
+overloaded and used a limit L >= C (n >= saturation * L) clears it before rules 3 to 6: the API
+now serves what it refused, its capacity grew, and growth is +step per healthy interval again. W
+counts consecutive intervals that reach rule 6 with a growth to C: every other interval that
+counts resets it (the hold band says the API is at its edge at this limit, which is what the wait
+must rule out). An interval with too few calls keeps it, as it keeps everything: resetting there
+would let a bursty load with quiet intervals between busy ones put the probe off for ever, and the
+rule would never see the capacity come back.
 
 The baseline B is the latency of a healthy API: a slow-moving minimum of m over intervals that
 count (rule 1) and are not throttle- or error-overloaded (a 429 answers fast and would drag it
@@ -54,8 +59,8 @@ the limit meets C at most once, waits probe_intervals, and being used at C clear
 
 Against the real API the signal answers the limit. With an API of hard capacity K (n = min(L, K))
 where one call over K already throttles (the benchmark: K = 4, 1/5 of calls refused at L = 5), a
-refusal at L > K lands on max(D(L), K) and remembers C = L. Once C was refused from K (so C is at
-most K + increase_step), each cycle holds K for cooldown_intervals + probe_intervals + 1
+refusal at L > K lands on max(D(L), K) and remembers C = min(L, L' + increase_step). Once the
+limit is down to K, C is K + increase_step and each cycle holds K for cooldown_intervals + probe_intervals + 1
 intervals and probes C for one: limits stay in [K, K + increase_step] and one interval in
 cooldown_intervals + probe_intervals + 2 carries 429s (1 in 10 with the defaults). When K grows
 from K1 to K2, the next probe is healthy, clears C, and the limit reaches K2 within
@@ -71,8 +76,8 @@ refused slot makes no more calls than a served one (at most 20% 429s at K + 1 = 
 come back much faster than answers, or the signal's delay keeps a probe running for more than one
 interval, raise probe_intervals, which slows the recovery by as many intervals. n counts time
 inside answered calls only: a worker slot that spends part of its time between calls makes n
-understate what the API served, so a refusal can land one below K; growth under C is free, so that
-costs a cool-down, not a probe.
+understate what the API served, so a refusal can land one below K, and C one step above that:
+regaining K then costs a probe wait (cooldown_intervals + probe_intervals intervals).
 
 The breaker (`next_breaker`): CLOSED -> OPEN when errors / calls > error_threshold over at least
 min_calls calls; OPEN -> HALF_OPEN once open_seconds have passed; HALF_OPEN lets probe_limit
@@ -284,8 +289,9 @@ def next_limit(
     if overload is not Reason.THROTTLED and overload is not Reason.ERRORS:
         baseline = next_baseline(baseline, latency, s.baseline_rise)
     if overload is Reason.THROTTLED:
-        after = ControllerState(baseline, s.cooldown_intervals, ceiling=limit)
-        return Decision(throttled_decrease(limit, signal.in_flight, s), after, overload)
+        lowered = throttled_decrease(limit, signal.in_flight, s)
+        after = ControllerState(baseline, s.cooldown_intervals, ceiling=min(limit, lowered + s.increase_step))
+        return Decision(lowered, after, overload)
     if overload is not None:
         after = ControllerState(baseline, s.cooldown_intervals, ceiling=state.ceiling)
         return Decision(decrease(limit, s), after, overload)

@@ -149,7 +149,13 @@ def test_overload_backs_off(
     assert decision.reason in {Reason.THROTTLED, Reason.ERRORS, Reason.LATENCY}
     assert decision.limit < before or decision.limit == before == s.min_limit
     # Only a refusal says where the API's capacity ends; 5xx and slow answers leave the ceiling.
-    assert decision.state.ceiling == (before if decision.reason is Reason.THROTTLED else state.ceiling)
+    # A refusal's ceiling is the first limit above the new one (never above the refused one).
+    expected = (
+        min(before, decision.limit + s.increase_step)
+        if decision.reason is Reason.THROTTLED
+        else state.ceiling
+    )
+    assert decision.state.ceiling == expected
     assert (decision.state.cooldown_left, decision.state.probe_wait) == (s.cooldown_intervals, 0)
 
 

@@ -34,11 +34,11 @@ def sig(
 @pytest.mark.parametrize(
     ("current", "signal", "expected"),
     [
-        # 20% 429s > 2%: down to the 6.4 calls the API served, not halved to 4; it refused 8. The
-        # baseline stays (fast 429s are not the API's latency).
-        (8, sig(throttled=20, in_flight=6.4), Decision(6, ControllerState(100.0, 2, 8), Reason.THROTTLED)),
+        # 20% 429s > 2%: down to the 6.4 calls the API served, not halved to 4; 7 is the first
+        # limit to prove again. The baseline stays (fast 429s are not the API's latency).
+        (8, sig(throttled=20, in_flight=6.4), Decision(6, ControllerState(100.0, 2, 7), Reason.THROTTLED)),
         # 4.5 rounds half up to 5 (round-half-even would give 4).
-        (8, sig(throttled=20, in_flight=4.5), Decision(5, ControllerState(100.0, 2, 8), Reason.THROTTLED)),
+        (8, sig(throttled=20, in_flight=4.5), Decision(5, ControllerState(100.0, 2, 6), Reason.THROTTLED)),
         # served about as many as the limit: still one step down.
         (8, sig(throttled=20, in_flight=7.6), Decision(7, ControllerState(100.0, 2, 8), Reason.THROTTLED)),
         (
@@ -47,8 +47,8 @@ def sig(
             Decision(7, ControllerState(100.0, 2, 8), Reason.THROTTLED),
         ),
         # served 1: never below the multiplicative decrease.
-        (8, sig(throttled=20, in_flight=1.0), Decision(4, ControllerState(100.0, 2, 8), Reason.THROTTLED)),
-        (3, sig(throttled=10, in_flight=0.0), Decision(1, ControllerState(100.0, 2, 3), Reason.THROTTLED)),
+        (8, sig(throttled=20, in_flight=1.0), Decision(4, ControllerState(100.0, 2, 5), Reason.THROTTLED)),
+        (3, sig(throttled=10, in_flight=0.0), Decision(1, ControllerState(100.0, 2, 2), Reason.THROTTLED)),
         (1, sig(throttled=50, in_flight=1.0), Decision(1, ControllerState(100.0, 2, 1), Reason.THROTTLED)),
         # 5xx and slow answers halve and set no ceiling: the API did not refuse the limit.
         (8, sig(errors=6), Decision(4, ControllerState(100.0, 2), Reason.ERRORS)),
@@ -134,7 +134,7 @@ def test_cooldown_holds_two_healthy_intervals_after_a_decrease_then_grows() -> N
     limits, reasons = [], []
     limit, state = 8, WARM
     seq = [
-        sig(throttled=10, in_flight=4),
+        sig(errors=10, in_flight=4),
         sig(in_flight=4),
         sig(in_flight=4),
         sig(in_flight=4),
@@ -145,9 +145,9 @@ def test_cooldown_holds_two_healthy_intervals_after_a_decrease_then_grows() -> N
         limit, state = decision.limit, decision.state
         limits.append(limit)
         reasons.append(decision.reason)
-    # 5 and 6 are under the ceiling 8: they grow without waiting.
+    # 5xx set no ceiling: after the cool-down, 5 and 6 grow without a probe wait.
     assert limits == [4, 4, 4, 5, 6]
-    assert reasons == [Reason.THROTTLED, Reason.COOLDOWN, Reason.COOLDOWN, Reason.INCREASE, Reason.INCREASE]
+    assert reasons == [Reason.ERRORS, Reason.COOLDOWN, Reason.COOLDOWN, Reason.INCREASE, Reason.INCREASE]
 
 
 def test_capacity_4_probes_5_once_every_10_intervals_with_the_defaults() -> None:
@@ -207,3 +207,24 @@ def test_breaker_edges() -> None:
     assert (healthy.state, healthy.pause, healthy.limit_cap) == (BreakerState(), False, None)
     failed = next_breaker(half, sig(calls=2, errors=2), 400.0, BREAKER)
     assert (failed.state, failed.pause) == (BreakerState(BreakerMode.OPEN, 400.0), True)
+
+
+def test_a_capacity_drop_costs_one_burst_of_429s_then_one_probe_per_cycle() -> None:
+    """8 refused with 4 served: the ceiling is 5, not 8, so the limit does not grow freely into a
+    second refusal right after the cool-down; 5 is next tried after the probe wait."""
+    settings = ControllerSettings()
+    limit, state = 8, WARM
+    reasons = []
+    for _ in range(11):
+        served = min(limit, 4)
+        signal = sig(calls=25 * limit, throttled=25 * (limit - served), in_flight=float(served))
+        decision = next_limit(limit, signal, state, settings)
+        reasons.append(decision.reason)
+        limit, state = decision.limit, decision.state
+    assert reasons == [
+        Reason.THROTTLED,
+        *[Reason.COOLDOWN] * 2,
+        *[Reason.PROBE_WAIT] * 6,
+        Reason.INCREASE,
+        Reason.THROTTLED,
+    ]
