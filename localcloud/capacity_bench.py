@@ -51,7 +51,7 @@ class Plan:
         return Plan(
             self.capacity,
             self.service_s,
-            self.warmup_s,
+            self.warmup_s * factor,
             self.drop_at_s * factor,
             self.recover_at_s * factor,
             self.end_s * factor,

@@ -63,8 +63,8 @@ class AdaptiveArgs(TypedDict):
     """Share of calls failing (5xx, timeouts) above which the limit decreases, >= 0 and < 1.
     Default: the controller's (ControllerSettings.error_threshold)."""
     latency_tolerance: NotRequired[float]
-    """p50 latency above this multiple of the healthy baseline decreases the limit, > 1 and at
-    most 100. Default: the controller's (ControllerSettings.latency_tolerance)."""
+    """Mean latency of answered calls above this multiple of the healthy baseline decreases the
+    limit, > 1 and at most 100. Default: the controller's (ControllerSettings.latency_tolerance)."""
     min_calls: NotRequired[int]
     """Intervals with fewer calls hold the limit, >= 1. Default: the controller's
     (ControllerSettings.min_calls)."""

@@ -455,7 +455,7 @@ def build_controller_policy(
     """
     state = _statement(
         "KeepControllerState",
-        ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"],
+        ["dynamodb:GetItem", "dynamodb:PutItem"],
         [state_table_arn],
     )
     state["Condition"] = {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [state_key]}}

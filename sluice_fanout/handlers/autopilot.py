@@ -11,9 +11,12 @@ over. A step:
    the same state loses the write and stops, so only one acts;
 4. applies it: the worker's reserved concurrency is the limit (the hard cap in both dispatch
    modes), every mapping's MaximumConcurrency is max(2, limit) (AWS's minimum is 2) so its
-   pollers do not overpull, and the mappings are disabled while the breaker is OPEN. It compares
-   with what is deployed now (not with what it last wrote), so a failed apply, or a `pulumi up`
-   that reset the values, is mended by the next step.
+   pollers do not outnumber the slots by far, and the mappings are disabled while the breaker is
+   OPEN. Going down, the mappings change first and reserved concurrency last, going up the
+   other way round, so the pollers never briefly exceed the old limit's room. It compares with
+   what is deployed now (not with what it last wrote), so a failed call, or a change made by
+   hand, is mended by the next step. An AWS error ends neither the step's other calls nor the
+   run: it is logged and the next window is decided as usual.
 
 Pausing by disabling the mappings, not by reserved concurrency 0: a function at 0 throttles
 every poll, and throttled receives raise receive counts towards the DLQ. Disabled mappings
@@ -33,6 +36,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from aws_lambda_powertools import Logger
+from botocore.exceptions import BotoCoreError, ClientError
 
 from sluice_fanout.handlers import contract
 from sluice_fanout.handlers.controller import (
@@ -63,6 +67,15 @@ MAX_QUERIES = 500  # GetMetricData accepts at most 500 metric queries per reques
 
 class AutopilotConfigError(Exception):
     """The controller's environment is wrong; the deploy needs fixing."""
+
+
+class StateUnreadable(Exception):  # noqa: N818 - names the state, like StateConflict
+    """The state item exists but cannot be read (edited by hand, another release): start afresh
+    from what is deployed, writing over it (its version is kept for the conditional write)."""
+
+    def __init__(self, version: int, detail: str) -> None:
+        super().__init__(detail)
+        self.version = version
 
 
 class StateConflict(Exception):  # noqa: N818 - a control signal: another controller wrote first
@@ -218,12 +231,17 @@ class Step:
 def step(deps: AutopilotDeps, window_end: int) -> Step | None:
     """Decide on the window ending at `window_end` and apply it; None if already decided."""
     cfg = deps.config
-    stored = deps.store.load()
+    version = 0
+    try:
+        stored = deps.store.load()
+    except StateUnreadable as exc:
+        logger.error("state unreadable; starting afresh", extra={"error": str(exc)})
+        stored, version = None, exc.version
     deployed = deps.controls.deployed()
     if stored is None:
         # First run: start from what is deployed (the stack's `concurrency`, the max).
         start = deployed.reserved if deployed.reserved is not None else cfg.limit.max_limit
-        stored = Stored(cfg.limit.clamp(start), ControllerState(), BreakerState(), 0, 0)
+        stored = Stored(cfg.limit.clamp(start), ControllerState(), BreakerState(), 0, version)
     if window_end <= stored.window_end:
         return None
     signal = deps.signals.read(window_end - cfg.interval_seconds, window_end)
@@ -266,7 +284,9 @@ def run(deps: AutopilotDeps, remaining_ms: Callable[[], int]) -> list[Step]:
     """Step at every interval boundary for run_seconds (or until the invocation must end)."""
     cfg = deps.config
     started = deps.clock()
-    stop_at = min(started + cfg.run_seconds, started + remaining_ms() / 1000 - STOP_MARGIN_S)
+    # Ends a few seconds before the next scheduled run arrives: reserved concurrency 1 would
+    # throttle that run, and the window it would have stepped is the next run's first one.
+    stop_at = min(started + cfg.run_seconds, started + remaining_ms() / 1000) - STOP_MARGIN_S
     interval = cfg.interval_seconds
     # The first window whose data is complete now or soonest.
     window_end = math.floor((started - cfg.signal_delay_seconds) / interval) * interval
@@ -283,6 +303,11 @@ def run(deps: AutopilotDeps, remaining_ms: Callable[[], int]) -> list[Step]:
         except StateConflict:
             logger.warning("another controller is acting; this one stops", extra={"window_end": window_end})
             return steps
+        except (BotoCoreError, ClientError):
+            # Metrics or state unreadable this once (after botocore's own retries): skip the
+            # window rather than end the run; the limit stays where it is meanwhile.
+            logger.exception("control step failed", extra={"window_end": window_end})
+            done = None
         if done is not None:
             steps.append(done)
         window_end += interval
@@ -406,35 +431,61 @@ class LambdaControls:
         mappings = {}
         for uuid in self._mappings:
             esm = self._client.get_event_source_mapping(UUID=uuid)
-            # Enabling/Disabling are on their way; Updating/Creating keep the Enabled flag's sense.
+            # Enabling/Disabling count as where they are heading. Updating/Creating count as
+            # enabled: a disabled mapping read then is disabled again by the next step.
             enabled = esm.get("State") not in ("Disabled", "Disabling")
             mappings[uuid] = (enabled, (esm.get("ScalingConfig") or {}).get("MaximumConcurrency"))
         return Deployed(None if reserved is None else int(reserved), mappings)
 
     def apply(self, limit: int, paused: bool, now: Deployed) -> list[str]:
-        changes = []
-        if now.reserved != limit:
-            self._client.put_function_concurrency(
-                FunctionName=self._worker, ReservedConcurrentExecutions=limit
-            )
-            changes.append(f"reserved {now.reserved} -> {limit}")
+        changes: list[str] = []
         pollers = max(contract.ESM_MIN_MAXIMUM_CONCURRENCY, limit)
+        updates = {}
         for uuid, (enabled, maximum) in now.mappings.items():
             update: dict[str, Any] = {}
             if enabled == paused:
                 update["Enabled"] = not paused
             if maximum != pollers:
                 update["ScalingConfig"] = {"MaximumConcurrency": pollers}
-            if not update:
-                continue
-            try:
-                self._client.update_event_source_mapping(UUID=uuid, **update)
-            except self._client.exceptions.ResourceInUseException:
-                # Still applying an earlier update: the next step compares again and retries.
-                changes.append(f"mapping {uuid} busy")
-                continue
-            changes.append(f"mapping {uuid} {update}")
+            if update:
+                updates[uuid] = update
+        down = paused or now.reserved is None or limit < now.reserved
+        if not down:
+            self._reserve(limit, now, changes)
+        for uuid, update in updates.items():
+            self._call(
+                changes,
+                f"mapping {uuid} {update}",
+                self._client.update_event_source_mapping,
+                UUID=uuid,
+                **update,
+            )
+        if down:
+            self._reserve(limit, now, changes)
         return changes
+
+    def _reserve(self, limit: int, now: Deployed, changes: list[str]) -> None:
+        if now.reserved != limit:
+            self._call(
+                changes,
+                f"reserved {now.reserved} -> {limit}",
+                self._client.put_function_concurrency,
+                FunctionName=self._worker,
+                ReservedConcurrentExecutions=limit,
+            )
+
+    @staticmethod
+    def _call(changes: list[str], what: str, call: Callable[..., Any], **kwargs: Any) -> None:
+        """One control-plane call; a failure is noted and the others still run (a mapping left
+        enabled while pausing is worse than one call failing twice)."""
+        try:
+            call(**kwargs)
+        except ClientError as exc:
+            # e.g. ResourceInUseException: still applying an earlier update; the next step retries.
+            changes.append(f"{what} failed: {exc.response.get('Error', {}).get('Code', 'unknown')}")
+            logger.warning("control call failed", extra={"what": what, "error": str(exc)})
+            return
+        changes.append(what)
 
 
 class DynamoStore:
@@ -449,16 +500,19 @@ class DynamoStore:
         item = self._client.get_item(TableName=self._table, Key=self._key, ConsistentRead=True).get("Item")
         if item is None:
             return None
-        body = json.loads(item["state"]["S"])
-        controller = _known(ControllerState, body.get("controller", {}))
-        breaker = body.get("breaker", {})
-        return Stored(
-            limit=int(body["limit"]),
-            controller=controller,
-            breaker=BreakerState(BreakerMode(breaker.get("mode", "closed")), breaker.get("opened_at")),
-            window_end=int(body.get("window_end", 0)),
-            version=int(item["version"]["N"]),
-        )
+        version = int(item["version"]["N"])
+        try:
+            body = json.loads(item["state"]["S"])
+            breaker = body.get("breaker", {})
+            return Stored(
+                limit=int(body["limit"]),
+                controller=_known(ControllerState, body.get("controller", {})),
+                breaker=BreakerState(BreakerMode(breaker.get("mode", "closed")), breaker.get("opened_at")),
+                window_end=int(body.get("window_end", 0)),
+                version=version,
+            )
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise StateUnreadable(version, f"{self._key}: {exc!r}") from exc
 
     def save(self, state: Stored) -> None:
         body = {

@@ -83,8 +83,8 @@ METRIC_QUEUE_WAIT = "QueueWaitTime"
 """Milliseconds from SQS SentTimestamp to the delivery being worked (it keeps growing over retries)."""
 METRIC_API_LATENCY = "ApiLatency"
 """Milliseconds spent in a target call the API answered (not refused with 429/RetryLater): its
-sum over an interval is the concurrency the API actually served, the controller's capacity
-estimate; a refusal answers fast and would drag the latency signal down."""
+sum over a window, / 1000 / the window's seconds, is the concurrency the API actually served,
+the controller's capacity estimate; a refusal answers fast and would drag the latency down."""
 METRIC_API_CALLS = "ApiCalls"
 """Count: calls to the target (the legacy API), refused and failed ones included; not replays."""
 METRIC_API_THROTTLED = "ApiThrottled"
@@ -92,6 +92,9 @@ METRIC_API_THROTTLED = "ApiThrottled"
 METRIC_API_ERRORS = "ApiErrors"
 """Count: calls that failed with a retryable error (5xx, timeout, any other exception)."""
 API_SIGNAL_METRICS = (METRIC_API_CALLS, METRIC_API_THROTTLED, METRIC_API_ERRORS)
+HIGH_RESOLUTION_METRICS = (*API_SIGNAL_METRICS, METRIC_API_LATENCY)
+"""Stored at 1-second resolution: the controller reads them in windows of 1 to 30 s, and
+CloudWatch serves periods under a minute only for high-resolution metrics."""
 ITEM_COUNT_METRICS = (METRIC_PROCESSED, METRIC_FAILED, METRIC_RETRIED, METRIC_YIELDED, METRIC_FORCED)
 
 DISPATCH_YIELD = "yield"
@@ -109,10 +112,11 @@ ENV_CONTROLLER_PRIORITIES = "SLUICE_CONTROLLER_PRIORITIES"
 ENV_CONTROLLER_TABLE = "SLUICE_CONTROLLER_TABLE"
 """DynamoDB table (the idempotency table) holding the controller's state item."""
 ENV_CONTROLLER_SETTINGS = "SLUICE_CONTROLLER_SETTINGS"
-"""JSON object. Required: min_limit, max_limit, interval_seconds, signal_delay_seconds.
-Optional (ControllerSettings defaults otherwise): throttle_threshold, error_threshold,
-latency_tolerance, min_calls, probe_intervals. `breaker`: null (no breaker) or an object with
-error_threshold, min_calls, open_seconds, probe_limit (BreakerSettings defaults otherwise)."""
+"""JSON object. Required: interval_seconds, signal_delay_seconds. Optional (ControllerSettings
+defaults otherwise; the component always sets the first two): min_limit, max_limit,
+throttle_threshold, error_threshold, latency_tolerance, min_calls, probe_intervals. `breaker`:
+null (no breaker) or an object with error_threshold, min_calls, open_seconds, probe_limit
+(BreakerSettings defaults otherwise)."""
 CONTROLLER_HANDLER = "sluice_fanout.handlers.autopilot.lambda_handler"
 CONTROLLER_STATE_PREFIX = "controller#"
 """State item key: prefix + worker function name (next to the rate limiter's `rate#` item)."""

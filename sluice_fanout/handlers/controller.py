@@ -172,7 +172,7 @@ class ControllerSettings:
     cooldown_intervals: int = 2
     """Intervals after a decrease in which the limit does not grow; >= 0."""
     probe_intervals: int = 6
-    """Intervals that would grow the limit to the ceiling (a limit the API refused) hold first; >= 0.
+    """Intervals that would grow the limit to the ceiling (not proven since a refusal) hold first; >= 0.
     One interval in cooldown_intervals + probe_intervals + 2 at most probes the ceiling."""
     baseline_rise: float = 0.05
     """Weight of a slower mean latency in the baseline per interval, in (0, 1]."""
@@ -214,8 +214,9 @@ class ControllerState:
     cooldown_left: int = 0
     """Intervals left in which the limit may not grow."""
     ceiling: int | None = None
-    """The limit of the last THROTTLED interval: the API refused it. None before any refusal and
-    once a limit at or above it was used without overload (the API's capacity grew)."""
+    """The lowest limit not proven since the last refusal: min(refused limit, new limit + step).
+    None before any refusal and once a limit at or above it was used without overload (the
+    API's capacity grew)."""
     probe_wait: int = 0
     """Consecutive counting intervals held so far (PROBE_WAIT) before growing to the ceiling."""
 

@@ -14,7 +14,7 @@ Why one EMF provider per priority, flushed by the worker at the end of each batc
 
 from __future__ import annotations
 
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics import MetricResolution, MetricUnit
 from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import AmazonCloudWatchEMFProvider
 
 from sluice_fanout.handlers import contract
@@ -50,13 +50,21 @@ class WorkerMetrics:
         return self._by_priority[priority]
 
     def count(self, name: str, priority: str) -> None:
-        self._provider(priority).add_metric(name=name, unit=MetricUnit.Count, value=1)
+        self._provider(priority).add_metric(
+            name=name, unit=MetricUnit.Count, value=1, resolution=_resolution(name)
+        )
 
     def milliseconds(self, name: str, priority: str, value: float) -> None:
-        self._provider(priority).add_metric(name=name, unit=MetricUnit.Milliseconds, value=value)
+        self._provider(priority).add_metric(
+            name=name, unit=MetricUnit.Milliseconds, value=value, resolution=_resolution(name)
+        )
 
     def flush(self) -> None:
         """Print one EMF line per priority that has data, then forget it (once per invocation)."""
         providers, self._by_priority = self._by_priority, {}
         for provider in providers.values():
             provider.flush_metrics()
+
+
+def _resolution(name: str) -> MetricResolution:
+    return MetricResolution.High if name in contract.HIGH_RESOLUTION_METRICS else MetricResolution.Standard

@@ -444,6 +444,7 @@ def _call_target(
             receive_count=n, force_after_receives=force, max_attempts=config.max_attempts
         )
 
+    entered = deps.timer()
     if not deps.tokens.alive(message.token):
         # The callback timed out or the execution stopped: nobody will read this result, and
         # calling the API now would be work the aggregate already reports as failed.
@@ -508,7 +509,8 @@ def _call_target(
         delay = priority.clamp_visibility(exc.seconds)
         cause = f"RetryLater after {delay}s: {exc}"
         if isinstance(exc, ApiRefused):
-            _hold_slot(deps, delay, remaining_ms)
+            # What is left now: a rate-limit wait and the call itself took part of it.
+            _hold_slot(deps, delay, remaining_ms - (deps.timer() - entered) * 1000)
     except Exception as exc:  # noqa: BLE001 - any target error (or a store outage) is retried by contract
         delay = priority.retry_delay(
             receive_count=ctx.receive_count,
@@ -531,7 +533,7 @@ def _call_target(
     return delay
 
 
-def _hold_slot(deps: WorkerDeps, retry_after_s: float, remaining_ms: int) -> None:
+def _hold_slot(deps: WorkerDeps, retry_after_s: float, remaining_ms: float) -> None:
     """After the API refused a call, keep this invocation (its concurrency slot) a moment.
 
     A freed slot would take the next ticket at once and send another call into the same full

@@ -253,7 +253,7 @@ def test_build_controller_policy_grants_exactly_what_the_controller_does() -> No
         {
             "Sid": "KeepControllerState",
             "Effect": "Allow",
-            "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"],
+            "Action": ["dynamodb:GetItem", "dynamodb:PutItem"],
             "Resource": [table],
             # Never the idempotency records that share the table.
             "Condition": {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["controller#w"]}},

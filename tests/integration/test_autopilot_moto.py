@@ -16,6 +16,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from sluice_fanout.handlers import contract
@@ -141,8 +142,9 @@ def test_controls_set_the_limit_and_pause_and_resume_every_mapping(aws: None) ->
     now = controls.deployed()
     assert now == Deployed(8, dict.fromkeys(uuids, (True, 8)))
 
+    # Going down, the mappings first: the pollers never outnumber the old limit's room.
     changes = controls.apply(3, paused=True, now=now)
-    assert changes[0] == "reserved 8 -> 3"
+    assert changes[-1] == "reserved 8 -> 3"
     assert len(changes) == 3
     assert lam.get_function_concurrency(FunctionName=WORKER)["ReservedConcurrentExecutions"] == 3
     assert controls.deployed() == Deployed(3, dict.fromkeys(uuids, (False, 3)))
@@ -151,6 +153,37 @@ def test_controls_set_the_limit_and_pause_and_resume_every_mapping(aws: None) ->
     controls.apply(1, paused=False, now=controls.deployed())
     assert controls.deployed() == Deployed(1, dict.fromkeys(uuids, (True, 2)))
     assert controls.apply(1, paused=False, now=controls.deployed()) == []
+    # Going up, reserved concurrency first.
+    assert controls.apply(5, paused=False, now=controls.deployed())[0] == "reserved 1 -> 5"
+
+
+class BusyMapping:
+    """moto's Lambda, except that one mapping is still applying an earlier update."""
+
+    def __init__(self, lam: Any, busy: str) -> None:
+        self._lam = lam
+        self._busy = busy
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._lam, name)
+
+    def update_event_source_mapping(self, **kwargs: Any) -> Any:
+        if kwargs["UUID"] == self._busy:
+            raise ClientError({"Error": {"Code": "ResourceInUseException"}}, "UpdateEventSourceMapping")
+        return self._lam.update_event_source_mapping(**kwargs)
+
+
+def test_a_failed_control_call_is_noted_and_the_others_still_run(aws: None) -> None:
+    lam, uuids = deploy_worker(reserved=8, maximum=8)
+    busy, free = uuids
+    controls = LambdaControls(BusyMapping(lam, busy), WORKER, tuple(uuids))
+    changes = controls.apply(4, paused=True, now=controls.deployed())
+    assert [c for c in changes if "failed" in c] == [
+        f"mapping {busy} {{'Enabled': False, 'ScalingConfig': {{'MaximumConcurrency': 4}}}} "
+        "failed: ResourceInUseException"
+    ]
+    # The other mapping was still paused and reserved still lowered; the next step retries.
+    assert controls.deployed() == Deployed(4, {busy: (True, 8), free: (False, 4)})
 
 
 def test_the_state_item_is_versioned_and_a_stale_writer_loses(aws: None) -> None:

@@ -48,6 +48,7 @@ from tests.support.idempotency import create_idempotency_table, idempotency_stor
 from tests.support.sqs_events import receive_event
 
 PRIORITIES = ["HIGH", "NORMAL", "BATCH"]
+HIGH_RESOLUTION = {"ApiCalls", "ApiThrottled", "ApiErrors", "ApiLatency"}
 DEADLINE_S = 10.0
 TABLE = "idempotency"
 BUCKET = "results"
@@ -665,7 +666,13 @@ def emf(priority: str, **metrics: tuple[str, float]) -> dict[str, Any]:
                 {
                     "Namespace": "Sluice",
                     "Dimensions": [["FunctionName", "Priority", "service"]],
-                    "Metrics": [{"Name": name, "Unit": unit} for name, (unit, _) in metrics.items()],
+                    # The controller's signals are high resolution: it reads them in windows
+                    # under a minute, which CloudWatch serves only for those.
+                    "Metrics": [
+                        {"Name": name, "Unit": unit}
+                        | ({"StorageResolution": 1} if name in HIGH_RESOLUTION else {})
+                        for name, (unit, _) in metrics.items()
+                    ],
                 }
             ]
         },

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from sluice_fanout.handlers import contract
 from sluice_fanout.handlers.autopilot import (
@@ -16,6 +17,7 @@ from sluice_fanout.handlers.autopilot import (
     AutopilotDeps,
     Deployed,
     StateConflict,
+    StateUnreadable,
     Stored,
     run,
     signal_from,
@@ -68,7 +70,6 @@ class Fakes:
     def save(self, state: Stored) -> None:
         if self.conflict_after is not None and self.saves >= self.conflict_after:
             raise StateConflict("another writer")
-        assert state.version == (self.stored.version if self.stored else 0) + 1
         self.saves += 1
         self.stored = state
 
@@ -245,3 +246,32 @@ def test_a_missing_variable_is_named() -> None:
     del broken[contract.ENV_CONTROLLER_MAPPINGS]
     with pytest.raises(AutopilotConfigError, match=contract.ENV_CONTROLLER_MAPPINGS):
         AutopilotConfig.from_env(broken)
+
+
+def test_an_aws_error_skips_one_window_and_the_run_goes_on() -> None:
+    fakes = Fakes([THROTTLED, HEALTHY, HEALTHY], now=1_000.0)
+    reads = fakes.read
+
+    def flaky(start: int, end: int) -> Signal:
+        if end == 1_000:
+            raise ClientError({"Error": {"Code": "Throttling"}}, "GetMetricData")
+        return reads(start, end)
+
+    fakes.read = flaky  # type: ignore[method-assign]
+    steps = run(deps_for(fakes, config(interval=5)), lambda: 22_000)
+    assert [s.window_end for s in steps] == [1_005, 1_010, 1_015]
+    assert steps[0].limit == 4  # the first window it could read
+
+
+def test_an_unreadable_state_starts_afresh_over_it() -> None:
+    fakes = Fakes([QUIET], deployed=Deployed(6, {"m1": (True, 6)}))
+
+    def unreadable() -> Stored | None:
+        raise StateUnreadable(7, "bad")
+
+    fakes.load = unreadable  # type: ignore[method-assign]
+    done = step(deps_for(fakes, config()), 1_000)
+    assert done is not None
+    assert done.limit == 6
+    assert fakes.stored is not None
+    assert fakes.stored.version == 8  # written over the unreadable version 7

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from localcloud.capacity_bench import Plan, phase, refused_series, scenarios, throughput_series, time_to_reach
+from localcloud.capacity_bench import (
+    Plan,
+    achievable,
+    phase,
+    refused_series,
+    scenarios,
+    throughput_series,
+    time_to_reach,
+)
 from localcloud.legacy_api import Call
 
 T0 = 1_000.0
@@ -59,3 +67,19 @@ def test_both_runs_share_load_and_capacity_and_differ_only_in_the_controller() -
     assert adaptive.api == fixed.api
     assert "sluice:adaptive" not in fixed.stack_config
     assert {k: v for k, v in adaptive.stack_config.items() if k != "sluice:adaptive"} == fixed.stack_config
+
+
+def test_achievable_targets_scale_the_capacity_by_the_fixed_runs_utilization() -> None:
+    plan = Plan()
+    ramp = [(float(t), 0.0 if t < 200 else 3.0) for t in range(10, 301)]
+    figures = {
+        "capacity_calls_per_s": {"full": 4.0, "half": 2.0},
+        "before_drop": {"ok_per_s": 3.0},
+        "throughput_series": ramp,
+    }
+    results = {"fixed": figures, "adaptive": dict(figures)}
+    achievable(results, plan)
+    assert results["utilization_ceiling"] == 0.75
+    # 90% of 0.75 x 4 = 2.7 calls/s, first reached by the window ending at 200 s.
+    assert results["adaptive"]["to_90pct_achievable_after_recovery_s"] == 20.0
+    assert results["fixed"]["to_90pct_achievable_after_drop_s"] is None
