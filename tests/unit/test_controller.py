@@ -60,8 +60,8 @@ def sig(
         (8, sig(latency=160.0), Decision(8, ControllerState(103.0, 0), Reason.HOLD_BAND)),
         # healthy and 8 in flight at limit 8: grow by one; a faster latency becomes the baseline.
         (8, sig(throttled=1, latency=80.0), Decision(9, ControllerState(80.0, 0), Reason.INCREASE)),
-        # 6 in flight on average, under 0.8 x 8: the limit was not used, so it does not grow.
-        (8, sig(in_flight=6), Decision(8, ControllerState(100.0, 0), Reason.UNUSED)),
+        # 4 in flight on average, under 0.6 x 8: the limit was not used, so it does not grow.
+        (8, sig(in_flight=4), Decision(8, ControllerState(100.0, 0), Reason.UNUSED)),
         (10, sig(in_flight=10), Decision(10, ControllerState(100.0, 0), Reason.AT_MAX)),
         (8, sig(calls=9, errors=9), Decision(8, WARM, Reason.TOO_FEW_CALLS)),
         # a limit outside the settings (they changed) is clamped first.
@@ -114,8 +114,8 @@ def under(probe_wait: int = 0, cooldown: int = 0, ceiling: int = 5) -> Controlle
             Decision(5, ControllerState(100.0, 0), Reason.HOLD_BAND),
         ),
         (5, sig(in_flight=5), under(0, cooldown=1), Decision(5, ControllerState(100.0, 0), Reason.COOLDOWN)),
-        # at the ceiling but not used (3 < 0.8 x 5): no evidence that 5 is served, keep it.
-        (5, sig(in_flight=3), under(0), Decision(5, under(0), Reason.UNUSED)),
+        # at the ceiling but not used (2 < 0.6 x 5): no evidence that 5 is served, keep it.
+        (5, sig(in_flight=2), under(0), Decision(5, under(0), Reason.UNUSED)),
         (5, sig(calls=9, in_flight=5), under(0), Decision(5, under(0), Reason.TOO_FEW_CALLS)),
     ],
 )
