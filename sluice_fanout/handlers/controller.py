@@ -11,11 +11,13 @@ latency, n = in_flight (the concurrency the API served), B the baseline, C the c
 probe count from the state (B' the baseline after this interval, g = grow_below,
 D(L) = max(min_limit, min(L - 1, floor(L * decrease_factor))), the multiplicative decrease):
 
-1. calls < min_calls: hold; the interval is too small to be evidence of anything, so B, C and W
-   stay as they are (only the cool-down runs down).
+1. calls < min_calls, unless the limit was used (calls > 0 and n >= saturation * L): hold; the
+   interval is too small to be evidence of anything, so B, C and W stay as they are (only the
+   cool-down runs down). A used limit counts whatever its calls: at a low limit with slow calls
+   an interval cannot hold min_calls calls, and holding there would keep the limit low for ever.
 2. Overloaded, checked in this order; each starts `cooldown_intervals` intervals of cool-down
    and sets W = 0:
-   t > throttle_threshold: L' = max(D(L), min(L - 1, round(n))) with round half up, and
+   t > throttle_threshold: L' = max(D(L), min(L - 1, ceil(n))), and
      C' = min(L, L' + increase_step).
      Down to the concurrency the API served, at least one step (unless at min), never below D(L):
      n can sit far under the capacity (the load ended midway through the interval, slots spent
@@ -259,11 +261,24 @@ def next_baseline(baseline: float | None, latency_ms: float, rise: float) -> flo
 
 
 def throttled_decrease(limit: int, in_flight: float, settings: ControllerSettings) -> int:
-    """To the concurrency the API served (rounded half up), but at least one step down unless
-    limit is min_limit, and never below `decrease`."""
-    # Capped at the limit before floor: in_flight is a float and may be inf.
-    rounded = math.floor(min(in_flight, limit) + 0.5)
-    return max(decrease(limit, settings), min(limit - 1, rounded))
+    """To the concurrency the API served (rounded up), but at least one step down unless limit
+    is min_limit, and never below `decrease`.
+
+    Up, not to the nearest: in_flight counts only time inside calls, so a slot the API kept
+    busy reads low by the time spent around each call (1.4 for 2 served on the embedded AWS);
+    rounding down there lands below the capacity and costs a probe wait to regain it, rounding
+    up a reading that is a hair over the capacity costs one more refusal.
+    """
+    # Capped at the limit before ceil: in_flight is a float and may be inf. The small epsilon
+    # keeps float noise (2.0000000001) from counting as a third slot.
+    served = math.ceil(min(in_flight, limit) - 1e-9)
+    return max(decrease(limit, settings), min(limit - 1, served))
+
+
+def counts(limit: int, signal: Signal, settings: ControllerSettings) -> bool:
+    """Whether an interval is evidence (rule 1): enough calls, or a limit that was used."""
+    used = signal.calls > 0 and signal.in_flight >= settings.saturation * limit
+    return signal.calls >= settings.min_calls or used
 
 
 def next_limit(
@@ -276,7 +291,7 @@ def next_limit(
     """
     limit = settings.clamp(current)
     cooldown = max(0, state.cooldown_left - 1)
-    if signal.calls < settings.min_calls:
+    if not counts(limit, signal, settings):
         return Decision(limit, replace(state, cooldown_left=cooldown), Reason.TOO_FEW_CALLS)
 
     s = settings

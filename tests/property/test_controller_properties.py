@@ -19,6 +19,7 @@ from sluice_fanout.handlers.controller import (
     ControllerState,
     Reason,
     Signal,
+    counts,
     decrease,
     next_breaker,
     next_limit,
@@ -163,7 +164,7 @@ def test_overload_backs_off(
 def test_throttled_decrease_goes_to_the_served_concurrency_within_one_step_and_the_halving(
     case: tuple[ControllerSettings, ControllerState, Signal], data: st.DataObject
 ) -> None:
-    """decrease(L) <= L' <= L - 1 (both clamped), and L' = round(in_flight) whenever that is inside."""
+    """decrease(L) <= L' <= L - 1 (both clamped), and L' = ceil(in_flight) whenever that is inside."""
     s, state, signal = case
     current = data.draw(st.integers(min_value=s.min_limit - 2, max_value=s.max_limit + 2))
     signal = replace(signal, in_flight=data.draw(st.floats(min_value=0.0, max_value=2.0 * s.max_limit + 2)))
@@ -171,9 +172,9 @@ def test_throttled_decrease_goes_to_the_served_concurrency_within_one_step_and_t
     low, high = decrease(before, s), max(s.min_limit, before - 1)
     after = next_limit(current, signal, state, s).limit
     assert low <= after <= high
-    nearest = math.floor(signal.in_flight + 0.5)
-    if low <= nearest <= high:
-        assert after == nearest
+    served = math.ceil(signal.in_flight - 1e-9)
+    if low <= served <= high:
+        assert after == served
 
 
 @many_intervals
@@ -421,7 +422,7 @@ def test_baseline_learns_only_from_intervals_that_are_not_throttled_or_failing(
 ) -> None:
     """A 429 or a failure answers fast: its latency is not the API's, and must not lower B."""
     after = next_limit(current, signal, state, s)
-    if signal.calls < s.min_calls or after.reason in {Reason.THROTTLED, Reason.ERRORS}:
+    if not counts(s.clamp(current), signal, s) or after.reason in {Reason.THROTTLED, Reason.ERRORS}:
         assert after.state.baseline_ms == state.baseline_ms
     else:
         assert after.state.baseline_ms is not None

@@ -34,11 +34,12 @@ def sig(
 @pytest.mark.parametrize(
     ("current", "signal", "expected"),
     [
-        # 20% 429s > 2%: down to the 6.4 calls the API served, not halved to 4; 7 is the first
-        # limit to prove again. The baseline stays (fast 429s are not the API's latency).
-        (8, sig(throttled=20, in_flight=6.4), Decision(6, ControllerState(100.0, 2, 7), Reason.THROTTLED)),
-        # 4.5 rounds half up to 5 (round-half-even would give 4).
-        (8, sig(throttled=20, in_flight=4.5), Decision(5, ControllerState(100.0, 2, 6), Reason.THROTTLED)),
+        # 20% 429s > 2%: down to the 5.4 calls the API served, rounded up, not halved to 4; 7 is
+        # the first limit to prove again. The baseline stays (fast 429s are not the API's latency).
+        (8, sig(throttled=20, in_flight=5.4), Decision(6, ControllerState(100.0, 2, 7), Reason.THROTTLED)),
+        # 4.0 is 4 (ceil, not one more for float noise); 4.1 is 5.
+        (8, sig(throttled=20, in_flight=4.0), Decision(4, ControllerState(100.0, 2, 5), Reason.THROTTLED)),
+        (8, sig(throttled=20, in_flight=4.1), Decision(5, ControllerState(100.0, 2, 6), Reason.THROTTLED)),
         # served about as many as the limit: still one step down.
         (8, sig(throttled=20, in_flight=7.6), Decision(7, ControllerState(100.0, 2, 8), Reason.THROTTLED)),
         (
@@ -63,7 +64,8 @@ def sig(
         # 4 in flight on average, under 0.6 x 8: the limit was not used, so it does not grow.
         (8, sig(in_flight=4), Decision(8, ControllerState(100.0, 0), Reason.UNUSED)),
         (10, sig(in_flight=10), Decision(10, ControllerState(100.0, 0), Reason.AT_MAX)),
-        (8, sig(calls=9, errors=9), Decision(8, WARM, Reason.TOO_FEW_CALLS)),
+        # 9 calls and an idle limit: no evidence (a used limit would count, see below).
+        (8, sig(calls=9, errors=9, in_flight=1), Decision(8, WARM, Reason.TOO_FEW_CALLS)),
         # a limit outside the settings (they changed) is clamped first.
         (25, sig(in_flight=25), Decision(10, ControllerState(100.0, 0), Reason.AT_MAX)),
         (0, sig(in_flight=1), Decision(2, ControllerState(100.0, 0), Reason.INCREASE)),
@@ -93,7 +95,7 @@ def under(probe_wait: int = 0, cooldown: int = 0, ceiling: int = 5) -> Controlle
         # under the ceiling growth is free.
         (3, sig(in_flight=3), under(0), Decision(4, under(0), Reason.INCREASE)),
         # too few calls is no evidence: the count stays, the cool-down runs down.
-        (4, sig(calls=9), under(3, cooldown=1), Decision(4, under(3), Reason.TOO_FEW_CALLS)),
+        (4, sig(calls=9, in_flight=1), under(3, cooldown=1), Decision(4, under(3), Reason.TOO_FEW_CALLS)),
         # any other interval that counts restarts the count.
         (4, sig(throttled=2, in_flight=4), under(3), Decision(4, under(0), Reason.HOLD_BAND)),
         (4, sig(in_flight=2), under(3), Decision(4, under(0), Reason.UNUSED)),
@@ -116,7 +118,7 @@ def under(probe_wait: int = 0, cooldown: int = 0, ceiling: int = 5) -> Controlle
         (5, sig(in_flight=5), under(0, cooldown=1), Decision(5, ControllerState(100.0, 0), Reason.COOLDOWN)),
         # at the ceiling but not used (2 < 0.6 x 5): no evidence that 5 is served, keep it.
         (5, sig(in_flight=2), under(0), Decision(5, under(0), Reason.UNUSED)),
-        (5, sig(calls=9, in_flight=5), under(0), Decision(5, under(0), Reason.TOO_FEW_CALLS)),
+        (5, sig(calls=9, in_flight=2), under(0), Decision(5, under(0), Reason.TOO_FEW_CALLS)),
     ],
 )
 def test_ceiling_and_probe(current: int, signal: Signal, state: ControllerState, expected: Decision) -> None:
@@ -228,3 +230,13 @@ def test_a_capacity_drop_costs_one_burst_of_429s_then_one_probe_per_cycle() -> N
         Reason.INCREASE,
         Reason.THROTTLED,
     ]
+
+
+def test_a_used_low_limit_counts_with_fewer_calls_than_min_calls() -> None:
+    """Limit 1, 1 s calls, 5 s intervals: 4 calls can never reach min_calls 10, but the one slot
+    was busy, so the interval is evidence and the limit grows; an idle one still holds."""
+    settings = ControllerSettings(cooldown_intervals=0)
+    busy = sig(calls=4, in_flight=0.8)
+    assert next_limit(1, busy, WARM, settings).reason is Reason.INCREASE
+    idle = sig(calls=4, in_flight=0.3)
+    assert next_limit(1, idle, WARM, settings).reason is Reason.TOO_FEW_CALLS
