@@ -468,7 +468,8 @@ def _call_target(
         # Here, inside the idempotent attempt: a replay of a stored outcome calls nothing and
         # takes no slot.
         _wait_for_slot(deps, remaining_ms, log)
-        metrics.count(contract.METRIC_API_CALLS, message.priority)
+        # Nothing between the slot and the call: a call that starts late crowds the next
+        # second's window of the calls-per-second limit. The call is counted after it.
         started = deps.timer()
         try:
             result = deps.target(message.item, ctx)
@@ -476,6 +477,7 @@ def _call_target(
             answered(started)
             return Outcome(error=contract.ERROR_PERMANENT, cause=str(exc) or type(exc).__name__)
         except RetryLater as exc:
+            metrics.count(contract.METRIC_API_CALLS, message.priority)
             metrics.count(contract.METRIC_API_THROTTLED, message.priority)
             raise ApiRefused(exc.seconds, str(exc)) from exc
         except Exception:
@@ -487,6 +489,7 @@ def _call_target(
 
     def answered(started: float) -> None:
         latency_ms = (deps.timer() - started) * 1000
+        metrics.count(contract.METRIC_API_CALLS, message.priority)
         metrics.milliseconds(contract.METRIC_API_LATENCY, message.priority, latency_ms)
 
     try:

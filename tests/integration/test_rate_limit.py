@@ -6,7 +6,10 @@ that only the rate can refuse a call. Sluice is configured with the same R.
 
 What this cannot show: DynamoDB's real latency and its write limit on the one limiter item, clock
 differences between Lambda hosts (here every sandbox shares one clock), and network delay
-between the worker and the API beyond the loopback's.
+between the worker and the API beyond the loopback's. Here, unlike on Lambda, cold sandboxes
+set up their clients on the same 2 cores as a sandbox sleeping until its slot, and can wake it
+later than the limiter's 50 ms allowance: the stack runs at concurrency 4, not more, so fewer
+sandboxes start at once (at 6, one run in a few saw a first call 72 ms late and a refusal).
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ ITEMS = {"HIGH": 6, "NORMAL": 8, "BATCH": 10}
 RATED = Scenario(
     name="rate-limit",
     batches=(Batch(start_s=0, counts=ITEMS),),
-    # Without the limit Sluice would start about 6 / 0.15 = 40 calls a second.
+    # Without the limit Sluice would start about 4 / 0.15 = 26 calls a second.
     api=ApiProfile(concurrency_limit=12, calls_per_second=RATE, service_time_s=0.15),
-    stack_config={"sluice:concurrency": "6", "sluice:callsPerSecond": str(RATE)},
+    stack_config={"sluice:concurrency": "4", "sluice:callsPerSecond": str(RATE)},
     deadline_s=60,
 )
 
