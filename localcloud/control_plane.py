@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from moto.sqs.models import sqs_backends
 
+from localcloud.ticker import Ticker
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
@@ -31,7 +33,6 @@ if TYPE_CHECKING:
     from localcloud.lambda_runner import LambdaRunner
 
 SYNC_INTERVAL_S = 0.25
-STOP_JOIN_S = 10.0  # one sync is a few local requests; a join never waits longer than this
 # ListEventSourceMappings/GetEventSourceMapping states; the transitional ones count as where the
 # mapping is heading, since the local data plane applies a change at once.
 ENABLED_STATES = frozenset({"Enabled", "Enabling"})
@@ -71,7 +72,7 @@ def mirror_mappings(lam: Any, specs: Iterable[MappingSpec]) -> dict[str, str]:
     return {create_detached_mapping(lam, spec): spec.uuid for spec in specs}
 
 
-class ControlPlaneSync:
+class ControlPlaneSync(Ticker):
     """A thread that makes the runner and the mappings follow moto's Lambda settings."""
 
     def __init__(
@@ -93,9 +94,7 @@ class ControlPlaneSync:
         self._mappings = mappings
         self._functions = list(functions)
         self._mapping_ids = dict(mapping_ids or {})
-        self._interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__("control-plane-sync", interval_s)
         self._lock = threading.Lock()
         self._seen: dict[str, int | bool | None] = {}
         self._timeline: list[Change] = []
@@ -108,17 +107,6 @@ class ControlPlaneSync:
         """Every value seen: the first observation of each setting, then each change."""
         with self._lock:
             return list(self._timeline)
-
-    def start(self) -> ControlPlaneSync:
-        self._thread = threading.Thread(target=self._run, name="control-plane-sync", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=STOP_JOIN_S)
-            self._thread = None
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -22,7 +22,9 @@ import json
 import threading
 from collections import Counter
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
+
+from localcloud.ticker import Ticker
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -31,7 +33,6 @@ if TYPE_CHECKING:
     from localcloud.lambda_runner import LambdaRunner
 
 FORWARD_INTERVAL_S = 0.25
-STOP_JOIN_S = 10.0
 PUT_METRIC_DATA_MAX_DATUMS = 1_000  # PutMetricData: metrics per request
 PUT_METRIC_DATA_MAX_VALUES = 150  # PutMetricData: distinct values per datum
 READ_MAX_BYTES = 4 * 1024 * 1024  # per file per pass: a pass stays short; the rest comes next pass
@@ -98,7 +99,7 @@ def metric_data(record: Any) -> list[tuple[str, dict[str, Any]]]:
     return data
 
 
-class EmfForwarder:
+class EmfForwarder(Ticker):
     """A thread that forwards the EMF records new in some functions' logs to CloudWatch."""
 
     def __init__(
@@ -111,10 +112,8 @@ class EmfForwarder:
     ) -> None:
         self._cloudwatch = cloudwatch
         self._paths = [runner.log_path(name) for name in functions]
-        self._interval_s = interval_s
+        super().__init__("emf-forwarder", interval_s)
         self._offsets: dict[Path, int] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._pass = threading.Lock()  # the thread's passes and stop()'s last pass never overlap
         self.records = 0
         """EMF records forwarded."""
@@ -123,20 +122,15 @@ class EmfForwarder:
         self.errors = 0
         self.last_error: str | None = None
 
-    def start(self) -> EmfForwarder:
+    def start(self) -> Self:
         # From each log's current end: what was printed before is not this run's.
         for path in self._paths:
             self._offsets[path] = path.stat().st_size if path.exists() else 0
-        self._thread = threading.Thread(target=self._run, name="emf-forwarder", daemon=True)
-        self._thread.start()
-        return self
+        return super().start()
 
     def stop(self) -> None:
         """Stop the thread, then forward whatever complete lines are left."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=STOP_JOIN_S)
-            self._thread = None
+        super().stop()
         self.forward_once()
 
     def _run(self) -> None:
