@@ -70,8 +70,7 @@ def child_transitions(result: RunResult) -> int:
     ticket = result.scenario.dispatch == "ticket"
     total = 0
     for record in result.executions:
-        output = record.output if isinstance(record.output, dict) else {}
-        for entry in output.get("results", []):
+        for entry in record.results or []:
             if not isinstance(entry, dict):
                 continue  # a child that failed outright: its transitions are unknown
             if entry.get("path") == "DIRECT":

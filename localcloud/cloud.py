@@ -1,5 +1,5 @@
-"""The embedded AWS: moto in server mode on 127.0.0.1, Step Functions execution on, and
-moto's Docker-only Lambda invoke replaced by the sandbox runner."""
+"""The embedded AWS: moto's backends behind an HTTP endpoint on 127.0.0.1 (localcloud/front.py),
+Step Functions execution on, and moto's Docker-only Lambda invoke replaced by the sandbox runner."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import threading
-import urllib.request
 from collections import Counter
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -18,10 +17,14 @@ import boto3
 from botocore.config import Config
 from moto.awslambda.models import LambdaFunction
 from moto.core.responses import BaseResponse
-from moto.server import ThreadedMotoServer
+from moto.moto_api._internal.models import moto_api_backend
 
+from localcloud.front import FrontServer, InProcess, lean_request_path
 from localcloud.lambda_runner import LambdaRunner
 from localcloud.moto_fixes import atomic_dynamodb_writes, aws_like_heartbeats, order_free_metric_dimensions
+from localcloud.moto_results import aws_results_and_limits
+from localcloud.moto_sfn import fast_step_functions
+from localcloud.moto_sqs import safe_sqs_queues
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -38,6 +41,8 @@ FAKE_CREDENTIALS = {
 class EmbeddedAws:
     endpoint: str
     runner: LambdaRunner
+    route: InProcess
+    """Answers this process's clients without a socket (the sandboxes use `endpoint`)."""
     requests: Counter[str] = field(default_factory=Counter)
     """API requests the embedded AWS served, by `service:Action`."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -54,42 +59,38 @@ class EmbeddedAws:
     def client(self, service: str) -> Any:
         # boto3's stubs type clients per literal service name; this factory takes any name.
         factory: Any = boto3.client
-        return factory(
-            service,
-            endpoint_url=self.endpoint,
-            region_name=REGION,
-            # Many threads share these clients during a run; a small pool would serialize them.
-            config=Config(max_pool_connections=64, retries={"mode": "standard", "max_attempts": 5}),
-            **{k.lower(): v for k, v in FAKE_CREDENTIALS.items()},
+        return self.route.attach(
+            factory(
+                service,
+                endpoint_url=self.endpoint,
+                region_name=REGION,
+                # Many threads share these clients during a run; a small pool would serialize them.
+                config=Config(max_pool_connections=64, retries={"mode": "standard", "max_attempts": 5}),
+                **{k.lower(): v for k, v in FAKE_CREDENTIALS.items()},
+            )
         )
-
-
-def _post(url: str, body: dict[str, Any]) -> None:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")  # noqa: S310 - loopback
-    urllib.request.urlopen(request, timeout=10).close()  # noqa: S310 - our own server on loopback
 
 
 @contextmanager
 def embedded_aws() -> Iterator[EmbeddedAws]:
-    """Start moto on 127.0.0.1 with Step Functions execution and in-process Lambda."""
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    """Start the embedded AWS on 127.0.0.1: moto's backends behind a lean HTTP front, Step
+    Functions execution on, and in-process Lambda."""
     # moto's interpreter logs each Choice that reads a missing path (IsPresent false) as an
     # exception, and each ToleratedFailurePercentage it ignores; outcomes show in executions.
     logging.getLogger("moto.stepfunctions").setLevel(logging.CRITICAL)
     with ExitStack() as cleanup:
-        # Port 0: the OS picks a free port at bind time, so no other process can take it first.
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        cleanup.callback(server.stop)
-        _, port = server.get_host_and_port()
-        endpoint = f"http://127.0.0.1:{port}"
-        saved = {k: os.environ.get(k) for k in ("MOTO_PORT", "AWS_DEFAULT_REGION", *FAKE_CREDENTIALS)}
-        cleanup.callback(_restore_environ, saved)
-        # moto's Step Functions integrations call back into the server at localhost:$MOTO_PORT.
-        os.environ.update({"MOTO_PORT": str(port), "AWS_DEFAULT_REGION": REGION, **FAKE_CREDENTIALS})
         # moto's backends live in this process and outlast a server: start every run from empty.
-        _post(f"{endpoint}/moto-api/reset", {})
-        _post(f"{endpoint}/moto-api/config", {"stepfunctions": {"execute_state_machine": True}})
+        moto_api_backend.reset()
+        moto_api_backend.set_config({"stepfunctions": {"execute_state_machine": True}})
+        route = InProcess(REGION)
+        # Last out: a client that outlives the embedded AWS gets an error, never a request.
+        cleanup.callback(setattr, route, "open", False)
+        server = FrontServer(REGION).start()
+        cleanup.callback(server.stop)
+        endpoint = server.endpoint
+        saved = {k: os.environ.get(k) for k in ("AWS_DEFAULT_REGION", *FAKE_CREDENTIALS)}
+        cleanup.callback(_restore_environ, saved)
+        os.environ.update({"AWS_DEFAULT_REGION": REGION, **FAKE_CREDENTIALS})
 
         runner = LambdaRunner(
             {
@@ -108,7 +109,7 @@ def embedded_aws() -> Iterator[EmbeddedAws]:
                 return json.dumps(result.error), True, ""
             return json.dumps(result.payload), False, ""
 
-        cloud = EmbeddedAws(endpoint, runner)
+        cloud = EmbeddedAws(endpoint, runner, route)
         original_call_action = BaseResponse.call_action
 
         def counting_call_action(self: BaseResponse) -> Any:
@@ -118,8 +119,12 @@ def embedded_aws() -> Iterator[EmbeddedAws]:
             return original_call_action(self)
 
         cleanup.enter_context(aws_like_heartbeats())
+        cleanup.enter_context(safe_sqs_queues())
         cleanup.enter_context(atomic_dynamodb_writes())
         cleanup.enter_context(order_free_metric_dimensions())
+        cleanup.enter_context(lean_request_path())
+        cleanup.enter_context(fast_step_functions(route, endpoint))
+        cleanup.enter_context(aws_results_and_limits())
         cleanup.enter_context(mock.patch.object(LambdaFunction, "_invoke_lambda", invoke_in_sandbox))
         cleanup.enter_context(mock.patch.object(BaseResponse, "call_action", counting_call_action))
         yield cloud

@@ -11,16 +11,21 @@ Format (version 1), all times in seconds:
     worker.{invocations, yields, forced, empty_tickets, throttled}
         throttled: invokes refused for lack of reserved concurrency (the mapping retries them)
     execution.{status, wall_s, executions}
+
+Per-item outcomes (succeeded/failed by priority) come from each execution's Map Run result
+files in S3 (`ExecutionRecord.results`, read once when the execution ends), for inline and
+S3-source batches alike.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from localcloud.runner import RunResult
 
@@ -39,6 +44,41 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     ordered = sorted(values)
     rank = max(1, math.ceil(q / 100 * len(ordered)))
     return round(ordered[rank - 1], 3)
+
+
+def results_from_files(manifest: dict[str, Any], read_json: Callable[[str], Any]) -> list[dict[str, Any]]:
+    """Each item's outcome from a Map Run's result files, in item order, read once.
+
+    `manifest` is the ResultWriter's manifest.json; `read_json(key)` returns a result file (a
+    JSON array of child execution records). A succeeded child's `Output` is Sluice's structured
+    result (`status`, `index`, `priority`?, ...); a child that failed outright becomes a FAILED
+    entry with its Error, at the index its `Input` names.
+    """
+    entries: list[dict[str, Any]] = []
+    for group in ("SUCCEEDED", "FAILED", "PENDING"):
+        for ref in manifest.get("ResultFiles", {}).get(group, []):
+            for record in read_json(ref["Key"]):
+                child_input = _json(record.get("Input"))
+                index = child_input.get("index") if isinstance(child_input, dict) else None
+                output = _json(record.get("Output"))
+                if record.get("Status") == "SUCCEEDED" and isinstance(output, dict):
+                    entries.append(output)
+                else:
+                    entries.append(
+                        {
+                            "status": "FAILED",
+                            "index": index,
+                            "error": record.get("Error") or record.get("Status"),
+                        }
+                    )
+    return sorted(entries, key=lambda e: e["index"] if isinstance(e.get("index"), int) else -1)
+
+
+def _json(value: Any) -> Any:
+    try:
+        return json.loads(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
 
 
 def build_report(result: RunResult) -> dict[str, Any]:
@@ -60,7 +100,7 @@ def build_report(result: RunResult) -> dict[str, Any]:
             accounted += int(out["total"])
             succeeded += int(out["succeeded"])
             failed += int(out["failed"])
-            for entry in out.get("results", []):
+            for entry in record.results or []:
                 if isinstance(entry, dict) and isinstance(entry.get("index"), int):
                     item_class = record.items[entry["index"]].get("class")
                     if item_class:

@@ -17,7 +17,8 @@ from localcloud.emf import EmfForwarder
 from localcloud.esm import EventSourceMappings, MappingStats, message_key
 from localcloud.faults import CompletionFaults
 from localcloud.legacy_api import Call, LegacyApi
-from localcloud.scenario import FIFO_QUEUE
+from localcloud.report import results_from_files
+from localcloud.scenario import FIFO_QUEUE, SOURCE_AUTO, SOURCE_INLINE, SOURCE_S3
 from localcloud.scheduler import Fired, Schedules
 
 if TYPE_CHECKING:
@@ -33,6 +34,10 @@ RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
 # The attribute the worker puts on what it dead-letters itself (handlers/contract.py; localcloud
 # does not import the handlers it runs).
 DEAD_LETTER_REASON_ATTRIBUTE = "SluiceDeadLetterReason"
+SFN_MAX_INPUT_BYTES = 262_144  # StartExecution's input: at most 256 KiB in UTF-8
+BATCHES_PREFIX = "batches/"
+"""Where in the stack's results bucket a batch too large to go inline is uploaded (the state
+machine may read that bucket: its policy lists it among the input buckets)."""
 
 
 @dataclass
@@ -44,6 +49,11 @@ class ExecutionRecord:
     stopped: float | None = None
     status: str = "RUNNING"
     output: Any = None
+    source: str = SOURCE_INLINE
+    """How the batch was started: `inline` (`{"items": [...]}`) or `s3` (`{"source": ...}`)."""
+    results: list[dict[str, Any]] | None = None
+    """Each item's outcome in item order, read once from the Map Run's result files when the
+    execution succeeded (None until then, or when it did not)."""
 
 
 @dataclass
@@ -119,6 +129,36 @@ def stack_config(scenario: Scenario, api_url: str) -> dict[str, Any]:
     }
 
 
+def batch_source(requested: str, inline_bytes: int) -> str:
+    """`inline` or `s3`: `auto` sends a batch inline when its input fits in 256 KiB."""
+    if requested == SOURCE_AUTO:
+        return SOURCE_INLINE if inline_bytes <= SFN_MAX_INPUT_BYTES else SOURCE_S3
+    return requested
+
+
+def start_batch(
+    sfn: Any, s3: Any, stack: DeployedStack, *, source: str, name: str, items: list[dict[str, Any]]
+) -> tuple[str, str]:
+    """Start one execution of `items`; returns its ARN and the source used.
+
+    A batch whose inline input would pass 256 KiB (or any batch, with source `s3`) is uploaded
+    as a JSON array to the stack's results bucket and started with `{"source": {bucket, key}}`.
+    An `inline` batch over the limit is sent as asked: Step Functions refuses it.
+    """
+    inline = json.dumps({"items": items})
+    chosen = batch_source(source, len(inline.encode()))
+    if chosen == SOURCE_S3:
+        bucket, key = stack.outputs["resultsBucket"], f"{BATCHES_PREFIX}{name}.json"
+        s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(items).encode())
+        execution_input = json.dumps({"source": {"bucket": bucket, "key": key}})
+    else:
+        execution_input = inline
+    arn = sfn.start_execution(
+        stateMachineArn=stack.outputs["stateMachineArn"], name=name, input=execution_input
+    )["executionArn"]
+    return arn, chosen
+
+
 def run_scenario(
     scenario: Scenario, on_tick: Callable[[LegacyApi, list[ExecutionRecord]], None] | None = None
 ) -> RunResult:
@@ -143,7 +183,7 @@ def _run(
 ) -> RunResult:
     stack = deploy(aws, stack_config(scenario, api.url))
     before = aws.snapshot()
-    sfn, sqs = aws.client("stepfunctions"), aws.client("sqs")
+    sfn, sqs, s3 = aws.client("stepfunctions"), aws.client("sqs"), aws.client("s3")
     enqueued_at: dict[str, float] = {}
     lock = threading.Lock()
 
@@ -178,13 +218,10 @@ def _run(
             while pending and now - t0 >= scenario.batches[pending[0]].start_s:
                 n = pending.pop(0)
                 items = batch_items(scenario, n)
-                arn = sfn.start_execution(
-                    stateMachineArn=stack.outputs["stateMachineArn"],
-                    name=f"{scenario.name}-{n}-{uuid.uuid4().hex[:8]}",
-                    input=json.dumps({"items": items}),
-                )["executionArn"]
-                executions.append(ExecutionRecord(arn, n, items, time.time()))
-            _refresh(sfn, executions)
+                name = f"{scenario.name}-{n}-{uuid.uuid4().hex[:8]}"
+                arn, source = start_batch(sfn, s3, stack, source=scenario.source, name=name, items=items)
+                executions.append(ExecutionRecord(arn, n, items, time.time(), source=source))
+            _refresh(sfn, s3, executions)
             if on_tick is not None:
                 on_tick(api, executions)
             feeding = scenario.feed is not None and time.time() - t0 < scenario.feed.until_s
@@ -284,7 +321,7 @@ def _feed(
         waiting += feed.batch_size
 
 
-def _refresh(sfn: Any, executions: list[ExecutionRecord]) -> None:
+def _refresh(sfn: Any, s3: Any, executions: list[ExecutionRecord]) -> None:
     for record in executions:
         if record.status == "RUNNING":
             described = sfn.describe_execution(executionArn=record.arn)
@@ -292,6 +329,20 @@ def _refresh(sfn: Any, executions: list[ExecutionRecord]) -> None:
                 record.status = described["status"]
                 record.stopped = time.time()
                 record.output = json.loads(described.get("output") or "null")
+                record.results = _read_results(s3, record.output)
+
+
+def _read_results(s3: Any, output: Any) -> list[dict[str, Any]] | None:
+    """The items' outcomes from the result files the aggregate's output points at."""
+    location = output.get("results_location") if isinstance(output, dict) else None
+    if not isinstance(location, dict):
+        return None
+    bucket = location["bucket"]
+
+    def read_json(key: str) -> Any:
+        return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+    return results_from_files(read_json(location["manifest_key"]), read_json)
 
 
 def _drain(sqs: Any, url: str, limit: int = 1_000) -> list[dict[str, Any]]:

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 
 MODES = ("yield", "ticket", "fifo")
 FIFO_QUEUE = "FIFO"
+SOURCE_INLINE, SOURCE_S3, SOURCE_AUTO = "inline", "s3", "auto"
+SOURCES = (SOURCE_INLINE, SOURCE_S3, SOURCE_AUTO)
 
 
 class ScenarioError(ValueError):
@@ -72,6 +74,10 @@ class Scenario:
     capacity_changes: tuple[tuple[float, int], ...] = ()
     """(offset s, limit): the simulated API's concurrency limit changes to `limit` at `offset`
     (capacity drops and recoveries); the profile's limit applies before the first."""
+    source: str = SOURCE_AUTO
+    """How each batch is started: `inline` (`{"items": [...]}`), `s3` (the items uploaded to the
+    stack's results bucket as a JSON array, started with `{"source": {"bucket", "key"}}`), or
+    `auto` (the default): inline when the input fits in Step Functions' 256 KiB, else S3."""
 
     @property
     def items_total(self) -> int:
@@ -150,6 +156,12 @@ def load(path: Path) -> Scenario:
     dispatch = data.get("dispatch", "ticket")
     if dispatch not in MODES:
         raise ScenarioError(f"{path}: dispatch must be one of {list(MODES)}, got {dispatch!r}")
+    source = data.get("source", SOURCE_AUTO)
+    if source not in SOURCES:
+        raise ScenarioError(
+            f"{path}: source must be one of {list(SOURCES)} (auto: inline up to 256 KiB of input, "
+            f"else S3), got {source!r}"
+        )
     return Scenario(
         name=str(data.get("name", path.stem)),
         batches=tuple(batches),
@@ -160,6 +172,7 @@ def load(path: Path) -> Scenario:
         completion_faults=_completion_faults(data.get("completion_faults", {}), path),
         malformed_payloads=int(_number(data, "malformed_payloads", 0, "scenario")),
         capacity_changes=_capacity_changes(data.get("capacity_changes", []), path),
+        source=source,
     )
 
 

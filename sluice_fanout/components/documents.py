@@ -256,9 +256,11 @@ def build_state_machine_definition(
 ) -> dict[str, Any]:
     """The parent state machine.
 
-    Input: `{"items": [...]}` (inline; results come back inline) or
-    `{"source": {"bucket": ..., "key": ...}}` (a JSON array in S3; results are written to
-    `results_bucket` under `results/` and the output points at the manifest).
+    Input: `{"items": [...]}` (inline, up to Step Functions' 256 KiB input) or
+    `{"source": {"bucket": ..., "key": ...}}` (a JSON array in S3). Either way the children's
+    results are written to `results_bucket` under `results/` (a ResultWriter on both Maps: the
+    Map's own output would pass 256 KiB at a few thousand items and fail the batch with
+    States.DataLimitExceeded after every item was worked), and the aggregate reads them there.
     """
 
     def processor(prefix: str) -> dict[str, Any]:
@@ -284,6 +286,12 @@ def build_state_machine_definition(
         # Children never fail by design (each ends in a result), so a failed child means broken
         # infrastructure; past this share the batch fails loudly instead of limping on.
         "ToleratedFailurePercentage": float(tolerated_failure_percentage),
+        # Results go to S3, whatever the batch's size: the Map's output is then only a pointer
+        # to the manifest, far under the 256 KiB a state's output may be.
+        "ResultWriter": {
+            "Resource": "arn:aws:states:::s3:putObject",
+            "Parameters": {"Bucket": results_bucket, "Prefix": "results"},
+        },
         "Next": "Aggregate",
     }
     return {
@@ -309,11 +317,6 @@ def build_state_machine_definition(
                     "Resource": "arn:aws:states:::s3:getObject",
                     "ReaderConfig": {"InputType": "JSON"},
                     "Parameters": {"Bucket.$": "$.source.bucket", "Key.$": "$.source.key"},
-                },
-                # Big batches: results go to S3 instead of the 256 KiB execution payload.
-                "ResultWriter": {
-                    "Resource": "arn:aws:states:::s3:putObject",
-                    "Parameters": {"Bucket": results_bucket, "Prefix": "results"},
                 },
             },
             "Aggregate": {

@@ -212,8 +212,20 @@ def test_state_machine_structure(default: Recorder) -> None:
         from_s3["ItemProcessor"]
     ).replace("FromS3-", "")
     assert inline["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
-    assert from_s3["ResultWriter"]["Parameters"] == {"Bucket": "orders-workflow-results", "Prefix": "results"}
-    assert "ResultWriter" not in inline
+    # Both Maps write their results to S3: an inline batch's results would pass 256 KiB too.
+    result_writer = {
+        "Resource": "arn:aws:states:::s3:putObject",
+        "Parameters": {"Bucket": "orders-workflow-results", "Prefix": "results"},
+    }
+    assert inline["ResultWriter"] == result_writer
+    assert from_s3["ResultWriter"] == result_writer
+    assert inline["ItemsPath"] == "$.items"
+    assert "ItemReader" not in inline
+    assert from_s3["ItemReader"] == {
+        "Resource": "arn:aws:states:::s3:getObject",
+        "ReaderConfig": {"InputType": "JSON"},
+        "Parameters": {"Bucket.$": "$.source.bucket", "Key.$": "$.source.key"},
+    }
     assert asl["States"]["Aggregate"]["Parameters"]["FunctionName"] == (
         f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:orders-workflow-aggregate"
     )

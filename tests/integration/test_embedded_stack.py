@@ -67,7 +67,7 @@ def test_the_aggregate_agrees_with_the_api_record(mixed: RunResult) -> None:
     # Each succeeded throttled item is exactly one accepted call, and nothing was called twice.
     succeeded_throttled = {
         f"{execution.arn}#{r['index']}"
-        for r in summary["results"]
+        for r in execution.results or []
         if r["status"] == "SUCCEEDED" and "priority" in r
     }
     assert succeeded_throttled == ok_keys

@@ -65,7 +65,7 @@ def outcomes(run: RunResult, batch: int = 0) -> dict[Any, dict[str, Any]]:
     (execution,) = [e for e in run.executions if e.batch == batch]
     summary = execution.output
     ids = {i: item["id"] for i, item in enumerate(execution.items)}
-    verdicts: dict[Any, dict[str, Any]] = {ids[r["index"]]: r for r in summary["results"]}
+    verdicts: dict[Any, dict[str, Any]] = {ids[r["index"]]: r for r in execution.results or []}
     for failure in summary["failures"]:
         verdicts[ids[failure["index"]]] |= {"error": failure["error"], "cause": failure["cause"]}
     return verdicts
@@ -94,7 +94,7 @@ def test_every_item_is_in_the_aggregate_and_the_execution_ended(chaos: RunResult
     assert execution.status == "SUCCEEDED"
     summary = execution.output
     assert summary["total"] == ITEMS_TOTAL
-    assert sorted(r["index"] for r in summary["results"]) == list(range(ITEMS_TOTAL))
+    assert sorted(r["index"] for r in execution.results or []) == list(range(ITEMS_TOTAL))
     failed = {item_id for item_id, verdict in outcomes(chaos).items() if verdict["status"] == "FAILED"}
     assert failed == {"err-always", "hang-always", "rejected", "odd-priority"}
 

@@ -10,7 +10,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from sluice_fanout.handlers.aggregate import aggregate, handle
+from localcloud.moto_results import RESULT_FILE_MAX_BYTES, child_record, manifest, result_files
+from sluice_fanout.handlers.aggregate import MAX_FAILURES_LISTED, SFN_MAX_OUTPUT_BYTES, aggregate, handle
 from sluice_fanout.handlers.contract import ERROR_RESULT_MISSING, RESULT_POINTER_FIELD
 
 SUCCESS_HIGH = {"status": "SUCCEEDED", "index": 0, "priority": "HIGH", "result": {"n": 1}}
@@ -157,3 +158,80 @@ def test_spilled_results_are_checked_and_listed_with_their_location(s3: Any) -> 
     assert (out["succeeded"], out["failed"]) == (1, 1)
     assert out["failures"][0]["index"] == 1
     assert out["failures"][0]["error"] == ERROR_RESULT_MISSING
+
+
+def _write_results(s3: Any, entries: list[dict[str, Any]], max_bytes: int) -> str:
+    """Store `entries` (Sluice child outputs) as the embedded AWS's ResultWriter does; the
+    manifest's key."""
+    records = [
+        child_record(
+            execution_arn=f"arn:aws:states:us-east-1:123456789012:execution:sm/Inline:{e['index']}",
+            state_machine_arn="arn:aws:states:us-east-1:123456789012:stateMachine:sm/Inline",
+            name=str(e["index"]),
+            status="SUCCEEDED",
+            child_input=json.dumps({"item": {}, "index": e["index"], "execution": "arn:parent"}),
+            output=json.dumps(e),
+            error=None,
+            cause=None,
+            start=0.0,
+            stop=1.0,
+        )
+        for e in entries
+    ]
+    listed: dict[str, list[tuple[str, int]]] = {}
+    for group, bodies in result_files(records, max_bytes).items():
+        for n, body in enumerate(bodies):
+            key = f"results/run/{group}_{n}.json"
+            s3.put_object(Bucket="results", Key=key, Body=body)
+            listed.setdefault(group, []).append((key, len(body)))
+    key = "results/run/manifest.json"
+    s3.put_object(
+        Bucket="results",
+        Key=key,
+        Body=json.dumps(manifest(bucket="results", map_run_arn="arn:run", files=listed)),
+    )
+    return key
+
+
+def test_aggregate_reads_every_split_result_file(s3: Any) -> None:
+    entries = [
+        {"status": "SUCCEEDED", "index": i, "priority": "HIGH", "result": {"n": i}}
+        if i % 3
+        else {
+            "status": "FAILED",
+            "index": i,
+            "priority": "BATCH",
+            "error": {"Error": "Sluice.PermanentFailure", "Cause": "400"},
+        }
+        for i in range(30)
+    ]
+    key = _write_results(s3, entries, max_bytes=2_000)
+    assert (
+        len(json.loads(s3.get_object(Bucket="results", Key=key)["Body"].read())["ResultFiles"]["SUCCEEDED"])
+        > 3
+    )
+    out = handle({"map_output": {"ResultWriterDetails": {"Bucket": "results", "Key": key}}}, s3=lambda: s3)
+    assert (out["total"], out["succeeded"], out["failed"]) == (30, 20, 10)
+    assert out["by_priority"] == {
+        "BATCH": {"total": 10, "succeeded": 0, "failed": 10},
+        "HIGH": {"total": 20, "succeeded": 20, "failed": 0},
+    }
+    assert [f["index"] for f in out["failures"]] == list(range(0, 30, 3))
+
+
+def test_the_aggregate_output_stays_under_256_kib_for_a_large_batch(s3: Any) -> None:
+    long_cause = "x" * 5_000
+    entries = [
+        {
+            "status": "FAILED",
+            "index": i,
+            "priority": "BATCH",
+            "error": {"Error": "Sluice.PermanentFailure", "Cause": long_cause},
+        }
+        for i in range(3_000)
+    ]
+    key = _write_results(s3, entries, max_bytes=RESULT_FILE_MAX_BYTES)
+    out = handle({"map_output": {"ResultWriterDetails": {"Bucket": "results", "Key": key}}}, s3=lambda: s3)
+    assert out["failed"] == 3_000
+    assert out["failures_not_listed"] == 3_000 - MAX_FAILURES_LISTED
+    assert len(json.dumps(out).encode()) < SFN_MAX_OUTPUT_BYTES

@@ -1,10 +1,17 @@
-"""Report helpers."""
+"""Report helpers, and the report over results read from S3."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
-from localcloud.report import percentile
+from localcloud.deploy import DeployedStack
+from localcloud.moto_results import child_record, manifest, result_files
+from localcloud.report import build_report, percentile, results_from_files
+from localcloud.runner import ExecutionRecord, RunResult, batch_items, batch_source
+from localcloud.scenario import Batch, Scenario
 
 
 @pytest.mark.parametrize(
@@ -13,3 +20,132 @@ from localcloud.report import percentile
 )
 def test_percentile_nearest_rank(values: list[float], q: float, expected: float | None) -> None:
     assert percentile(values, q) == expected
+
+
+# ---- per-item outcomes from a Map Run's result files (inline and S3-source batches alike) ----
+
+
+def _child(index: int, output: dict[str, Any] | None, status: str = "SUCCEEDED") -> dict[str, Any]:
+    return child_record(
+        execution_arn=f"arn:aws:states:us-east-1:123456789012:execution:sm/FromS3:{index}",
+        state_machine_arn="arn:aws:states:us-east-1:123456789012:stateMachine:sm/FromS3",
+        name=str(index),
+        status=status,
+        child_input=json.dumps({"item": {"id": f"i{index}"}, "index": index, "execution": "arn:parent"}),
+        output=json.dumps(output),
+        error=None if status == "SUCCEEDED" else "States.Runtime",
+        cause=None if status == "SUCCEEDED" else "boom",
+        start=0.0,
+        stop=1.0,
+    )
+
+
+def _stored(records: list[dict[str, Any]], max_bytes: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The manifest and the files a ResultWriter would store, split at `max_bytes`."""
+    objects: dict[str, Any] = {}
+    listed: dict[str, list[tuple[str, int]]] = {}
+    for group, bodies in result_files(records, max_bytes).items():
+        for n, body in enumerate(bodies):
+            objects[f"results/run/{group}_{n}.json"] = json.loads(body)
+            listed.setdefault(group, []).append((f"results/run/{group}_{n}.json", len(body)))
+    return manifest(bucket="b", map_run_arn="arn:run", files=listed), objects
+
+
+def test_outcomes_come_from_every_result_file_in_item_order() -> None:
+    # Five items: 0-2 throttled, 3 direct, 4 a child that failed outright (no structured result).
+    records = [
+        _child(2, {"status": "FAILED", "index": 2, "priority": "BATCH", "error": {"Error": "x"}}),
+        _child(0, {"status": "SUCCEEDED", "index": 0, "priority": "HIGH", "result": 1}),
+        _child(3, {"status": "SUCCEEDED", "index": 3, "path": "DIRECT", "result": 2}),
+        _child(1, {"status": "SUCCEEDED", "index": 1, "priority": "BATCH", "result": 3}),
+        _child(4, None, status="FAILED"),
+    ]
+    listing, objects = _stored(records, max_bytes=900)  # a few records per file
+    assert len(listing["ResultFiles"]["SUCCEEDED"]) > 1
+    read: list[str] = []
+
+    def read_json(key: str) -> Any:
+        read.append(key)
+        return objects[key]
+
+    outcomes = results_from_files(listing, read_json)
+    assert [(e["index"], e["status"], e.get("priority")) for e in outcomes] == [
+        (0, "SUCCEEDED", "HIGH"),
+        (1, "SUCCEEDED", "BATCH"),
+        (2, "FAILED", "BATCH"),
+        (3, "SUCCEEDED", None),
+        (4, "FAILED", None),
+    ]
+    assert outcomes[4]["error"] == "States.Runtime"
+    assert sorted(read) == sorted(objects)  # each file read once
+
+
+def _run(scenario: Scenario, record: ExecutionRecord) -> RunResult:
+    return RunResult(
+        scenario=scenario,
+        executions=[record],
+        calls=[],
+        enqueued_at={},
+        worker_stats={"invocations": 0},
+        mapping_stats=[],
+        worker_logs=[],
+        stack=DeployedStack(outputs={}, mappings=[]),
+        wall_s=1.0,
+        requests={},
+        parent_transitions=0,
+    )
+
+
+def test_an_s3_source_run_is_counted_exactly_by_priority() -> None:
+    scenario = Scenario(
+        name="s3", batches=(Batch(start_s=0, counts={"HIGH": 2, "BATCH": 2}, direct=1),), source="s3"
+    )
+    items = batch_items(scenario, 0)
+    outcomes = [
+        {"status": "SUCCEEDED", "index": 0, "priority": "HIGH"},
+        {"status": "FAILED", "index": 1, "priority": "HIGH"},
+        {"status": "SUCCEEDED", "index": 2, "priority": "BATCH"},
+        {"status": "SUCCEEDED", "index": 3, "priority": "BATCH"},
+        {"status": "SUCCEEDED", "index": 4, "path": "DIRECT"},
+    ]
+    record = ExecutionRecord(
+        "arn:e",
+        0,
+        items,
+        0.0,
+        status="SUCCEEDED",
+        output={
+            "total": 5,
+            "succeeded": 4,
+            "failed": 1,
+            "results_location": {"bucket": "b", "manifest_key": "k"},
+        },
+        source="s3",
+        results=outcomes,
+    )
+    report = build_report(_run(scenario, record))
+    assert report["items"] == {
+        "total": 5,
+        "throttled": 4,
+        "direct": 1,
+        "succeeded": 4,
+        "failed": 1,
+        "lost": 0,
+    }
+    assert {p: (v["succeeded"], v["failed"]) for p, v in report["by_priority"].items()} == {
+        "BATCH": (2, 0),
+        "HIGH": (1, 1),
+    }
+
+
+@pytest.mark.parametrize(
+    ("requested", "inline_bytes", "chosen"),
+    [
+        ("auto", 262_144, "inline"),
+        ("auto", 262_145, "s3"),
+        ("inline", 10_000_000, "inline"),  # sent as asked: Step Functions refuses it
+        ("s3", 10, "s3"),
+    ],
+)
+def test_batch_source(requested: str, inline_bytes: int, chosen: str) -> None:
+    assert batch_source(requested, inline_bytes) == chosen

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,23 @@ def test_the_example_scenario_loads() -> None:
     )
     assert scenario.api.concurrency_limit == 4
     assert scenario.items_total == 76
+    assert scenario.source == "auto"
+
+
+def test_the_large_s3_example_loads() -> None:
+    scenario = load(ROOT / "examples" / "scenario-large-s3.json")
+    assert scenario.source == "s3"
+    assert scenario.items_total == 20_000
+
+
+def test_a_large_batch_from_s3_needs_no_item_list(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    path.write_text(
+        json.dumps({"source": "s3", "batches": [{"counts": {"BATCH": 30_000}, "direct": 20_000}]})
+    )
+    scenario = load(path)
+    assert scenario.source == "s3"
+    assert scenario.items_total == 50_000
 
 
 @pytest.mark.parametrize(
@@ -35,12 +53,18 @@ def test_the_example_scenario_loads() -> None:
         ({"batches": [{"counts": {}}], "dispatch": "lifo"}, "got 'lifo'"),
         ({"batches": [{"counts": {}}], "capacity_changes": [[60, 0]]}, "capacity_changes must be"),
         ({"batches": [{"counts": {}}], "capacity_changes": [[-1, 4]]}, "got [[-1, 4]]"),
+        (
+            {"batches": [{"counts": {}}], "source": "S3 please"},
+            "source must be one of ['inline', 's3', 'auto'] (auto: inline up to 256 KiB of input, "
+            "else S3), got 'S3 please'",
+        ),
+        ({"batches": [{"counts": {}}], "source": None}, "got None"),
     ],
 )
 def test_invalid_scenarios_name_the_problem(data: dict[str, object], message: str, tmp_path: Path) -> None:
     path = tmp_path / "s.json"
     path.write_text(json.dumps(data))
-    with pytest.raises(ScenarioError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ScenarioError, match=re.escape(message)):
         load(path)
 
 

@@ -1,0 +1,375 @@
+"""moto's Step Functions interpreter with localcloud/moto_sfn.py's patches: service integrations
+in-process with one client per service, paths parsed once, no per-item copy of the map input,
+a watchdog thread only where a timeout needs one.
+
+What this cannot prove: AWS's own scheduling, timings and quotas; IAM (moto checks none).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from unittest import mock
+
+import boto3
+import pytest
+from botocore.config import Config
+from moto import mock_aws
+from moto.core.config import default_user_config
+from moto.moto_api._internal.models import moto_api_backend
+from moto.sqs.models import SQSBackend
+from moto.stepfunctions.parser import utils as sfn_utils
+from moto.stepfunctions.parser.asl.component.common.path import result_path
+from moto.stepfunctions.parser.asl.component.state.exec import execute_state
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import state_task_service_sqs
+from moto.stepfunctions.parser.asl.eval.states import States
+from moto.stepfunctions.parser.asl.utils import boto_client, json_path
+
+from localcloud import front
+from localcloud.front import InProcess
+from localcloud.moto_sfn import in_process_integrations, lean_interpreter
+
+pytestmark = pytest.mark.slow
+
+REGION = "us-east-1"
+ROLE = "arn:aws:iam::123456789012:role/sfn"
+DEADLINE_S = 90.0  # bounds a hung execution; a loaded 2-core CI machine needs the room
+MOTOS_CLIENT_FACTORY = boto_client.boto_client_for  # before any patch
+
+
+def _client(service: str, endpoint: str | None = None) -> Any:
+    factory: Any = boto3.client
+    return factory(
+        service,
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id="ak",
+        aws_secret_access_key="sk",
+        config=Config(
+            retries={"max_attempts": 0, "total_max_attempts": 1}, connect_timeout=2, read_timeout=2
+        ),
+    )
+
+
+def _dead_endpoint() -> str:
+    """A 127.0.0.1 port nothing listens on: a request that leaves the process fails."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def _run(sfn: Any, definition: dict[str, Any], payload: Any, name: str) -> dict[str, Any]:
+    arn = sfn.create_state_machine(name=name, definition=json.dumps(definition), roleArn=ROLE)[
+        "stateMachineArn"
+    ]
+    return _execute(sfn, arn, payload)
+
+
+def _execute(sfn: Any, arn: str, payload: Any) -> dict[str, Any]:
+    execution = sfn.start_execution(stateMachineArn=arn, name=uuid.uuid4().hex, input=json.dumps(payload))[
+        "executionArn"
+    ]
+    return _finished(sfn, execution)
+
+
+def _finished(sfn: Any, execution: str) -> dict[str, Any]:
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        described: dict[str, Any] = sfn.describe_execution(executionArn=execution)
+        if described["status"] != "RUNNING":
+            return described
+        time.sleep(0.02)
+    raise AssertionError(f"{execution} still running after {DEADLINE_S} s")
+
+
+def _send_task(queue_url: str, *, callback: bool = False, timeout_s: int | None = None) -> dict[str, Any]:
+    task: dict[str, Any] = {
+        "Type": "Task",
+        "Resource": "arn:aws:states:::sqs:sendMessage" + (".waitForTaskToken" if callback else ""),
+        "Parameters": {
+            "QueueUrl": queue_url,
+            "MessageBody": {"token.$": "$$.Task.Token"} if callback else {"n.$": "$.n"},
+        },
+        "End": True,
+    }
+    if timeout_s is not None:
+        task["TimeoutSeconds"] = timeout_s
+    return {"StartAt": "Send", "States": {"Send": task}}
+
+
+@pytest.fixture
+def lean_sfn() -> Iterator[None]:
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}), lean_interpreter():
+        yield
+
+
+# ---- in_process_integrations --------------------------------------------------------------
+
+
+@pytest.fixture
+def in_process() -> Iterator[InProcess]:
+    """moto's backends with execution on and no mock: every request goes through `route`."""
+    moto_api_backend.reset()
+    route = InProcess(REGION)
+    with (
+        mock.patch.dict(default_user_config, {"stepfunctions": {"execute_state_machine": True}}),
+        in_process_integrations(route, _dead_endpoint()),
+    ):
+        yield route
+    moto_api_backend.reset()
+
+
+def test_the_interpreter_gets_one_in_process_client_per_region_and_service(in_process: InProcess) -> None:
+    client_for = state_task_service_sqs.boto_client_for
+    assert client_for is not MOTOS_CLIENT_FACTORY
+    sqs = client_for(REGION, "sqs")
+    assert client_for(REGION, "sqs") is sqs
+    assert client_for("eu-west-1", "sqs") is not sqs
+    assert client_for(REGION, "lambda") is not sqs
+    # The endpoint has no listener: this answer came from the backends in this process.
+    sqs.create_queue(QueueName="via-route")
+    assert sqs.list_queues()["QueueUrls"] == ["https://sqs.us-east-1.amazonaws.com/123456789012/via-route"]
+    in_process.open = False
+    with pytest.raises(Exception, match="the embedded AWS is closed"):
+        sqs.list_queues()
+
+
+def test_a_state_machine_sends_to_sqs_in_process(in_process: InProcess) -> None:
+    endpoint = _dead_endpoint()
+    sqs = in_process.attach(_client("sqs", endpoint))
+    sfn = in_process.attach(_client("stepfunctions", endpoint))
+    url = sqs.create_queue(QueueName="sfn-target")["QueueUrl"]
+    interpreters_sqs = state_task_service_sqs.boto_client_for(REGION, "sqs")
+    with mock.patch.object(front, "dispatch", wraps=front.dispatch) as routed:
+        first = _run(sfn, _send_task(url), {"n": 1}, "send-in-process")
+        arn = first["stateMachineArn"]
+        second = _execute(sfn, arn, {"n": 2})
+    assert (first["status"], second["status"]) == ("SUCCEEDED", "SUCCEEDED")
+    # Both sends went through the route (the endpoint has no listener), on one client.
+    targets = [c.args[0].headers.get("X-Amz-Target", b"") for c in routed.call_args_list]
+    assert targets.count(b"AmazonSQS.SendMessage") == 2
+    assert state_task_service_sqs.boto_client_for(REGION, "sqs") is interpreters_sqs
+    messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    assert sorted(json.loads(m["Body"])["n"] for m in messages) == [1, 2]
+
+
+def test_in_process_integrations_reach_modules_imported_later() -> None:
+    script = """
+from localcloud import front
+from localcloud.front import InProcess
+from localcloud.moto_sfn import in_process_integrations
+from moto.stepfunctions.parser.asl.utils import boto_client
+original = boto_client.boto_client_for
+with in_process_integrations(InProcess("us-east-1"), "http://127.0.0.1:9"):
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
+        state_task_service_sqs as sqs,
+    )
+    print(sqs.boto_client_for is original)
+"""
+    done = subprocess.run(  # noqa: S603 - this interpreter, a fixed script
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "False"
+
+
+# ---- lean_interpreter: JSONPath parsed once -----------------------------------------------
+
+
+def test_the_same_paths_are_parsed_once_across_executions() -> None:
+    definition = {
+        "StartAt": "Shape",
+        "States": {
+            "Shape": {
+                "Type": "Pass",
+                "Parameters": {"a.$": "$.x.y", "b.$": "$.z[0]"},
+                "ResultPath": "$.shaped",
+                "OutputPath": "$.shaped",
+                "End": True,
+            }
+        },
+    }
+    with (
+        mock.patch.object(json_path, "parse", wraps=json_path.parse) as ext_parse,
+        mock.patch.object(result_path, "parse", wraps=result_path.parse) as plain_parse,
+        mock_aws(config={"stepfunctions": {"execute_state_machine": True}}),
+        lean_interpreter(),
+    ):
+        sfn = _client("stepfunctions")
+        first = _run(sfn, definition, {"x": {"y": 1}, "z": [2]}, "parse-once")
+        parsed_first = ext_parse.call_count + plain_parse.call_count
+        second = _execute(sfn, first["stateMachineArn"], {"x": {"y": 3}, "z": [4]})
+        parsed_again = ext_parse.call_count + plain_parse.call_count - parsed_first
+    assert json.loads(first["output"]) == {"a": 1, "b": 2}
+    assert json.loads(second["output"]) == {"a": 3, "b": 4}
+    assert parsed_first > 0
+    assert parsed_again == 0
+
+
+# ---- lean_interpreter: no copy of the whole map input per item ------------------------------
+
+
+def _map(items: int, concurrency: int) -> dict[str, Any]:
+    return {
+        "StartAt": "Fan",
+        "States": {
+            "Fan": {
+                "Type": "Map",
+                "ItemsPath": "$.items",
+                "ItemSelector": {"v.$": "$$.Map.Item.Value", "tag.$": "$.tag"},
+                "MaxConcurrency": concurrency,
+                "ItemProcessor": {
+                    "ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
+                    "StartAt": "Echo",
+                    "States": {"Echo": {"Type": "Pass", "End": True}},
+                },
+                "End": True,
+            }
+        },
+    }
+
+
+def test_one_map_worker_takes_hundreds_of_items_without_recursing(lean_sfn: None) -> None:
+    """moto's worker called itself per item: a RecursionError within 1,000 items at MaxConcurrency 1."""
+    sfn = _client("stepfunctions")
+    done = _run(sfn, _map(1000, concurrency=1), {"items": list(range(1000)), "tag": "t"}, "one-worker")
+    assert done["status"] == "SUCCEEDED", done
+    assert json.loads(done["output"]) == [{"v": i, "tag": "t"} for i in range(1000)]
+
+
+def _whole_input_copies(items: int) -> tuple[int, list[Any]]:
+    """Runs a Distributed Map over `items` items; counts States.reset calls (each a deepcopy)
+    handed the whole map input."""
+    definition = {
+        "StartAt": "Fan",
+        "States": {
+            "Fan": {
+                "Type": "Map",
+                "ItemsPath": "$.items",
+                "ItemSelector": {"v.$": "$$.Map.Item.Value", "tag.$": "$.tag"},
+                "MaxConcurrency": 4,
+                "ItemProcessor": {
+                    "ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
+                    "StartAt": "Echo",
+                    "States": {"Echo": {"Type": "Pass", "End": True}},
+                },
+                "End": True,
+            }
+        },
+    }
+    whole = 0
+    lock = threading.Lock()
+    original = States.reset
+
+    def counting_reset(self: States, input_value: Any) -> None:
+        nonlocal whole
+        if isinstance(input_value, dict) and len(input_value.get("items", ())) == items:
+            with lock:
+                whole += 1
+        original(self, input_value)
+
+    with mock.patch.object(States, "reset", counting_reset):
+        sfn = _client("stepfunctions")
+        done = _run(sfn, definition, {"items": list(range(items)), "tag": "t"}, f"map-{items}")
+    assert done["status"] == "SUCCEEDED", done
+    return whole, json.loads(done["output"])
+
+
+def test_map_items_do_not_copy_the_whole_input(lean_sfn: None) -> None:
+    few, few_output = _whole_input_copies(10)
+    many, many_output = _whole_input_copies(300)
+    assert few_output == [{"v": i, "tag": "t"} for i in range(10)]
+    assert many_output == [{"v": i, "tag": "t"} for i in range(300)]
+    # The execution's own reset of its input, whatever the number of items: none per item.
+    assert few == many
+    assert many < 10
+
+
+# ---- lean_interpreter: a watchdog thread only where a timeout needs one ---------------------
+
+
+def _thread_starts(targets: list[str]) -> Any:
+    """Records the target of every thread started (Thread.run drops it once done)."""
+    original = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        targets.append(getattr(self, "_target", None).__name__)  # type: ignore[union-attr]
+        original(self)
+
+    return mock.patch.object(threading.Thread, "start", start)
+
+
+def test_a_task_without_timeout_runs_on_the_executions_thread(lean_sfn: None) -> None:
+    sqs, sfn = _client("sqs"), _client("stepfunctions")
+    url = sqs.create_queue(QueueName="inline")["QueueUrl"]
+    kept = sfn_utils.TMP_THREADS
+    kept_before = len(kept)
+    arn = _run(sfn, _send_task(url), {"n": 0}, "inline")["stateMachineArn"]
+    started: list[str] = []
+    with _thread_starts(started):
+        done = _execute(sfn, arn, {"n": 1})
+    assert done["status"] == "SUCCEEDED"
+    # The execution's own worker thread, and nothing for its program or its Task.
+    assert started == ["_execution_logic"]
+    assert len(kept) == kept_before
+    assert sfn_utils.TMP_THREADS is kept
+
+
+def test_a_task_with_timeout_still_times_out(lean_sfn: None) -> None:
+    sqs, sfn = _client("sqs"), _client("stepfunctions")
+    url = sqs.create_queue(QueueName="slow")["QueueUrl"]
+    release = threading.Event()
+    original = SQSBackend.send_message
+
+    def slow_send(self: SQSBackend, *args: Any, **kwargs: Any) -> Any:
+        release.wait(5)  # bounded: the test releases it on the way out
+        return original(self, *args, **kwargs)
+
+    try:
+        with mock.patch.object(SQSBackend, "send_message", slow_send):
+            started = time.monotonic()
+            done = _run(sfn, _send_task(url, timeout_s=1), {"n": 1}, "slow")
+            took = time.monotonic() - started
+    finally:
+        release.set()
+    assert (done["status"], done.get("error")) == ("FAILED", "States.Timeout")
+    assert took < 4
+
+
+def test_a_callback_task_times_out_when_nobody_answers(lean_sfn: None) -> None:
+    sqs, sfn = _client("sqs"), _client("stepfunctions")
+    url = sqs.create_queue(QueueName="unanswered")["QueueUrl"]
+    started = time.monotonic()
+    done = _run(sfn, _send_task(url, callback=True, timeout_s=1), {}, "unanswered")
+    assert (done["status"], done.get("error")) == ("FAILED", "States.Timeout")
+    assert time.monotonic() - started < 4
+
+
+def test_a_callback_task_succeeds_when_its_token_is_answered(lean_sfn: None) -> None:
+    sqs, sfn = _client("sqs"), _client("stepfunctions")
+    url = sqs.create_queue(QueueName="answered")["QueueUrl"]
+    arn = sfn.create_state_machine(
+        name="answered", definition=json.dumps(_send_task(url, callback=True, timeout_s=2)), roleArn=ROLE
+    )["stateMachineArn"]
+    execution = sfn.start_execution(stateMachineArn=arn, input="{}")["executionArn"]
+    messages = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1)["Messages"]
+    token = json.loads(messages[0]["Body"])["token"]
+    sfn.send_task_success(taskToken=token, output=json.dumps({"answered": True}))
+    done = _finished(sfn, execution)
+    assert (done["status"], json.loads(done["output"])) == ("SUCCEEDED", {"answered": True})
+
+
+def test_no_thread_is_kept_in_mottos_lists(lean_sfn: None) -> None:
+    kept = sfn_utils.TMP_THREADS
+    before = len(kept)
+    sqs, sfn = _client("sqs"), _client("stepfunctions")
+    url = sqs.create_queue(QueueName="kept")["QueueUrl"]
+    assert _run(sfn, _send_task(url, timeout_s=2), {"n": 1}, "kept")["status"] == "SUCCEEDED"
+    assert execute_state.TMP_THREADS == []
+    assert len(kept) == before
