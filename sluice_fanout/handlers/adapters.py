@@ -59,12 +59,13 @@ class SqsQueues:
             QueueUrl=queue_url, ReceiptHandle=receipt_handle, VisibilityTimeout=seconds
         )
 
-    def receive_one(self, queue_url: str) -> dict[str, Any] | None:
-        """Take the next visible message, if any, without waiting (ticket dispatch pulls)."""
+    def receive_one(self, queue_url: str, wait_seconds: int = 0) -> dict[str, Any] | None:
+        """Take the next visible message, if any, waiting up to `wait_seconds` for one (ticket
+        dispatch pulls)."""
         messages = self._client.receive_message(
             QueueUrl=queue_url,
             MaxNumberOfMessages=1,
-            WaitTimeSeconds=0,
+            WaitTimeSeconds=wait_seconds,
             AttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
         ).get("Messages", [])
         return dict(messages[0]) if messages else None

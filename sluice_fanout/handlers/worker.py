@@ -46,6 +46,8 @@ MAX_EMPTY_TICKET_DELAY_S = 60
 # Dropping a message that is not work is quick, but an invocation must not spend its time on a
 # flood of junk: after this many in one queue the ticket moves on.
 MAX_DROPPED_PER_QUEUE = 10
+TICKET_PAYLOAD_WAIT_S = 1
+"""How long a ticket that found nothing waits for its own payload (SQS long polling, whole s)."""
 # When no Lambda context is given (tests, local runs), assume a generous deadline.
 NO_CONTEXT_REMAINING_MS = 900_000
 # The FunctionName dimension when the worker runs outside Lambda (no AWS_LAMBDA_FUNCTION_NAME).
@@ -326,14 +328,21 @@ def handle_ticket(record: SQSRecord, deps: WorkerDeps, remaining_ms: int) -> Non
     order = priority.ticket_order(
         config.priorities, priority.ticket_slot(index, config.share_period, ticket_receives)
     )
-    for name in order:
+    # The state machine sends the ticket just before its payload, so a ticket that finds every
+    # queue empty usually beat its own payload by milliseconds: it waits briefly on its own
+    # priority's queue rather than going back for a second or more of back-off.
+    own = _ticket_priority(record.body)
+    pulls = [(name, 0) for name in order]
+    if own in order and remaining_ms > (TICKET_PAYLOAD_WAIT_S + 1) * 1000:
+        pulls.append((own, TICKET_PAYLOAD_WAIT_S))
+    for name, wait_s in pulls:
         queue = next(q for q in config.queues if q.priority == name)
         # A malformed payload has no ticket of its own (the state machine never sent it), and one
         # whose task has ended may be a duplicate SQS delivery of a payload already worked: the
         # ticket may belong to a real payload, so keep pulling. A surplus ticket is dropped as
         # an orphan later; a missing one would strand a payload until its callback timeout.
         for _ in range(MAX_DROPPED_PER_QUEUE):
-            payload = deps.queues.receive_one(queue.url)
+            payload = deps.queues.receive_one(queue.url, wait_seconds=wait_s)
             if payload is None:
                 break
             try:
@@ -367,6 +376,14 @@ def handle_ticket(record: SQSRecord, deps: WorkerDeps, remaining_ms: int) -> Non
     deps.queues.change_visibility(config.ticket_queue_url, record.receipt_handle, delay)
     logger.info("empty ticket returned", extra={"ticket_receives": ticket_receives, "delay_s": delay})
     raise MessageReturned("no waiting payload")
+
+
+def _ticket_priority(body: str) -> str | None:
+    try:
+        value = json.loads(body).get(contract.FIELD_PRIORITY)
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def _ticket_index(body: str) -> int:

@@ -479,6 +479,23 @@ def test_an_empty_ticket_is_returned_then_dropped_as_an_orphan(ticket_rig: Rig) 
     assert rig.target_calls == []
 
 
+def test_a_ticket_ahead_of_its_payload_waits_for_it_instead_of_going_back(ticket_rig: Rig) -> None:
+    """The state machine sends a ticket just before its payload; a worker that got the ticket
+    first finds the payload within its short wait and works it in the same invocation."""
+    rig = ticket_rig
+    rig.sqs.send_message(QueueUrl=rig.ticket_url, MessageBody=json.dumps({"index": 0, "priority": "NORMAL"}))
+    early = receive_ticket(rig)
+    outcome: list[dict[str, Any]] = []
+    worker = threading.Thread(target=lambda: outcome.append(handle_batch(early, None, rig.deps(ok))))
+    worker.start()
+    time.sleep(0.2)  # the worker is waiting on NORMAL by now
+    execution = rig.start({"id": "late", "priority": "NORMAL"}, index=0)
+    worker.join(timeout=10)
+    assert outcome == [{"batchItemFailures": []}]
+    assert rig.output(execution)["status"] == "SUCCEEDED"
+    assert [item["id"] for item, _ in rig.target_calls] == ["late"]
+
+
 def test_a_malformed_payload_does_not_use_up_a_real_item_s_ticket(ticket_rig: Rig) -> None:
     """Junk on a payload queue has no ticket; the ticket that met it still serves a real item."""
     rig = ticket_rig
@@ -690,8 +707,8 @@ class RecordingQueues(SqsQueues):
         super().__init__(client)
         self.pulled: list[dict[str, Any]] = []
 
-    def receive_one(self, queue_url: str) -> dict[str, Any] | None:
-        payload = super().receive_one(queue_url)
+    def receive_one(self, queue_url: str, wait_seconds: int = 0) -> dict[str, Any] | None:
+        payload = super().receive_one(queue_url, wait_seconds)
         if payload is not None:
             self.pulled.append(payload)
         return payload

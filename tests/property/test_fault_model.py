@@ -194,7 +194,7 @@ class FakeSqs:
             raise ReceiptHandleIsInvalid(receipt_handle)
         message.visible_at = self.clock.now + seconds
 
-    def receive_one(self, queue_url: str) -> dict[str, Any] | None:
+    def receive_one(self, queue_url: str, wait_seconds: int = 0) -> dict[str, Any] | None:
         candidates = self.visible(queue_url)
         if queue_url in self.duplicate_next:
             self.duplicate_next.discard(queue_url)
