@@ -10,7 +10,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 NODE_STAMP := node_modules/.installed
 OUT := out
 
-.PHONY: test lint typecheck pytest venv tools demo bench bench-capacity clean
+.PHONY: test lint typecheck pytest venv tools demo bench bench-capacity bench-scale clean
 
 test: lint typecheck pytest
 
@@ -57,6 +57,13 @@ bench: $(LOCAL_STAMP)
 bench-capacity: $(LOCAL_STAMP)
 	mkdir -p $(OUT)
 	$(BIN)/python -m localcloud capacity --out $(OUT)/capacity.json --markdown $(OUT)/capacity.md --plot $(OUT)/capacity.png
+
+# The scale benchmark behind BENCHMARKS.md's scale section: one execution each of 1,000, 10,000
+# and 100,000 items from S3 (sizes: make bench-scale SCALE_SIZES="1000 10000").
+SCALE_SIZES ?= 1000 10000 100000
+bench-scale: $(LOCAL_STAMP)
+	mkdir -p $(OUT)
+	$(BIN)/python -m localcloud scale --sizes $(SCALE_SIZES) --out $(OUT)/scale.json --markdown $(OUT)/scale.md --plot $(OUT)/scale.png
 
 clean:
 	rm -rf $(VENV) node_modules $(OUT)

@@ -225,6 +225,50 @@ def run_capacity_command(
     return 0 if ok else 1
 
 
+def scale_table(results: dict[str, Any]) -> Table:
+    from localcloud import scale_bench  # noqa: PLC0415 - only the scale command needs it
+
+    table = Table(title=f"Sluice scale benchmark ({results['dispatch']} dispatch, one execution per size)")
+    for name, _ in scale_bench.COLUMNS:
+        table.add_column(name, justify="left" if name == "status" else "right")
+    for row in results["sizes"]:
+        table.add_row(*scale_bench.cells(row))
+    return table
+
+
+def run_scale_command(
+    sizes: list[int],
+    dispatch: str,
+    deadlines: list[float] | None,
+    *,
+    keep_going: bool,
+    out: Path | None,
+    markdown: Path | None,
+    plot_path: Path | None,
+) -> int:
+    from localcloud import scale_bench  # noqa: PLC0415 - only the scale command needs it
+
+    def done(row: dict[str, Any]) -> None:
+        if row["finished"]:
+            console.print(f"{row['size']:,} items: {row['status']} in {row['wall_s']} s")
+        else:
+            console.print(
+                f"[red]{row['size']:,} items: did not finish within {row['deadline_s']:.0f} s "
+                f"({row['throttled_answered']:,} throttled items answered)"
+                + ("" if keep_going else "; stopping, larger sizes skipped (--keep-going runs them)")
+                + "[/red]"
+            )
+
+    results = scale_bench.run(sizes, dispatch, deadlines, keep_going=keep_going, on_done=done)
+    out_console = Console(width=240)
+    out_console.print(scale_table(results))
+    out_console.print(f"Growth: {results['growth']['statement']}", highlight=False)
+    for note in scale_bench.notes(results):
+        out_console.print(note, highlight=False)
+    scale_bench.write(results, out, markdown, plot_path)
+    return 0 if scale_bench.ok(results) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localcloud", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -249,7 +293,38 @@ def main(argv: list[str] | None = None) -> int:
     capacity.add_argument("--out", type=Path, help="write the figures as JSON here")
     capacity.add_argument("--markdown", type=Path, help="write the table as Markdown here")
     capacity.add_argument("--plot", type=Path, help="write a PNG of throughput, 429s and the limit")
+    scale = sub.add_parser("scale", help="one execution each of 1,000 / 10,000 / 100,000 items from S3")
+    scale.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
+    scale.add_argument("--dispatch", choices=["ticket", "yield"], default="ticket")
+    scale.add_argument(
+        "--deadline",
+        type=float,
+        nargs="+",
+        help="seconds each size may take: one value for all, or one per size (default: 120 + 0.02 per item)",
+    )
+    scale.add_argument(
+        "--keep-going", action="store_true", help="run the next size after one that did not finish"
+    )
+    scale.add_argument("--out", type=Path, help="write the figures as JSON here")
+    scale.add_argument("--markdown", type=Path, help="write the table as Markdown here")
+    scale.add_argument("--plot", type=Path, help="write a log-log PNG of time against size")
     args = parser.parse_args(argv)
+    if args.command == "scale":
+        if any(n < 2 for n in args.sizes) or (args.deadline and any(d <= 0 for d in args.deadline)):
+            console.print(
+                f"[red]scale: --sizes must be >= 2 and --deadline > 0, "
+                f"got {args.sizes} and {args.deadline}[/red]"
+            )
+            return 2
+        return run_scale_command(
+            args.sizes,
+            args.dispatch,
+            args.deadline,
+            keep_going=args.keep_going,
+            out=args.out,
+            markdown=args.markdown,
+            plot_path=args.plot,
+        )
     if args.command == "capacity":
         return run_capacity_command(args.time_scale, args.out, args.markdown, args.plot)
     if args.command == "bench":

@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
+import weakref
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,18 @@ class _Function:
     in_flight: int = 0
     max_in_flight: int = 0
     busy_s: float = 0.0
+    pids: list[int] = field(default_factory=list)
+    """Every sandbox started for the function, live or ended: one per cold start."""
+
+
+# The runners not yet closed, so a benchmark's sampler can find the sandboxes of a run it does
+# not hold (run_scenario owns its embedded AWS); weak, so a forgotten runner is not kept alive.
+_OPEN: weakref.WeakSet[LambdaRunner] = weakref.WeakSet()
+
+
+def open_runners() -> list[LambdaRunner]:
+    """The runners of this process that are not closed."""
+    return list(_OPEN)
 
 
 class LambdaRunner:
@@ -94,6 +107,7 @@ class LambdaRunner:
         self._ctx = multiprocessing.get_context("spawn")
         self._processes: list[Any] = []
         """Every sandbox started, busy ones included, so close() leaves none running."""
+        _OPEN.add(self)
 
     def register(
         self,
@@ -145,7 +159,18 @@ class LambdaRunner:
             "max_in_flight": fn.max_in_flight,
             "busy_ms": round(fn.busy_s * 1000),
             "memory_mb": fn.spec.memory_mb,
+            "cold_starts": len(fn.pids),
         }
+
+    def function_names(self) -> list[str]:
+        return list(self._functions)
+
+    def sandbox_pids(self, name: str) -> list[int]:
+        """Process ids of every sandbox started for the function, in start order (ended ones
+        included: their ids may be reused by then, so a reader checks the process's start time)."""
+        fn = self._functions[name]
+        with fn.lock:
+            return list(fn.pids)
 
     def invoke(self, name: str, event: Any, *, wait_for_slot: bool) -> Invocation:
         fn = self._functions[name]
@@ -163,6 +188,8 @@ class LambdaRunner:
             cold = sandbox is None
             if sandbox is None:
                 sandbox = self._start(fn.spec)
+                with fn.lock:
+                    fn.pids.append(sandbox.process.pid)
             started = time.monotonic()
             result = self._call(fn.spec, sandbox, event, cold=cold)
             with fn.lock:
@@ -245,6 +272,7 @@ class LambdaRunner:
         return Invocation(payload=payload, error=error)
 
     def close(self) -> None:
+        _OPEN.discard(self)
         for fn in self._functions.values():
             for sandbox in fn.idle:
                 sandbox.conn.close()
