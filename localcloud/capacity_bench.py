@@ -11,12 +11,12 @@ the old one after the recovery. `python -m localcloud capacity` runs it (README,
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from localcloud.legacy_api import ApiProfile
+from localcloud.report import write_figures
 from localcloud.runner import run_scenario
 from localcloud.scenario import Batch, Feed, Scenario
 
@@ -299,9 +299,4 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def write(results: dict[str, Any], out: Path | None, md: Path | None, png: Path | None) -> None:
-    if out is not None:
-        out.write_text(json.dumps(results, indent=2) + "\n")
-    if md is not None:
-        md.write_text(markdown(results))
-    if png is not None:
-        plot(results, png)
+    write_figures(results, out, md, png, markdown=markdown, plot=plot)

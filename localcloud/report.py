@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from pathlib import Path
 
     from localcloud.runner import RunResult
 
@@ -35,6 +36,24 @@ REPORT_VERSION = 1
 YIELD_MESSAGE = "yielded to higher priority work"
 FORCED_MESSAGE = "forced past waiting higher priority work"
 EMPTY_TICKET_MESSAGES = ("empty ticket returned", "orphan ticket dropped")
+
+
+def write_figures(
+    results: dict[str, Any],
+    out: Path | None,
+    md: Path | None,
+    png: Path | None,
+    *,
+    markdown: Callable[[dict[str, Any]], str],
+    plot: Callable[[dict[str, Any], Path], None],
+) -> None:
+    """A benchmark's figures as JSON, its table as Markdown and its plot, each where asked."""
+    if out is not None:
+        out.write_text(json.dumps(results, indent=2) + "\n")
+    if md is not None:
+        md.write_text(markdown(results))
+    if png is not None:
+        plot(results, png)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

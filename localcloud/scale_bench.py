@@ -16,7 +16,6 @@ that much of its CPU figure.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import resource
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from localcloud.lambda_runner import LambdaRunner, open_runners
 from localcloud.legacy_api import ApiProfile
-from localcloud.report import build_report
+from localcloud.report import build_report, write_figures
 from localcloud.runner import RETRIED_STATUSES, run_scenario
 from localcloud.scenario import SOURCE_S3, Batch, Scenario
 
@@ -530,12 +529,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def write(results: dict[str, Any], out: Path | None, md: Path | None, png: Path | None) -> None:
-    if out is not None:
-        out.write_text(json.dumps(results, indent=2) + "\n")
-    if md is not None:
-        md.write_text(markdown(results))
-    if png is not None:
-        plot(results, png)
+    write_figures(results, out, md, png, markdown=markdown, plot=plot)
 
 
 def ok(results: dict[str, Any]) -> bool:

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import http.client
 import inspect
-import socket
 from collections.abc import Iterator
 from typing import Any
 from unittest import mock
 
-import boto3
 import pytest
 from botocore.awsrequest import AWSPreparedRequest
-from botocore.config import Config
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.core import utils as moto_utils
 from moto.core.base_backend import BackendDict
@@ -26,35 +23,14 @@ from moto.sqs.responses import SQSResponse
 
 from localcloud import front
 from localcloud.front import EmbeddedAwsClosedError, FrontServer, InProcess, dispatch, lean_request_path
+from tests.support.clients import REGION, client, dead_endpoint
 
 pytestmark = pytest.mark.slow
 
-REGION = "us-east-1"
 UNSIGNED = (
     "the embedded AWS routes requests by their SigV4 credential scope; this one is "
     "unsigned (use a boto3/botocore client with any credentials)"
 )
-
-
-def _client(service: str, endpoint: str) -> Any:
-    factory: Any = boto3.client
-    return factory(
-        service,
-        endpoint_url=endpoint,
-        region_name=REGION,
-        aws_access_key_id="ak",
-        aws_secret_access_key="sk",
-        config=Config(
-            retries={"max_attempts": 0, "total_max_attempts": 1}, connect_timeout=2, read_timeout=2
-        ),
-    )
-
-
-def _dead_endpoint() -> str:
-    """A 127.0.0.1 port nothing listens on: a request that leaves the process fails."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 @pytest.fixture
@@ -77,7 +53,7 @@ def test_the_server_listens_on_loopback_only(server: FrontServer) -> None:
 
 
 def test_a_boto3_client_uses_sqs_through_the_server(server: FrontServer) -> None:
-    sqs = _client("sqs", server.endpoint)
+    sqs = client("sqs", server.endpoint)
     url = sqs.create_queue(QueueName="front-q")["QueueUrl"]
     sqs.send_message(QueueUrl=url, MessageBody="hello")
     messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
@@ -87,7 +63,7 @@ def test_a_boto3_client_uses_sqs_through_the_server(server: FrontServer) -> None
 
 
 def test_a_boto3_client_uses_dynamodb_through_the_server(server: FrontServer) -> None:
-    ddb = _client("dynamodb", server.endpoint)
+    ddb = client("dynamodb", server.endpoint)
     ddb.create_table(
         TableName="front-t",
         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
@@ -102,7 +78,7 @@ def test_a_boto3_client_uses_dynamodb_through_the_server(server: FrontServer) ->
 
 
 def test_a_boto3_client_uses_s3_through_the_server(server: FrontServer) -> None:
-    s3 = _client("s3", server.endpoint)
+    s3 = client("s3", server.endpoint)
     s3.create_bucket(Bucket="front-b")
     s3.put_object(Bucket="front-b", Key="dir/obj.json", Body=b'{"x": 1}')
     assert s3.get_object(Bucket="front-b", Key="dir/obj.json")["Body"].read() == b'{"x": 1}'
@@ -110,14 +86,14 @@ def test_a_boto3_client_uses_s3_through_the_server(server: FrontServer) -> None:
 
 
 def test_head_object_reports_the_objects_length_through_the_server(server: FrontServer) -> None:
-    s3 = _client("s3", server.endpoint)
+    s3 = client("s3", server.endpoint)
     s3.create_bucket(Bucket="front-head")
     s3.put_object(Bucket="front-head", Key="obj", Body=b"12345678")
     assert s3.head_object(Bucket="front-head", Key="obj")["ContentLength"] == 8
 
 
 def test_head_object_reports_the_objects_length_in_process(fresh_backends: None) -> None:
-    s3 = InProcess(REGION).attach(_client("s3", _dead_endpoint()))
+    s3 = InProcess(REGION).attach(client("s3", dead_endpoint()))
     s3.create_bucket(Bucket="front-head")
     s3.put_object(Bucket="front-head", Key="obj", Body=b"12345678")
     assert s3.head_object(Bucket="front-head", Key="obj")["ContentLength"] == 8
@@ -152,7 +128,7 @@ def test_dispatch_refuses_an_unsigned_request_without_reaching_moto() -> None:
 
 def test_in_process_answers_from_the_backends_without_a_socket(fresh_backends: None) -> None:
     route = InProcess(REGION)
-    sqs = route.attach(_client("sqs", _dead_endpoint()))
+    sqs = route.attach(client("sqs", dead_endpoint()))
     url = sqs.create_queue(QueueName="in-process")["QueueUrl"]
     sqs.send_message(QueueUrl=url, MessageBody="no socket")
     assert [m["Body"] for m in sqs.receive_message(QueueUrl=url)["Messages"]] == ["no socket"]
@@ -160,7 +136,7 @@ def test_in_process_answers_from_the_backends_without_a_socket(fresh_backends: N
 
 def test_in_process_uploads_a_file_like_body(fresh_backends: None, tmp_path: Any) -> None:
     route = InProcess(REGION)
-    s3 = route.attach(_client("s3", _dead_endpoint()))
+    s3 = route.attach(client("s3", dead_endpoint()))
     s3.create_bucket(Bucket="in-process-b")
     path = tmp_path / "payload.bin"
     path.write_bytes(b"0123456789" * 100)
@@ -171,7 +147,7 @@ def test_in_process_uploads_a_file_like_body(fresh_backends: None, tmp_path: Any
 
 def test_a_closed_in_process_route_refuses_and_sends_nothing(fresh_backends: None) -> None:
     route = InProcess(REGION)
-    sqs = route.attach(_client("sqs", _dead_endpoint()))
+    sqs = route.attach(client("sqs", dead_endpoint()))
     sqs.create_queue(QueueName="before-close")
     route.open = False
     with mock.patch.object(front, "dispatch", wraps=front.dispatch) as sent:
@@ -204,7 +180,7 @@ def test_a_second_request_skips_the_backend_scan_and_the_method_listing(fresh_ba
         mock.patch.object(moto_utils.inspect, "getmembers", wraps=inspect.getmembers) as getmembers,
         lean_request_path(),
     ):
-        sqs = InProcess(REGION).attach(_client("sqs", _dead_endpoint()))
+        sqs = InProcess(REGION).attach(client("sqs", dead_endpoint()))
         sqs.list_queues()
         assert slow_path.call_count >= 1  # the first request registers the account
         assert _getmembers_of_responses(getmembers) == 1
@@ -218,7 +194,7 @@ def test_a_second_request_skips_the_backend_scan_and_the_method_listing(fresh_ba
 
 def test_after_a_reset_the_backend_registers_again_and_starts_empty(fresh_backends: None) -> None:
     with lean_request_path():
-        sqs = InProcess(REGION).attach(_client("sqs", _dead_endpoint()))
+        sqs = InProcess(REGION).attach(client("sqs", dead_endpoint()))
         sqs.create_queue(QueueName="before-reset")
         assert sqs_backends in BackendDict._instances
         moto_api_backend.reset()

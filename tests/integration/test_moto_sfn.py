@@ -8,7 +8,6 @@ What this cannot prove: AWS's own scheduling, timings and quotas; IAM (moto chec
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -18,9 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 from unittest import mock
 
-import boto3
 import pytest
-from botocore.config import Config
 from moto import mock_aws
 from moto.core.config import default_user_config
 from moto.moto_api._internal.models import moto_api_backend
@@ -35,34 +32,13 @@ from moto.stepfunctions.parser.asl.utils import boto_client, json_path
 from localcloud import front
 from localcloud.front import InProcess
 from localcloud.moto_sfn import in_process_integrations, lean_interpreter
+from tests.support.clients import REGION, client, dead_endpoint
 
 pytestmark = pytest.mark.slow
 
-REGION = "us-east-1"
 ROLE = "arn:aws:iam::123456789012:role/sfn"
 DEADLINE_S = 90.0  # bounds a hung execution; a loaded 2-core CI machine needs the room
 MOTOS_CLIENT_FACTORY = boto_client.boto_client_for  # before any patch
-
-
-def _client(service: str, endpoint: str | None = None) -> Any:
-    factory: Any = boto3.client
-    return factory(
-        service,
-        endpoint_url=endpoint,
-        region_name=REGION,
-        aws_access_key_id="ak",
-        aws_secret_access_key="sk",
-        config=Config(
-            retries={"max_attempts": 0, "total_max_attempts": 1}, connect_timeout=2, read_timeout=2
-        ),
-    )
-
-
-def _dead_endpoint() -> str:
-    """A 127.0.0.1 port nothing listens on: a request that leaves the process fails."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 def _run(sfn: Any, definition: dict[str, Any], payload: Any, name: str) -> dict[str, Any]:
@@ -120,7 +96,7 @@ def in_process() -> Iterator[InProcess]:
     route = InProcess(REGION)
     with (
         mock.patch.dict(default_user_config, {"stepfunctions": {"execute_state_machine": True}}),
-        in_process_integrations(route, _dead_endpoint()),
+        in_process_integrations(route, dead_endpoint()),
     ):
         yield route
     moto_api_backend.reset()
@@ -142,9 +118,9 @@ def test_the_interpreter_gets_one_in_process_client_per_region_and_service(in_pr
 
 
 def test_a_state_machine_sends_to_sqs_in_process(in_process: InProcess) -> None:
-    endpoint = _dead_endpoint()
-    sqs = in_process.attach(_client("sqs", endpoint))
-    sfn = in_process.attach(_client("stepfunctions", endpoint))
+    endpoint = dead_endpoint()
+    sqs = in_process.attach(client("sqs", endpoint))
+    sfn = in_process.attach(client("stepfunctions", endpoint))
     url = sqs.create_queue(QueueName="sfn-target")["QueueUrl"]
     interpreters_sqs = state_task_service_sqs.boto_client_for(REGION, "sqs")
     with mock.patch.object(front, "dispatch", wraps=front.dispatch) as routed:
@@ -201,7 +177,7 @@ def test_the_same_paths_are_parsed_once_across_executions() -> None:
         mock_aws(config={"stepfunctions": {"execute_state_machine": True}}),
         lean_interpreter(),
     ):
-        sfn = _client("stepfunctions")
+        sfn = client("stepfunctions")
         first = _run(sfn, definition, {"x": {"y": 1}, "z": [2]}, "parse-once")
         parsed_first = ext_parse.call_count + plain_parse.call_count
         second = _execute(sfn, first["stateMachineArn"], {"x": {"y": 3}, "z": [4]})
@@ -237,7 +213,7 @@ def _map(items: int, concurrency: int) -> dict[str, Any]:
 
 def test_one_map_worker_takes_hundreds_of_items_without_recursing(lean_sfn: None) -> None:
     """moto's worker called itself per item: a RecursionError within 1,000 items at MaxConcurrency 1."""
-    sfn = _client("stepfunctions")
+    sfn = client("stepfunctions")
     done = _run(sfn, _map(1000, concurrency=1), {"items": list(range(1000)), "tag": "t"}, "one-worker")
     assert done["status"] == "SUCCEEDED", done
     assert json.loads(done["output"]) == [{"v": i, "tag": "t"} for i in range(1000)]
@@ -275,7 +251,7 @@ def _whole_input_copies(items: int) -> tuple[int, list[Any]]:
         original(self, input_value)
 
     with mock.patch.object(States, "reset", counting_reset):
-        sfn = _client("stepfunctions")
+        sfn = client("stepfunctions")
         done = _run(sfn, definition, {"items": list(range(items)), "tag": "t"}, f"map-{items}")
     assert done["status"] == "SUCCEEDED", done
     return whole, json.loads(done["output"])
@@ -306,7 +282,7 @@ def _thread_starts(targets: list[str]) -> Any:
 
 
 def test_a_task_without_timeout_runs_on_the_executions_thread(lean_sfn: None) -> None:
-    sqs, sfn = _client("sqs"), _client("stepfunctions")
+    sqs, sfn = client("sqs"), client("stepfunctions")
     url = sqs.create_queue(QueueName="inline")["QueueUrl"]
     kept = sfn_utils.TMP_THREADS
     kept_before = len(kept)
@@ -322,7 +298,7 @@ def test_a_task_without_timeout_runs_on_the_executions_thread(lean_sfn: None) ->
 
 
 def test_a_task_with_timeout_still_times_out(lean_sfn: None) -> None:
-    sqs, sfn = _client("sqs"), _client("stepfunctions")
+    sqs, sfn = client("sqs"), client("stepfunctions")
     url = sqs.create_queue(QueueName="slow")["QueueUrl"]
     release = threading.Event()
     original = SQSBackend.send_message
@@ -343,7 +319,7 @@ def test_a_task_with_timeout_still_times_out(lean_sfn: None) -> None:
 
 
 def test_a_callback_task_times_out_when_nobody_answers(lean_sfn: None) -> None:
-    sqs, sfn = _client("sqs"), _client("stepfunctions")
+    sqs, sfn = client("sqs"), client("stepfunctions")
     url = sqs.create_queue(QueueName="unanswered")["QueueUrl"]
     started = time.monotonic()
     done = _run(sfn, _send_task(url, callback=True, timeout_s=1), {}, "unanswered")
@@ -352,7 +328,7 @@ def test_a_callback_task_times_out_when_nobody_answers(lean_sfn: None) -> None:
 
 
 def test_a_callback_task_succeeds_when_its_token_is_answered(lean_sfn: None) -> None:
-    sqs, sfn = _client("sqs"), _client("stepfunctions")
+    sqs, sfn = client("sqs"), client("stepfunctions")
     url = sqs.create_queue(QueueName="answered")["QueueUrl"]
     arn = sfn.create_state_machine(
         name="answered", definition=json.dumps(_send_task(url, callback=True, timeout_s=2)), roleArn=ROLE
@@ -368,7 +344,7 @@ def test_a_callback_task_succeeds_when_its_token_is_answered(lean_sfn: None) -> 
 def test_no_thread_is_kept_in_mottos_lists(lean_sfn: None) -> None:
     kept = sfn_utils.TMP_THREADS
     before = len(kept)
-    sqs, sfn = _client("sqs"), _client("stepfunctions")
+    sqs, sfn = client("sqs"), client("stepfunctions")
     url = sqs.create_queue(QueueName="kept")["QueueUrl"]
     assert _run(sfn, _send_task(url, timeout_s=2), {"n": 1}, "kept")["status"] == "SUCCEEDED"
     assert execute_state.TMP_THREADS == []
