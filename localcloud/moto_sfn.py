@@ -14,13 +14,16 @@ with the batch or the number of waiting children:
 - every Task state and every program (each child) ran on a thread of its own, even with no
   timeout to enforce (a callback task's wait enforces its own), and moto kept every thread
   it ever started in a list;
-- a Map worker took its next item by calling itself: its stack grew with the batch.
+- a Map worker took its next item by calling itself: its stack grew with the batch;
+- a Distributed Map run kept every child's every event in one history behind one lock, which
+  nothing reads.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import itertools
 import sys
 import threading
 from contextlib import ExitStack, contextmanager
@@ -34,6 +37,9 @@ from moto.stepfunctions.parser.asl.component.common.path import result_path
 from moto.stepfunctions.parser.asl.component.eval_component import EvalComponent
 from moto.stepfunctions.parser.asl.component.program import program
 from moto.stepfunctions.parser.asl.component.state.exec import execute_state
+from moto.stepfunctions.parser.asl.component.state.exec.state_map.iteration import (
+    distributed_iteration_component,
+)
 from moto.stepfunctions.parser.asl.component.state.exec.state_map.iteration.itemprocessor import (
     distributed_item_processor_worker,
     inline_item_processor_worker,
@@ -44,6 +50,7 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task.service impor
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
     state_task_service_callback as callback_task,
 )
+from moto.stepfunctions.parser.asl.eval.event import event_manager
 from moto.stepfunctions.parser.asl.utils import boto_client, json_path
 
 if TYPE_CHECKING:
@@ -243,6 +250,31 @@ def _eval_pool(self: Any, job: Any, worker_frame: Any) -> None:
     self._env.delete_frame(worker_frame)
 
 
+class _MapRunHistory(event_manager.EventManager):
+    """The event history moto keeps for a Distributed Map run's children: every child's every
+    event, timestamped and stored under one lock, O(N) memory, and never read (moto swaps it
+    out when the Map ends; AWS keeps a history per child execution, which moto has not).
+    Event ids still advance, so each event's `previousEventId` links as before."""
+
+    def __init__(self, cloud_watch_logging_session: Any = None) -> None:
+        super().__init__(cloud_watch_logging_session)
+        self._ids = itertools.count(1)
+
+    def add_event(
+        self,
+        context: Any,
+        event_type: Any,  # noqa: ARG002 - moto's signature
+        event_details: Any = None,  # noqa: ARG002 - moto's signature
+        timestamp: Any = None,  # noqa: ARG002 - moto's signature
+        update_source_event_id: bool = True,
+    ) -> int:
+        event_id = next(self._ids)  # atomic in CPython: no lock for the whole batch to share
+        context.last_published_event_id = event_id
+        if update_source_event_id:
+            context.source_event_id = event_id
+        return event_id
+
+
 class _Discard(list[Any]):
     """moto appends every thread it starts to a module-level list that nothing reads; a
     batch of N items would keep O(N) dead threads."""
@@ -276,6 +308,9 @@ def lean_interpreter() -> Iterator[None]:
             mock.patch.object(
                 distributed_item_processor_worker.DistributedItemProcessorWorker, "_eval_pool", _eval_pool
             )
+        )
+        patches.enter_context(
+            mock.patch.object(distributed_iteration_component, "EventManager", _MapRunHistory)
         )
         from moto.stepfunctions.parser import utils  # noqa: PLC0415 - the list's home module
 

@@ -26,6 +26,7 @@ from moto.stepfunctions.parser import utils as sfn_utils
 from moto.stepfunctions.parser.asl.component.common.path import result_path
 from moto.stepfunctions.parser.asl.component.state.exec import execute_state
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import state_task_service_sqs
+from moto.stepfunctions.parser.asl.eval.event import event_manager
 from moto.stepfunctions.parser.asl.eval.states import States
 from moto.stepfunctions.parser.asl.utils import boto_client, json_path
 
@@ -217,6 +218,30 @@ def test_one_map_worker_takes_hundreds_of_items_without_recursing(lean_sfn: None
     done = _run(sfn, _map(1000, concurrency=1), {"items": list(range(1000)), "tag": "t"}, "one-worker")
     assert done["status"] == "SUCCEEDED", done
     assert json.loads(done["output"]) == [{"v": i, "tag": "t"} for i in range(1000)]
+
+
+def test_a_map_run_keeps_no_history_of_its_children(lean_sfn: None) -> None:
+    """moto stored every child's every event of a Map run (O(N) memory, one lock), never read."""
+    managers: list[event_manager.EventManager] = []
+    original_init = event_manager.EventManager.__init__
+
+    def remember(self: event_manager.EventManager, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        managers.append(self)
+
+    sfn = client("stepfunctions")
+    with mock.patch.object(event_manager.EventManager, "__init__", remember):
+        done = _run(sfn, _map(200, concurrency=20), {"items": list(range(200)), "tag": "t"}, "history")
+    assert done["status"] == "SUCCEEDED", done
+    assert json.loads(done["output"]) == [{"v": i, "tag": "t"} for i in range(200)]
+    # The execution's own history holds a handful of events; the 200 children's (800 in moto)
+    # are not kept anywhere.
+    assert 0 < sum(len(m.get_event_history()) for m in managers) < 20
+    events = sfn.get_execution_history(executionArn=done["executionArn"], maxResults=1000)["events"]
+    assert [e["type"] for e in events if e["type"].startswith("MapRun")] == [
+        "MapRunStarted",
+        "MapRunSucceeded",
+    ]
 
 
 def _whole_input_copies(items: int) -> tuple[int, list[Any]]:
