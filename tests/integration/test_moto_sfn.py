@@ -247,23 +247,6 @@ def test_a_map_run_keeps_no_history_of_its_children(lean_sfn: None) -> None:
 def _whole_input_copies(items: int) -> tuple[int, list[Any]]:
     """Runs a Distributed Map over `items` items; counts States.reset calls (each a deepcopy)
     handed the whole map input."""
-    definition = {
-        "StartAt": "Fan",
-        "States": {
-            "Fan": {
-                "Type": "Map",
-                "ItemsPath": "$.items",
-                "ItemSelector": {"v.$": "$$.Map.Item.Value", "tag.$": "$.tag"},
-                "MaxConcurrency": 4,
-                "ItemProcessor": {
-                    "ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
-                    "StartAt": "Echo",
-                    "States": {"Echo": {"Type": "Pass", "End": True}},
-                },
-                "End": True,
-            }
-        },
-    }
     whole = 0
     lock = threading.Lock()
     original = States.reset
@@ -277,7 +260,9 @@ def _whole_input_copies(items: int) -> tuple[int, list[Any]]:
 
     with mock.patch.object(States, "reset", counting_reset):
         sfn = client("stepfunctions")
-        done = _run(sfn, definition, {"items": list(range(items)), "tag": "t"}, f"map-{items}")
+        done = _run(
+            sfn, _map(items, concurrency=4), {"items": list(range(items)), "tag": "t"}, f"map-{items}"
+        )
     assert done["status"] == "SUCCEEDED", done
     return whole, json.loads(done["output"])
 
