@@ -71,6 +71,7 @@ def summary_table(report: dict[str, Any]) -> Table:
     table.add_column("wait p50 s", justify="right")
     table.add_column("wait p95 s", justify="right")
     table.add_column("wait max s", justify="right")
+    table.add_column("from start p95 s", justify="right")
     for p, row in report["by_priority"].items():
         w = row["wait_s"]
         table.add_row(
@@ -81,6 +82,7 @@ def summary_table(report: dict[str, Any]) -> Table:
             str(w["p50"]),
             str(w["p95"]),
             str(w["max"]),
+            str(row["latency_s"]["p95"]),
         )
     return table
 

@@ -5,6 +5,10 @@ Format (version 1), all times in seconds:
     by_priority.<P>.{count, succeeded, failed, wait_s.{p50, p95, max}}
         P is the item's class: its priority (in the fifo baseline, the priority it would have had)
         wait: from the item's message being sent to its queue to the start of its first API call
+    by_priority.<P>.latency_s.{p50, p95, max}
+        latency: from its batch's StartExecution to the start of the item's first API call (wait
+        plus the time before the Map opened the item's child, which a batch larger than the
+        Map's concurrency makes long)
     downstream.{limit, max_in_flight, over_limit, calls, calls_ok, duplicate_calls, utilization}
         over_limit: calls the API refused because Sluice exceeded its limits (must be 0)
         utilization: busy call-time / (limit x time from first call start to last call end)
@@ -28,6 +32,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from pathlib import Path
 
+    from localcloud.legacy_api import Call
     from localcloud.runner import RunResult
 
 REPORT_VERSION = 1
@@ -100,6 +105,22 @@ def _json(value: Any) -> Any:
         return value
 
 
+def first_calls(calls: Sequence[Call]) -> list[Call]:
+    """Each item's first API call, in the order they started."""
+    first: dict[str, Call] = {}
+    for call in sorted(calls, key=lambda c: c.start):
+        first.setdefault(call.key, call)
+    return list(first.values())
+
+
+def _spread(values: Sequence[float]) -> dict[str, float | None]:
+    return {
+        "p50": percentile(values, 50),
+        "p95": percentile(values, 95),
+        "max": round(max(values), 3) if values else None,
+    }
+
+
 def build_report(result: RunResult) -> dict[str, Any]:
     limit = result.scenario.api.concurrency_limit
     submitted = [(r, item) for r in result.executions for item in r.items]
@@ -126,16 +147,19 @@ def build_report(result: RunResult) -> dict[str, Any]:
                         outcome = "succeeded" if entry.get("status") == "SUCCEEDED" else "failed"
                         by_priority_outcome[str(item_class)][outcome] += 1
 
-    first_call: dict[str, float] = {}
-    ok_calls: Counter[str] = Counter()
-    for call in sorted(result.calls, key=lambda c: c.start):
-        first_call.setdefault(call.key, call.start)
-        if 200 <= call.status < 300:
-            ok_calls[call.key] += 1
+    first_call = {call.key: call.start for call in first_calls(result.calls)}
+    ok_calls = Counter(call.key for call in result.calls if 200 <= call.status < 300)
     waits: dict[str, list[float]] = defaultdict(list)
+    latencies: dict[str, list[float]] = defaultdict(list)
+    started_at = {r.arn: r.started for r in result.executions}
     for key, started in first_call.items():
-        if key in result.enqueued_at and key in priority_of_key:
+        if key not in priority_of_key:
+            continue
+        if key in result.enqueued_at:
             waits[priority_of_key[key]].append(max(0.0, started - result.enqueued_at[key]))
+        arn = key.rsplit("#", 1)[0]
+        if arn in started_at:
+            latencies[priority_of_key[key]].append(max(0.0, started - started_at[arn]))
 
     admitted = [c for c in result.calls if c.in_flight > 0]
     busy = sum(c.end - c.start for c in admitted)
@@ -157,11 +181,8 @@ def build_report(result: RunResult) -> dict[str, Any]:
                 "count": counts[p],
                 "succeeded": by_priority_outcome[p]["succeeded"],
                 "failed": by_priority_outcome[p]["failed"],
-                "wait_s": {
-                    "p50": percentile(waits[p], 50),
-                    "p95": percentile(waits[p], 95),
-                    "max": round(max(waits[p]), 3) if waits[p] else None,
-                },
+                "wait_s": _spread(waits[p]),
+                "latency_s": _spread(latencies[p]),
             }
             for p in sorted(counts)
         },

@@ -281,10 +281,14 @@ def items_answered(result: RunResult) -> int:
 
 
 def function_role(name: str, worker: str) -> str:
-    """`worker`, `aggregate`, or the function's own name."""
+    """`worker`, `aggregate`, `order`, or the function's own name."""
     if name == worker:
         return "worker"
-    return "aggregate" if "aggregate" in name.lower() else name
+    lowered = name.lower()
+    if "aggregate" in lowered:
+        return "aggregate"
+    # Pulumi names it `<workflow>-order-<suffix>`; a stack called "orders" must not match.
+    return "order" if "-order-" in lowered or lowered.endswith("-order") else name
 
 
 def figures(result: RunResult, samples: Samples, report: dict[str, Any]) -> dict[str, Any]:
@@ -429,6 +433,7 @@ COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], Any]], ...] = (
     ("peak threads", lambda r: r.get("peak_threads")),
     ("CPU ms/item worker", lambda r: _cpu(r, "worker")),
     ("CPU ms/item aggregate", lambda r: _cpu(r, "aggregate")),
+    ("CPU ms/item order", lambda r: _cpu(r, "order")),
     ("CPU ms/item emulator", lambda r: _cpu(r, "emulator")),
     ("cold starts", lambda r: _cold(r.get("cold_starts"))),
 )

@@ -19,6 +19,7 @@ from sluice_fanout.handlers.contract import (
     FIELD_ITEM,
     FIELD_PRIORITY,
     FIELD_TOKEN,
+    ORDERED_PREFIX,
     RESULTS_PREFIX,
     STATUS_FAILED,
     STATUS_SUCCEEDED,
@@ -42,7 +43,7 @@ LAMBDA_TRANSIENT_ERRORS = [
 
 
 INLINE_PREFIX = "Inline-"
-S3_PREFIX = "FromS3-"
+ORDERED_MAP_PREFIX = "Ordered-"
 
 
 def _transient_retry() -> dict[str, Any]:
@@ -53,6 +54,18 @@ def _transient_retry() -> dict[str, Any]:
         "BackoffRate": 2.0,
         "JitterStrategy": "FULL",
     }
+
+
+def _lambda_retry(attempts: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "ErrorEquals": LAMBDA_TRANSIENT_ERRORS,
+            "IntervalSeconds": 2,
+            "MaxAttempts": attempts,
+            "BackoffRate": 2.0,
+            "JitterStrategy": "FULL",
+        }
+    ]
 
 
 def _catch_to(state: str) -> list[dict[str, Any]]:
@@ -201,15 +214,7 @@ def build_item_processor(
             },
             "ResultSelector": {"value.$": "$.Payload"},
             "ResultPath": "$.result",
-            "Retry": [
-                {
-                    "ErrorEquals": LAMBDA_TRANSIENT_ERRORS,
-                    "IntervalSeconds": 2,
-                    "MaxAttempts": 3,
-                    "BackoffRate": 2.0,
-                    "JitterStrategy": "FULL",
-                }
-            ],
+            "Retry": _lambda_retry(3),
             "Catch": _catch_to("DirectFailed"),
             "Next": "DirectSucceeded",
         }
@@ -245,6 +250,7 @@ def build_state_machine_definition(
     priorities: Sequence[str],
     queue_urls: Mapping[str, str],
     aggregate_function_arn: str,
+    order_function_arn: str,
     results_bucket: str,
     throttle_rule: Mapping[str, Any] | None = None,
     default_priority: str | None = None,
@@ -257,10 +263,18 @@ def build_state_machine_definition(
     """The parent state machine.
 
     Input: `{"items": [...]}` (inline, up to Step Functions' 256 KiB input) or
-    `{"source": {"bucket": ..., "key": ...}}` (a JSON array in S3). Either way the children's
-    results are written to `results_bucket` under `results/` (a ResultWriter on both Maps: the
-    Map's own output would pass 256 KiB at a few thousand items and fail the batch with
-    States.DataLimitExceeded after every item was worked), and the aggregate reads them there.
+    `{"source": {"bucket": ..., "key": ...}}` (a JSON array in S3).
+
+    Priority holds inside one batch: the Map opens `map_max_concurrency` children at a time, in
+    item order, so a batch that may be larger than that (any S3 source, an inline batch with
+    more items) is first copied to S3 sorted by priority by the order function, each entry
+    carrying its original index, and the Map reads the copy. A smaller inline batch is opened
+    whole at once and goes straight to the Map.
+
+    Either way the children's results are written to `results_bucket` under `results/` (a
+    ResultWriter on both Maps: the Map's own output would pass 256 KiB at a few thousand items
+    and fail the batch with States.DataLimitExceeded after every item was worked), and the
+    aggregate reads them there.
     """
 
     def processor(prefix: str) -> dict[str, Any]:
@@ -275,48 +289,62 @@ def build_state_machine_definition(
             ticket_queue_url=ticket_queue_url,
         )
 
-    common = {
-        "Type": "Map",
-        "ItemSelector": {
-            "item.$": "$$.Map.Item.Value",
-            "index.$": "$$.Map.Item.Index",
-            "execution.$": "$$.Execution.Id",
-        },
-        "MaxConcurrency": map_max_concurrency,
-        # Children never fail by design (each ends in a result), so a failed child means broken
-        # infrastructure; past this share the batch fails loudly instead of limping on.
-        "ToleratedFailurePercentage": float(tolerated_failure_percentage),
-        # Results go to S3, whatever the batch's size: the Map's output is then only a pointer
-        # to the manifest, far under the 256 KiB a state's output may be.
-        "ResultWriter": {
-            "Resource": "arn:aws:states:::s3:putObject",
-            "Parameters": {"Bucket": results_bucket, "Prefix": "results"},
-        },
-        "Next": "Aggregate",
-    }
+    def fan_out(item: str, index: str) -> dict[str, Any]:
+        return {
+            "Type": "Map",
+            "ItemSelector": {"item.$": item, "index.$": index, "execution.$": "$$.Execution.Id"},
+            "MaxConcurrency": map_max_concurrency,
+            # Children never fail by design (each ends in a result), so a failed child means
+            # broken infrastructure; past this share the batch fails loudly instead of limping on.
+            "ToleratedFailurePercentage": float(tolerated_failure_percentage),
+            # Results go to S3, whatever the batch's size: the Map's output is then only a
+            # pointer to the manifest, far under the 256 KiB a state's output may be.
+            "ResultWriter": {
+                "Resource": "arn:aws:states:::s3:putObject",
+                "Parameters": {"Bucket": results_bucket, "Prefix": "results"},
+            },
+            "Next": "Aggregate",
+        }
+
     return {
         "Comment": "Sluice: fan a batch out; throttled items wait in priority queues for the worker.",
         "StartAt": "Source",
         "States": {
             "Source": {
                 "Type": "Choice",
-                "Choices": [{"Variable": "$.source", "IsPresent": True, "Next": "FanOutFromS3"}],
+                "Choices": [
+                    {"Variable": "$.source", "IsPresent": True, "Next": "Order"},
+                    # An item at this index means more items than the Map opens at once.
+                    {"Variable": f"$.items[{map_max_concurrency}]", "IsPresent": True, "Next": "Order"},
+                ],
                 "Default": "FanOutInline",
             },
             "FanOutInline": {
-                **common,
+                **fan_out("$$.Map.Item.Value", "$$.Map.Item.Index"),
                 "Label": "Inline",
                 "ItemsPath": "$.items",
                 "ItemProcessor": processor(INLINE_PREFIX),
             },
-            "FanOutFromS3": {
-                **common,
-                "ItemProcessor": processor(S3_PREFIX),
-                "Label": "FromS3",
+            "Order": {
+                "Type": "Task",
+                "Comment": "Copies the batch to S3 sorted by priority, so the Map opens HIGH items first.",
+                "Resource": "arn:aws:states:::lambda:invoke",
+                "Parameters": {
+                    "FunctionName": order_function_arn,
+                    "Payload": {"batch.$": "$", "execution.$": "$$.Execution.Name"},
+                },
+                "OutputPath": "$.Payload",
+                "Retry": _lambda_retry(3),
+                "Next": "FanOutOrdered",
+            },
+            "FanOutOrdered": {
+                **fan_out(f"$$.Map.Item.Value.{FIELD_ITEM}", f"$$.Map.Item.Value.{FIELD_INDEX}"),
+                "Label": "Ordered",
+                "ItemProcessor": processor(ORDERED_MAP_PREFIX),
                 "ItemReader": {
                     "Resource": "arn:aws:states:::s3:getObject",
                     "ReaderConfig": {"InputType": "JSON"},
-                    "Parameters": {"Bucket.$": "$.source.bucket", "Key.$": "$.source.key"},
+                    "Parameters": {"Bucket.$": "$.bucket", "Key.$": "$.key"},
                 },
             },
             "Aggregate": {
@@ -327,15 +355,7 @@ def build_state_machine_definition(
                     "Payload": {"map_output.$": "$", "execution.$": "$$.Execution.Id"},
                 },
                 "OutputPath": "$.Payload",
-                "Retry": [
-                    {
-                        "ErrorEquals": LAMBDA_TRANSIENT_ERRORS,
-                        "IntervalSeconds": 2,
-                        "MaxAttempts": 6,
-                        "BackoffRate": 2.0,
-                        "JitterStrategy": "FULL",
-                    }
-                ],
+                "Retry": _lambda_retry(6),
                 "End": True,
             },
         },
@@ -479,6 +499,24 @@ def build_controller_policy(
                 mapping_arns,
             ),
             state,
+            _statement(
+                "WriteOwnLogs",
+                ["logs:CreateLogStream", "logs:PutLogEvents"],
+                [log_group_arn, f"{log_group_arn}:*"],
+            ),
+        ],
+    }
+
+
+def build_order_policy(
+    *, results_bucket_arn: str, input_bucket_arns: Sequence[str], log_group_arn: str
+) -> dict[str, Any]:
+    """What the order function may do: read batches, write their ordered copies, log."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            _statement("ReadBatchItems", ["s3:GetObject"], [f"{arn}/*" for arn in input_bucket_arns]),
+            _statement("WriteOrderedBatches", ["s3:PutObject"], [f"{results_bucket_arn}/{ORDERED_PREFIX}*"]),
             _statement(
                 "WriteOwnLogs",
                 ["logs:CreateLogStream", "logs:PutLogEvents"],

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict
 
@@ -16,6 +17,7 @@ from sluice_fanout.components.documents import (
     build_aggregate_policy,
     build_assume_role_policy,
     build_map_run_policy,
+    build_order_policy,
     build_state_machine_definition,
     build_state_machine_policy,
 )
@@ -71,6 +73,8 @@ class FanOutWorkflow(pulumi.ComponentResource):
     results_bucket: pulumi.Output[str]
     """Bucket for batches read from S3 (upload under `inputs/`) and Map results (`results/`)."""
     aggregate_function_name: pulumi.Output[str]
+    order_function_name: pulumi.Output[str]
+    """Sorts a batch larger than the Map's concurrency by priority before the Map opens it."""
 
     def __init__(
         self, name: str, args: FanOutWorkflowArgs, opts: pulumi.ResourceOptions | None = None
@@ -92,34 +96,33 @@ class FanOutWorkflow(pulumi.ComponentResource):
             opts=child,
         )
 
-        # Aggregate Lambda.
-        agg_role = aws.iam.Role(
-            f"{name}-aggregate-role",
-            assume_role_policy=pulumi.Output.json_dumps(build_assume_role_policy("lambda.amazonaws.com")),
-            opts=child,
+        input_bucket_arns = pulumi.Output.all(bucket.arn, *args.get("input_bucket_arns", []))
+        aggregate = self._function(
+            name,
+            "aggregate",
+            handler=contract.AGGREGATE_HANDLER,
+            retention=retention,
+            policy=lambda logs_arn: bucket.arn.apply(
+                lambda arn: build_aggregate_policy(results_bucket_arn=arn, log_group_arn=logs_arn)
+            ),
+            environment={"POWERTOOLS_SERVICE_NAME": "sluice-aggregate"},
         )
-        agg_logs = aws.cloudwatch.LogGroup(f"{name}-aggregate-logs", retention_in_days=retention, opts=child)
-        agg_policy = aws.iam.RolePolicy(
-            f"{name}-aggregate-policy",
-            role=agg_role.id,
-            policy=pulumi.Output.json_dumps(
-                pulumi.Output.all(bucket.arn, agg_logs.arn).apply(
-                    lambda a: build_aggregate_policy(results_bucket_arn=a[0], log_group_arn=a[1])
+        order = self._function(
+            name,
+            "order",
+            handler=contract.ORDER_HANDLER,
+            retention=retention,
+            policy=lambda logs_arn: pulumi.Output.all(bucket.arn, input_bucket_arns).apply(
+                lambda a: build_order_policy(
+                    results_bucket_arn=a[0], input_bucket_arns=a[1], log_group_arn=logs_arn
                 )
             ),
-            opts=child,
-        )
-        aggregate = aws.lambda_.Function(
-            f"{name}-aggregate",
-            role=agg_role.arn,
-            runtime=LAMBDA_RUNTIME,
-            handler=contract.AGGREGATE_HANDLER,
-            code=handler_archive(),
-            timeout=300,
-            memory_size=512,
-            environment={"variables": {"POWERTOOLS_SERVICE_NAME": "sluice-aggregate"}},
-            logging_config={"log_format": "JSON", "log_group": agg_logs.name},
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[agg_policy]),
+            environment={
+                "POWERTOOLS_SERVICE_NAME": "sluice-order",
+                contract.ENV_ORDER_BUCKET: bucket.bucket,
+                contract.ENV_ORDER_PRIORITIES: json.dumps(priorities),
+                contract.ENV_ORDER_DEFAULT_PRIORITY: cfg.default_priority,
+            },
         )
 
         # State machine.
@@ -129,7 +132,7 @@ class FanOutWorkflow(pulumi.ComponentResource):
             opts=child,
         )
         direct_arn = args.get("direct_function_arn")
-        function_arns: list[pulumi.Input[str]] = [aggregate.arn] + (
+        function_arns: list[pulumi.Input[str]] = [aggregate.arn, order.arn] + (
             [direct_arn] if direct_arn is not None else []
         )
         sm_policy = aws.iam.RolePolicy(
@@ -141,14 +144,14 @@ class FanOutWorkflow(pulumi.ComponentResource):
                     ticket_arn=args.get("ticket_queue_arn"),
                     function_arns=pulumi.Output.all(*function_arns),
                     bucket_arn=bucket.arn,
-                    input_bucket_arns=pulumi.Output.all(*args.get("input_bucket_arns", [])),
+                    input_bucket_arns=input_bucket_arns,
                 ).apply(
                     lambda a: build_state_machine_policy(
                         queue_arns=[a["queue_arns"][p] for p in priorities]
                         + ([a["ticket_arn"]] if a["ticket_arn"] else []),
                         function_arns=a["function_arns"],
                         results_bucket_arn=a["bucket_arn"],
-                        input_bucket_arns=[a["bucket_arn"], *a["input_bucket_arns"]],
+                        input_bucket_arns=a["input_bucket_arns"],
                         kms_key_arn=cfg.kms_key_arn,
                     )
                 )
@@ -166,6 +169,7 @@ class FanOutWorkflow(pulumi.ComponentResource):
         definition = pulumi.Output.all(
             queue_urls=args["queue_urls"],
             aggregate_arn=aggregate.arn,
+            order_arn=order.arn,
             bucket=bucket.bucket,
             direct_arn=direct_arn,
             ticket_url=args.get("ticket_queue_url"),
@@ -174,6 +178,7 @@ class FanOutWorkflow(pulumi.ComponentResource):
                 priorities=priorities,
                 queue_urls=a["queue_urls"],
                 aggregate_function_arn=a["aggregate_arn"],
+                order_function_arn=a["order_arn"],
                 results_bucket=a["bucket"],
                 throttle_rule=cfg.throttle_rule,
                 default_priority=cfg.default_priority,
@@ -211,6 +216,7 @@ class FanOutWorkflow(pulumi.ComponentResource):
         self.results_bucket = bucket.bucket
         self.results_bucket_arn = bucket.arn
         self.aggregate_function_name = aggregate.name
+        self.order_function_name = order.name
         self.register_outputs(
             {
                 "state_machine_arn": self.state_machine_arn,
@@ -218,7 +224,47 @@ class FanOutWorkflow(pulumi.ComponentResource):
                 "results_bucket": self.results_bucket,
                 "results_bucket_arn": self.results_bucket_arn,
                 "aggregate_function_name": self.aggregate_function_name,
+                "order_function_name": self.order_function_name,
             }
+        )
+
+    def _function(
+        self,
+        name: str,
+        role_name: str,
+        *,
+        handler: str,
+        retention: int,
+        policy: Callable[[str], pulumi.Output[dict[str, Any]]],
+        environment: Mapping[str, pulumi.Input[str]],
+    ) -> aws.lambda_.Function:
+        """One of the workflow's own Lambdas (aggregate, order): role, log group, policy, function."""
+        child = pulumi.ResourceOptions(parent=self)
+        role = aws.iam.Role(
+            f"{name}-{role_name}-role",
+            assume_role_policy=pulumi.Output.json_dumps(build_assume_role_policy("lambda.amazonaws.com")),
+            opts=child,
+        )
+        logs = aws.cloudwatch.LogGroup(f"{name}-{role_name}-logs", retention_in_days=retention, opts=child)
+        role_policy = aws.iam.RolePolicy(
+            f"{name}-{role_name}-policy",
+            role=role.id,
+            policy=pulumi.Output.json_dumps(logs.arn.apply(policy)),
+            opts=child,
+        )
+        return aws.lambda_.Function(
+            f"{name}-{role_name}",
+            role=role.arn,
+            runtime=LAMBDA_RUNTIME,
+            handler=handler,
+            code=handler_archive(),
+            timeout=300,
+            # The order function holds a whole batch (up to the 100,000s of items an S3 source
+            # may have) in memory once; the aggregate holds every result.
+            memory_size=1024,
+            environment={"variables": dict(environment)},
+            logging_config={"log_format": "JSON", "log_group": logs.name},
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[role_policy]),
         )
 
 

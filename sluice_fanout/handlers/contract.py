@@ -139,6 +139,16 @@ HTTP_TARGET = "sluice_fanout.handlers.http_target.call"
 # Entry points inside the deployed archive.
 WORKER_HANDLER = "sluice_fanout.handlers.worker.lambda_handler"
 AGGREGATE_HANDLER = "sluice_fanout.handlers.aggregate.lambda_handler"
+ORDER_HANDLER = "sluice_fanout.handlers.order.lambda_handler"
+
+# Environment variables of the order function (a batch larger than the Map's concurrency is
+# sorted by priority before the Map opens any child).
+ENV_ORDER_BUCKET = "SLUICE_ORDER_BUCKET"
+ENV_ORDER_PRIORITIES = "SLUICE_ORDER_PRIORITIES"
+"""JSON list of priority names, highest first."""
+ENV_ORDER_DEFAULT_PRIORITY = "SLUICE_ORDER_DEFAULT_PRIORITY"
+ORDERED_PREFIX = "ordered/"
+"""Where in the results bucket the ordered copy of a batch goes, one object per execution."""
 
 # Fields of the message body the state machine sends to a priority queue.
 FIELD_TOKEN = "token"  # noqa: S105 - a field name, not a secret

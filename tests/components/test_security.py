@@ -102,7 +102,7 @@ def key_statements(policy: dict[str, Any]) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("role_policy", ["orders-worker-policy", "orders-workflow-sfn-policy"])
 def test_the_key_is_granted_to_the_roles_that_send_and_receive(role_policy: str) -> None:
     """The worker receives and dead-letters, the state machine sends: both need exactly
-    Decrypt and GenerateDataKey, on that key alone. Aggregate and map-run never touch a queue."""
+    Decrypt and GenerateDataKey, on that key alone. Aggregate, order and map-run never touch a queue."""
     assert key_statements(policy_of(stack("kms-key"), role_policy)) == [
         {
             "Sid": "UseQueueKey",
@@ -121,7 +121,11 @@ def test_the_key_is_granted_to_the_roles_that_send_and_receive(role_policy: str)
             "Condition": {"ForAnyValue:StringEquals": {"kms:ResourceAliases": "alias/sluice/queues"}},
         }
     ]
-    for name in ("orders-workflow-aggregate-policy", "orders-workflow-sfn-map-run-policy"):
+    for name in (
+        "orders-workflow-aggregate-policy",
+        "orders-workflow-order-policy",
+        "orders-workflow-sfn-map-run-policy",
+    ):
         assert key_statements(policy_of(stack("kms-key"), name)) == []
 
 
@@ -319,8 +323,9 @@ def test_every_policy_is_least_privilege(kind: str) -> None:
         for r in rec.resources
         if r.typ in ("aws:iam/rolePolicy:RolePolicy", "aws:iam/role:Role", "aws:sqs/queuePolicy:QueuePolicy")
     }
-    # Three roles with a policy each, the map-run policy; the controller's role and policy.
-    assert len(expected) == 7 + QUEUE_COUNT[kind] + (2 if "adaptive" in STACKS[kind] else 0)
+    # Four roles (worker, aggregate, order, state machine) with a policy each, the map-run
+    # policy; the controller's role and policy.
+    assert len(expected) == 9 + QUEUE_COUNT[kind] + (2 if "adaptive" in STACKS[kind] else 0)
     assert expected <= owners
     assert privilege_problems(rec) == []
 

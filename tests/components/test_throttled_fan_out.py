@@ -57,12 +57,12 @@ def test_children_by_type(default: Recorder) -> None:
         "aws:sqs/queue:Queue": 6,
         "aws:sqs/queuePolicy:QueuePolicy": 6,
         "aws:sqs/redriveAllowPolicy:RedriveAllowPolicy": 3,
-        "aws:lambda/function:Function": 2,
+        "aws:lambda/function:Function": 3,
         "aws:lambda/eventSourceMapping:EventSourceMapping": 3,
         "aws:dynamodb/table:Table": 1,
-        "aws:iam/role:Role": 3,
-        "aws:iam/rolePolicy:RolePolicy": 4,
-        "aws:cloudwatch/logGroup:LogGroup": 3,
+        "aws:iam/role:Role": 4,
+        "aws:iam/rolePolicy:RolePolicy": 5,
+        "aws:cloudwatch/logGroup:LogGroup": 4,
         "aws:s3/bucket:Bucket": 1,
         "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock": 1,
         "aws:sfn/stateMachine:StateMachine": 1,
@@ -205,12 +205,12 @@ def test_state_machine_structure(default: Recorder) -> None:
         "logDestination": f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:orders-workflow-sfn-logs:*",
     }
     asl = definition(default)
-    assert list(asl["States"]) == ["Source", "FanOutInline", "FanOutFromS3", "Aggregate"]
-    inline, from_s3 = asl["States"]["FanOutInline"], asl["States"]["FanOutFromS3"]
+    assert list(asl["States"]) == ["Source", "FanOutInline", "Order", "FanOutOrdered", "Aggregate"]
+    inline, ordered = asl["States"]["FanOutInline"], asl["States"]["FanOutOrdered"]
     # The same child workflow in both Maps, each with its own state names (unique per machine).
     assert json.dumps(inline["ItemProcessor"]).replace("Inline-", "") == json.dumps(
-        from_s3["ItemProcessor"]
-    ).replace("FromS3-", "")
+        ordered["ItemProcessor"]
+    ).replace("Ordered-", "")
     assert inline["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"}
     # Both Maps write their results to S3: an inline batch's results would pass 256 KiB too.
     result_writer = {
@@ -218,13 +218,27 @@ def test_state_machine_structure(default: Recorder) -> None:
         "Parameters": {"Bucket": "orders-workflow-results", "Prefix": "results"},
     }
     assert inline["ResultWriter"] == result_writer
-    assert from_s3["ResultWriter"] == result_writer
+    assert ordered["ResultWriter"] == result_writer
     assert inline["ItemsPath"] == "$.items"
     assert "ItemReader" not in inline
-    assert from_s3["ItemReader"] == {
+    # Any S3 source, and an inline batch with more items than the Map opens at once, is sorted by
+    # priority first; the Map reads the sorted copy, each entry carrying its original index.
+    assert asl["States"]["Source"]["Choices"] == [
+        {"Variable": "$.source", "IsPresent": True, "Next": "Order"},
+        {"Variable": "$.items[1000]", "IsPresent": True, "Next": "Order"},
+    ]
+    assert asl["States"]["Order"]["Parameters"]["FunctionName"] == (
+        f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:orders-workflow-order"
+    )
+    assert ordered["ItemReader"] == {
         "Resource": "arn:aws:states:::s3:getObject",
         "ReaderConfig": {"InputType": "JSON"},
-        "Parameters": {"Bucket.$": "$.source.bucket", "Key.$": "$.source.key"},
+        "Parameters": {"Bucket.$": "$.bucket", "Key.$": "$.key"},
+    }
+    assert ordered["ItemSelector"] == {
+        "item.$": "$$.Map.Item.Value.item",
+        "index.$": "$$.Map.Item.Value.index",
+        "execution.$": "$$.Execution.Id",
     }
     assert asl["States"]["Aggregate"]["Parameters"]["FunctionName"] == (
         f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:orders-workflow-aggregate"
@@ -240,6 +254,22 @@ def test_state_machine_structure(default: Recorder) -> None:
         assert enqueue["Catch"][0]["Next"] == f"Inline-Failed{p}"
     # Items selected but without a priority go to the lowest queue by default.
     assert states["Inline-ByPriority"]["Choices"][0]["Next"] == "Inline-EnqueueBATCH"
+
+
+def test_order_function_reads_batches_and_writes_only_its_copies(default: Recorder) -> None:
+    env = default.named("orders-workflow-order").inputs["environment"]["variables"]
+    assert env[contract.ENV_ORDER_BUCKET] == "orders-workflow-results"
+    assert json.loads(env[contract.ENV_ORDER_PRIORITIES]) == ["HIGH", "NORMAL", "BATCH"]
+    assert env[contract.ENV_ORDER_DEFAULT_PRIORITY] == "BATCH"
+    policy = json.loads(default.named("orders-workflow-order-policy").inputs["policy"])
+    by_sid = {s["Sid"]: s for s in policy["Statement"]}
+    assert by_sid["ReadBatchItems"]["Resource"] == ["arn:aws:s3:::orders-workflow-results/*"]
+    assert by_sid["WriteOrderedBatches"] == {
+        "Sid": "WriteOrderedBatches",
+        "Effect": "Allow",
+        "Action": ["s3:PutObject"],
+        "Resource": ["arn:aws:s3:::orders-workflow-results/ordered/*"],
+    }
 
 
 def test_state_machine_policy(default: Recorder) -> None:

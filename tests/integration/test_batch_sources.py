@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError
 
 from localcloud.cloud import EmbeddedAws, embedded_aws
 from localcloud.legacy_api import ApiProfile
-from localcloud.report import build_report
+from localcloud.report import build_report, first_calls
 from localcloud.runner import RunResult, run_scenario
 from localcloud.scenario import Batch, Scenario
 
@@ -73,6 +73,34 @@ def test_the_report_counts_an_s3_run_item_by_item(from_s3: RunResult) -> None:
         "BATCH": (30, 26, 4),
         "HIGH": (10, 9, 1),
     }
+
+
+# More inline items than the Map opens at once, the HIGH ones last: the state machine sends the
+# batch through the order function (`$.items[10]` is present), so the HIGH items open first.
+INLINE_LARGER_THAN_MAP = Scenario(
+    name="inline-larger-than-map",
+    batches=(Batch(start_s=0, counts={"BATCH": 40, "HIGH": 5}),),
+    api=ApiProfile(concurrency_limit=2, service_time_s=0.02),
+    source="inline",
+    stack_config={"sluice:mapMaxConcurrency": "10"},
+    deadline_s=100,
+)
+
+
+def test_an_inline_batch_larger_than_the_map_is_worked_in_priority_order() -> None:
+    result = run_scenario(INLINE_LARGER_THAN_MAP)
+    (execution,) = result.executions
+    assert execution.source == "inline"
+    assert execution.status == "SUCCEEDED"
+    assert (execution.output["total"], execution.output["succeeded"]) == (45, 45)
+    # Outcomes keep the batch's own indexes, whatever order the Map opened the items in.
+    assert [(r["index"], r["priority"]) for r in execution.results or []] == [
+        (i, "BATCH" if i < 40 else "HIGH") for i in range(45)
+    ]
+    # Unsorted, the HIGH items (indexes 40-44) would open only after 31 items were done.
+    positions = [n for n, call in enumerate(first_calls(result.calls)) if call.priority == "HIGH"]
+    assert len(positions) == 5
+    assert max(positions) < 10
 
 
 PASS_MACHINE = {"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}}

@@ -5,8 +5,9 @@ integration) used to stall a run.
 Real parts: the deployed stack, moto's interpreter running the real definition over an S3
 source, the worker and aggregate from their zips in sandboxes, the legacy-API simulator on
 127.0.0.1. Figures of speed live in `python -m localcloud scale`; this test only proves that
-every item is accounted for at this size and that the threads stay bounded by the Map's
-concurrency, not the batch. What it cannot prove: AWS's own scaling of Map runs and Lambda.
+every item is accounted for at this size, that the threads stay bounded by the Map's
+concurrency, not the batch, and that priority holds inside a batch five times larger than the
+Map opens at once. What it cannot prove: AWS's own scaling of Map runs and Lambda.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import threading
 import pytest
 
 from localcloud.legacy_api import ApiProfile, LegacyApi
-from localcloud.report import build_report
+from localcloud.report import build_report, first_calls
 from localcloud.runner import ExecutionRecord, RunResult, run_scenario
 from localcloud.scenario import Batch, Scenario
 
@@ -26,7 +27,8 @@ ITEMS = 1_000
 MAP_CONCURRENCY = 200
 LARGE = Scenario(
     name="large",
-    batches=(Batch(start_s=0, counts={"HIGH": 50, "NORMAL": 150, "BATCH": 300}, direct=500),),
+    # Worst order first: the HIGH items come last of the throttled ones, behind 450 others.
+    batches=(Batch(start_s=0, counts={"BATCH": 300, "NORMAL": 150, "HIGH": 50}, direct=500),),
     api=ApiProfile(concurrency_limit=16, service_time_s=0.005),
     source="s3",
     stack_config={"sluice:mapMaxConcurrency": str(MAP_CONCURRENCY)},
@@ -62,6 +64,16 @@ def test_every_item_of_a_large_batch_is_accounted_for(large: tuple[RunResult, in
     (execution,) = result.executions
     assert execution.status == "SUCCEEDED"
     assert [r["index"] for r in execution.results or []] == list(range(ITEMS))
+
+
+def test_high_items_are_worked_first_in_a_batch_larger_than_the_map(large: tuple[RunResult, int]) -> None:
+    """The order function sorts the batch before the Map opens it: the Map's first 200 children
+    are the 50 HIGH and 150 NORMAL items. Unsorted, the HIGH items (indexes 450-499) would not be
+    opened until 250 calls were done."""
+    result, _ = large
+    positions = [n for n, call in enumerate(first_calls(result.calls)) if call.priority == "HIGH"]
+    assert len(positions) == 50
+    assert max(positions) < MAP_CONCURRENCY
 
 
 def test_threads_are_bounded_by_the_map_concurrency_not_the_batch(large: tuple[RunResult, int]) -> None:
