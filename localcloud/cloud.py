@@ -123,7 +123,7 @@ def embedded_aws() -> Iterator[EmbeddedAws]:
         cleanup.enter_context(atomic_dynamodb_writes())
         cleanup.enter_context(order_free_metric_dimensions())
         cleanup.enter_context(lean_request_path())
-        cleanup.enter_context(fast_step_functions(route, endpoint))
+        cleanup.enter_context(fast_step_functions(route, endpoint, cloud.count))
         cleanup.enter_context(aws_results_and_limits())
         cleanup.enter_context(mock.patch.object(LambdaFunction, "_invoke_lambda", invoke_in_sandbox))
         cleanup.enter_context(mock.patch.object(BaseResponse, "call_action", counting_call_action))

@@ -91,13 +91,19 @@ def lean_sfn() -> Iterator[None]:
 
 
 @pytest.fixture
-def in_process() -> Iterator[InProcess]:
+def counted() -> list[str]:
+    """The requests `in_process_integrations` reports as not passing moto's call_action."""
+    return []
+
+
+@pytest.fixture
+def in_process(counted: list[str]) -> Iterator[InProcess]:
     """moto's backends with execution on and no mock: every request goes through `route`."""
     moto_api_backend.reset()
     route = InProcess(REGION)
     with (
         mock.patch.dict(default_user_config, {"stepfunctions": {"execute_state_machine": True}}),
-        in_process_integrations(route, dead_endpoint()),
+        in_process_integrations(route, dead_endpoint(), counted.append),
     ):
         yield route
     moto_api_backend.reset()
@@ -118,7 +124,9 @@ def test_the_interpreter_gets_one_in_process_client_per_region_and_service(in_pr
         sqs.list_queues()
 
 
-def test_a_state_machine_sends_to_sqs_in_process(in_process: InProcess) -> None:
+def test_a_state_machine_sends_to_sqs_straight_into_the_backend(
+    in_process: InProcess, counted: list[str]
+) -> None:
     endpoint = dead_endpoint()
     sqs = in_process.attach(client("sqs", endpoint))
     sfn = in_process.attach(client("stepfunctions", endpoint))
@@ -129,12 +137,41 @@ def test_a_state_machine_sends_to_sqs_in_process(in_process: InProcess) -> None:
         arn = first["stateMachineArn"]
         second = _execute(sfn, arn, {"n": 2})
     assert (first["status"], second["status"]) == ("SUCCEEDED", "SUCCEEDED")
-    # Both sends went through the route (the endpoint has no listener), on one client.
+    # Neither send was a request (the route saw none), both were counted, on one client.
     targets = [c.args[0].headers.get("X-Amz-Target", b"") for c in routed.call_args_list]
-    assert targets.count(b"AmazonSQS.SendMessage") == 2
+    assert targets.count(b"AmazonSQS.SendMessage") == 0
+    assert counted == ["sqs:SendMessage", "sqs:SendMessage"]
     assert state_task_service_sqs.boto_client_for(REGION, "sqs") is interpreters_sqs
-    messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"])[
+        "Messages"
+    ]
     assert sorted(json.loads(m["Body"])["n"] for m in messages) == [1, 2]
+    # What the state recorded is what SendMessage answers on the wire.
+    output = json.loads(first["output"])
+    assert set(output) == {"MessageId", "MD5OfMessageBody"}
+    assert output["MessageId"] in {m["MessageId"] for m in messages}
+    assert output["MD5OfMessageBody"] in {m["MD5OfBody"] for m in messages}
+
+
+def test_a_direct_send_keeps_attributes_and_fails_as_a_request_would(in_process: InProcess) -> None:
+    endpoint = dead_endpoint()
+    sqs = in_process.attach(client("sqs", endpoint))
+    sfn = in_process.attach(client("stepfunctions", endpoint))
+    url = sqs.create_queue(QueueName="attributes")["QueueUrl"]
+    definition = _send_task(url)
+    definition["States"]["Send"]["Parameters"]["MessageAttributes"] = {
+        "kind": {"DataType": "String", "StringValue": "probe"}
+    }
+    sent = _run(sfn, definition, {"n": 1}, "send-attributes")
+    assert sent["status"] == "SUCCEEDED", sent
+    (message,) = sqs.receive_message(QueueUrl=url, MessageAttributeNames=["All"])["Messages"]
+    assert message["MessageAttributes"]["kind"]["StringValue"] == "probe"
+    assert json.loads(sent["output"])["MD5OfMessageAttributes"] == message["MD5OfMessageAttributes"]
+    # A queue that does not exist fails the task with moto's message, as a request did.
+    gone = _run(sfn, _send_task(url.replace("attributes", "missing")), {"n": 1}, "send-missing")
+    assert gone["status"] == "FAILED"
+    assert gone["error"] == "SQS.SdkClientException"
+    assert "The specified queue does not exist" in gone["cause"]
 
 
 def test_in_process_integrations_reach_modules_imported_later() -> None:
