@@ -21,7 +21,12 @@ from moto.moto_api._internal.models import moto_api_backend
 
 from localcloud.front import FrontServer, InProcess, lean_request_path
 from localcloud.lambda_runner import LambdaRunner
-from localcloud.moto_fixes import atomic_dynamodb_writes, aws_like_heartbeats, order_free_metric_dimensions
+from localcloud.moto_fixes import (
+    atomic_dynamodb_writes,
+    aws_like_heartbeats,
+    order_free_metric_dimensions,
+    untracked_model_instances,
+)
 from localcloud.moto_results import aws_results_and_limits
 from localcloud.moto_sfn import fast_step_functions
 from localcloud.moto_sqs import safe_sqs_queues
@@ -122,6 +127,7 @@ def embedded_aws() -> Iterator[EmbeddedAws]:
         cleanup.enter_context(safe_sqs_queues())
         cleanup.enter_context(atomic_dynamodb_writes())
         cleanup.enter_context(order_free_metric_dimensions())
+        cleanup.enter_context(untracked_model_instances())
         cleanup.enter_context(lean_request_path())
         cleanup.enter_context(fast_step_functions(route, endpoint, cloud.count))
         cleanup.enter_context(aws_results_and_limits())

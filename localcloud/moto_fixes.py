@@ -18,6 +18,12 @@ lists, but its `Dimension.__lt__` compares a value with a name, so the sort depe
 order and a query that lists the same dimensions in another order finds nothing. CloudWatch
 identifies a metric by its set of dimensions, whatever their order; the embedded AWS sorts by
 (name, value).
+
+Memory: moto appends every model instance it ever creates to a class-level list
+(`BaseModel.instances_tracked`, read only by its dashboard and by S3's reset, which closes the
+files behind S3 keys), and never removes one. Every SQS message sent, deleted or not, stayed in
+memory: two per throttled item, the main process's largest growth per item at 100,000 items.
+The embedded AWS tracks only S3's instances, which its reset needs.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from unittest import mock
 
 from moto.cloudwatch.models import Dimension
+from moto.core.common_models import BaseModel
 from moto.core.exceptions import AWSError
 from moto.dynamodb.models import DynamoDBBackend
 from moto.stepfunctions.exceptions import InvalidToken
@@ -103,3 +110,19 @@ def _dimension_lt(self: Dimension, other: Dimension) -> bool:
 def order_free_metric_dimensions() -> AbstractContextManager[Any]:
     """GetMetricData finds a metric whatever order its dimensions are listed in, as in AWS."""
     return mock.patch.object(Dimension, "__lt__", _dimension_lt)
+
+
+_TRACKED_MODULE_PREFIX = "moto.s3."
+"""Whose instances moto's reset still needs to see (it closes their files)."""
+
+
+def _untracked_new(cls: type[BaseModel], *args: Any, **kwargs: Any) -> BaseModel:  # noqa: ARG001 - __new__'s signature
+    instance = super(BaseModel, cls).__new__(cls)  # what moto's own __new__ does
+    if cls.__module__.startswith(_TRACKED_MODULE_PREFIX):
+        cls.instances_tracked.append(instance)  # type: ignore[attr-defined]  # set by moto's metaclass
+    return instance
+
+
+def untracked_model_instances() -> AbstractContextManager[Any]:
+    """moto keeps no reference to a model instance its backends have dropped (S3's aside)."""
+    return mock.patch.object(BaseModel, "__new__", _untracked_new)
