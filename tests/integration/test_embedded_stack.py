@@ -95,8 +95,8 @@ def test_high_items_overtake_a_batch_backlog(dispatch: str, high_share: float) -
     """A HIGH burst arriving behind a BATCH backlog starts before what is left of the backlog.
 
     ticket (the default): every HIGH item, up to the last, starts before three quarters of the
-    backlog. yield: it yields (how far the burst overtakes is not asserted: see the end). The yield rule sees only *visible*
-    higher-priority messages. A HIGH message already taken by
+    backlog. yield: it yields (how far the burst overtakes is not asserted: see the end). The
+    yield rule sees only *visible* higher-priority messages. A HIGH message already taken by
     one of the HIGH mapping's pollers is invisible while that poller waits out throttling, so a
     burst smaller than the HIGH pollers gets no yields at all and overtakes only by winning
     slots (measured: 30-54 of 54-60 remaining BATCH items overtaken). This test uses a burst
