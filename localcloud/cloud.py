@@ -25,11 +25,12 @@ from localcloud.moto_fixes import (
     atomic_dynamodb_writes,
     aws_like_heartbeats,
     order_free_metric_dimensions,
+    outcome_before_status,
     untracked_model_instances,
 )
 from localcloud.moto_results import aws_results_and_limits
 from localcloud.moto_sfn import fast_step_functions
-from localcloud.moto_sqs import safe_sqs_queues
+from localcloud.moto_sqs import DirectSqs, safe_sqs_queues
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -64,7 +65,7 @@ class EmbeddedAws:
     def client(self, service: str) -> Any:
         # boto3's stubs type clients per literal service name; this factory takes any name.
         factory: Any = boto3.client
-        return self.route.attach(
+        client = self.route.attach(
             factory(
                 service,
                 endpoint_url=self.endpoint,
@@ -74,6 +75,8 @@ class EmbeddedAws:
                 **{k.lower(): v for k, v in FAKE_CREDENTIALS.items()},
             )
         )
+        # SQS's hot calls (the mappings' receives and deletes) skip the wire format.
+        return DirectSqs(client, REGION, self.count) if service == "sqs" else client
 
 
 @contextmanager
@@ -128,6 +131,7 @@ def embedded_aws() -> Iterator[EmbeddedAws]:
         cleanup.enter_context(atomic_dynamodb_writes())
         cleanup.enter_context(order_free_metric_dimensions())
         cleanup.enter_context(untracked_model_instances())
+        cleanup.enter_context(outcome_before_status())
         cleanup.enter_context(lean_request_path())
         cleanup.enter_context(fast_step_functions(route, endpoint, cloud.count))
         cleanup.enter_context(aws_results_and_limits())

@@ -13,6 +13,11 @@ still waiting (HeartbeatSeconds only sets how often one is required) and says Ta
 TaskDoesNotExist once it has ended. The worker asks before calling the API, so the embedded AWS
 must answer like AWS.
 
+moto sets a finished execution's status before its output (or error and cause), so a
+DescribeExecution in between sees SUCCEEDED with no output (seen by a test polling a Map of
+300 items). AWS shows an execution's outcome with its status; the embedded AWS sets the status
+last.
+
 CloudWatch: moto matches a GetMetricData query's dimensions to stored data by sorting both
 lists, but its `Dimension.__lt__` compares a value with a name, so the sort depends on the input
 order and a query that lists the same dimensions in another order finds nothing. CloudWatch
@@ -28,6 +33,7 @@ The embedded AWS tracks only S3's instances, which its reset needs.
 
 from __future__ import annotations
 
+import datetime
 import threading
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
@@ -40,6 +46,13 @@ from moto.dynamodb.models import DynamoDBBackend
 from moto.stepfunctions.exceptions import InvalidToken
 from moto.stepfunctions.parser.api import ExecutionStatus, SendTaskHeartbeatOutput
 from moto.stepfunctions.parser.asl.eval.callback.callback import CallbackConsumerTimeout
+from moto.stepfunctions.parser.asl.eval.program_state import (
+    ProgramEnded,
+    ProgramError,
+    ProgramStopped,
+    ProgramTimedOut,
+)
+from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication
 from moto.stepfunctions.parser.models import StepFunctionsParserBackend
 
 if TYPE_CHECKING:
@@ -101,6 +114,37 @@ def atomic_dynamodb_writes() -> Iterator[None]:
             serialized = _serialized(getattr(DynamoDBBackend, name))
             patches.enter_context(mock.patch.object(DynamoDBBackend, name, serialized))
         yield
+
+
+_FINAL_STATUS = (
+    (ProgramEnded, ExecutionStatus.SUCCEEDED),
+    (ProgramStopped, ExecutionStatus.ABORTED),
+    (ProgramError, ExecutionStatus.FAILED),
+    (ProgramTimedOut, ExecutionStatus.TIMED_OUT),
+)
+
+
+def _reflect_execution_status(self: BaseExecutionWorkerCommunication) -> None:
+    # moto 5.2.5's own, with the status assigned after what it describes.
+    execution = self.execution
+    ended = execution.exec_worker.env.program_state()  # type: ignore[union-attr]  # set while it runs
+    execution.stop_date = datetime.datetime.now(tz=datetime.UTC)
+    status = next((s for kind, s in _FINAL_STATUS if isinstance(ended, kind)), None)
+    if status is None:
+        raise RuntimeWarning(f"Execution ended with unsupported ProgramState type '{type(ended)}'.")
+    if isinstance(ended, ProgramEnded):
+        execution.output = execution.exec_worker.env.states.get_input()  # type: ignore[union-attr]
+    elif isinstance(ended, ProgramError):
+        execution.error = ended.error.get("error")  # type: ignore[union-attr]
+        execution.cause = ended.error.get("cause")  # type: ignore[union-attr]
+    execution.exec_status = status
+
+
+def outcome_before_status() -> AbstractContextManager[Any]:
+    """A finished execution's output, error and cause are in place before its status says so."""
+    return mock.patch.object(
+        BaseExecutionWorkerCommunication, "_reflect_execution_status", _reflect_execution_status
+    )
 
 
 def _dimension_lt(self: Dimension, other: Dimension) -> bool:

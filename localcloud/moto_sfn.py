@@ -9,7 +9,7 @@ with the batch or the number of waiting children:
   and an HTTP request back into this same process; they now reuse one client per service and
   reach the backends in-process (localcloud/front.py `InProcess`: botocore still serializes
   and parses every request, as it does on the wire), except SQS SendMessage, which calls the
-  SQS backend as moto's own SendMessage handler does (`DirectSqs`);
+  SQS backend as moto's own SendMessage handler does (localcloud/moto_sqs.py `DirectSqs`);
 - each Distributed Map item deep-copied the whole map input (all N items) before evaluating
   its ItemSelector: O(N) per item, O(N^2) per batch;
 - every Task state and every program (each child) ran on a thread of its own, even with no
@@ -34,11 +34,6 @@ from unittest import mock
 import boto3
 import moto
 from botocore.config import Config
-from botocore.exceptions import ClientError
-from moto.core.exceptions import ServiceException
-from moto.core.models import DEFAULT_ACCOUNT_ID
-from moto.sqs.models import sqs_backends
-from moto.sqs.utils import validate_message_attributes
 from moto.stepfunctions.parser.asl.component.common.path import result_path
 from moto.stepfunctions.parser.asl.component.eval_component import EvalComponent
 from moto.stepfunctions.parser.asl.component.program import program
@@ -58,6 +53,8 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task.service impor
 )
 from moto.stepfunctions.parser.asl.eval.event import event_manager
 from moto.stepfunctions.parser.asl.utils import boto_client, json_path
+
+from localcloud.moto_sqs import DirectSqs
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -115,54 +112,6 @@ def _modules_importing(name: str, value: Any) -> list[Any]:
         for module_name, module in list(sys.modules.items())
         if module_name.startswith("moto.") and getattr(module, name, None) is value
     ]
-
-
-class DirectSqs:
-    """The interpreter's SQS client. SendMessage, two of a throttled item's requests, goes
-    straight to moto's SQS backend, doing what moto's `SQSResponse.send_message` does with the
-    parameters; botocore serializing a request that moto then parses back in the same process
-    was about a third of the emulator's time at 10,000 items. Other calls go through `client`."""
-
-    def __init__(self, client: Any, region: str, count: Callable[[str], None]) -> None:
-        self._client = client
-        self._region = region
-        self._count = count
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
-
-    def send_message(self, **params: Any) -> dict[str, Any]:
-        self._count("sqs:SendMessage")
-        # A queue URL ends in /<account>/<name>; AWS also accepts the bare name.
-        parts = str(params["QueueUrl"]).rstrip("/").split("/")
-        name = parts[-1]
-        account = parts[-2] if len(parts) > 1 and parts[-2].isdigit() else DEFAULT_ACCOUNT_ID
-        attributes = params.get("MessageAttributes") or {}
-        system_attributes = params.get("MessageSystemAttributes") or {}
-        try:
-            validate_message_attributes(attributes)
-            validate_message_attributes(system_attributes)
-            backend = sqs_backends[account][self._region]
-            queue = backend.get_queue(name)
-            message = backend.send_message(
-                name,
-                params["MessageBody"],
-                message_attributes=attributes,
-                delay_seconds=params.get("DelaySeconds"),
-                deduplication_id=params.get("MessageDeduplicationId"),
-                group_id=params.get("MessageGroupId"),
-                system_attributes=system_attributes,
-            )
-        except ServiceException as error:
-            # What botocore raises for moto's error response, so Retry and Catch see the same.
-            error_response = {"Error": {"Code": error.code, "Message": error.message}}
-            raise ClientError(error_response, "SendMessage") from error  # type: ignore[arg-type]
-        response = {"MD5OfMessageBody": message.body_md5, "MessageId": message.id}
-        if message.message_attributes:
-            response["MD5OfMessageAttributes"] = message.attribute_md5
-        if queue.fifo_queue and message.sequence_number:
-            response["SequenceNumber"] = message.sequence_number
-        return response
 
 
 @contextmanager

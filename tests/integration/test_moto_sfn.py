@@ -29,9 +29,11 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task.service impor
 from moto.stepfunctions.parser.asl.eval.event import event_manager
 from moto.stepfunctions.parser.asl.eval.states import States
 from moto.stepfunctions.parser.asl.utils import boto_client, json_path
+from moto.stepfunctions.parser.backend.execution import Execution
 
 from localcloud import front
 from localcloud.front import InProcess
+from localcloud.moto_fixes import outcome_before_status
 from localcloud.moto_sfn import in_process_integrations, lean_interpreter
 from tests.support.clients import REGION, client, dead_endpoint
 
@@ -83,8 +85,52 @@ def _send_task(queue_url: str, *, callback: bool = False, timeout_s: int | None 
 
 @pytest.fixture
 def lean_sfn() -> Iterator[None]:
-    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}), lean_interpreter():
+    with (
+        mock_aws(config={"stepfunctions": {"execute_state_machine": True}}),
+        lean_interpreter(),
+        outcome_before_status(),
+    ):
         yield
+
+
+# ---- outcome_before_status: what DescribeExecution sees --------------------------------------
+
+_ENDINGS = {
+    "SUCCEEDED": {"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}},
+    "FAILED": {"StartAt": "No", "States": {"No": {"Type": "Fail", "Error": "E", "Cause": "C"}}},
+}
+
+
+def _outcome_when_status_set(status: str) -> dict[str, Any]:
+    """An execution's output, error and cause at the moment its final status is assigned."""
+    seen: dict[str, Any] = {}
+    original = Execution.__setattr__
+
+    def record(self: Execution, name: str, value: Any) -> None:
+        if name == "exec_status" and value == status and not seen:
+            seen.update({k: getattr(self, k, None) for k in ("output", "error", "cause")})
+        original(self, name, value)
+
+    with mock.patch.object(Execution, "__setattr__", record):
+        done = _run(client("stepfunctions"), _ENDINGS[status], {"in": 1}, f"ending-{status.lower()}")
+    assert done["status"] == status
+    return seen
+
+
+@pytest.mark.parametrize("status", sorted(_ENDINGS))
+def test_an_outcome_is_in_place_before_the_status_that_shows_it(lean_sfn: None, status: str) -> None:
+    """A poller that sees the final status also sees the output (or the error and cause)."""
+    outcome = _outcome_when_status_set(status)
+    if status == "SUCCEEDED":
+        assert outcome["output"] == {"in": 1}
+    else:
+        assert (outcome["error"], outcome["cause"]) == ("E", "C")
+
+
+def test_moto_alone_shows_the_status_before_the_output() -> None:
+    # Why the patch exists; if moto stops doing this, the patch can go.
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+        assert _outcome_when_status_set("SUCCEEDED")["output"] is None
 
 
 # ---- in_process_integrations --------------------------------------------------------------
@@ -178,6 +224,7 @@ def test_in_process_integrations_reach_modules_imported_later() -> None:
     script = """
 from localcloud import front
 from localcloud.front import InProcess
+from localcloud.moto_fixes import outcome_before_status
 from localcloud.moto_sfn import in_process_integrations
 from moto.stepfunctions.parser.asl.utils import boto_client
 original = boto_client.boto_client_for

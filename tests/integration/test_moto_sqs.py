@@ -18,6 +18,7 @@ from unittest import mock
 
 import moto
 import pytest
+from botocore.exceptions import ClientError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moto.sqs import models
@@ -26,7 +27,7 @@ from moto.sqs.models import Message, Queue, SQSBackend, sqs_backends
 
 from localcloud import moto_sqs
 from localcloud.cloud import embedded_aws
-from localcloud.moto_sqs import MOTO_VERSION, UnsupportedMotoError, safe_sqs_queues
+from localcloud.moto_sqs import MOTO_VERSION, DirectSqs, UnsupportedMotoError, safe_sqs_queues
 
 ACCOUNT = "111122223333"  # not moto's default account: the embedded AWS's queues stay apart
 REGION = "us-east-1"
@@ -212,7 +213,7 @@ def test_concurrent_sends_receives_and_deletes_lose_nothing(backend: SQSBackend,
 def test_the_embedded_aws_loses_nothing_under_concurrent_requests() -> None:
     """The same, through the threaded server and boto3, on a smaller scale."""
     with embedded_aws() as aws:
-        sqs = aws.client("sqs")
+        sqs = aws.client("sqs").wire
         url = sqs.create_queue(QueueName="stress")["QueueUrl"]
         bodies = {str(i) for i in range(200)}
         done: set[str] = set()
@@ -454,3 +455,90 @@ def test_patched_sqs_behaves_as_moto_and_keeps_its_counts(backend: SQSBackend, o
     with safe_sqs_queues():
         patched = run_ops(backend, ops)
     assert run_ops(backend, ops) == patched
+
+
+# --- DirectSqs: this process's receives and deletes as the wire answers them ------------------
+
+_PER_RECEIVE = ("ReceiptHandle", "ApproximateReceiveCount", "ApproximateFirstReceiveTimestamp")
+
+
+def _comparable(message: dict[str, Any]) -> dict[str, Any]:
+    """A received message without what differs between two receives of it."""
+    kept = {k: v for k, v in message.items() if k not in _PER_RECEIVE}
+    if "Attributes" in kept:
+        kept["Attributes"] = {k: v for k, v in kept["Attributes"].items() if k not in _PER_RECEIVE}
+    return kept
+
+
+@pytest.mark.parametrize(
+    ("system", "custom"),
+    [
+        (["All"], ["All"]),
+        (["SentTimestamp", "ApproximateReceiveCount"], ["kind"]),
+        ([], []),
+        (["All"], ["k.*"]),
+    ],
+)
+def test_a_direct_receive_answers_as_the_wire_does(system: list[str], custom: list[str]) -> None:
+    with embedded_aws() as aws:
+        sqs = aws.client("sqs")
+        assert isinstance(sqs, DirectSqs)
+        url = sqs.create_queue(QueueName="direct")["QueueUrl"]
+        attributes = {
+            "kind": {"DataType": "String", "StringValue": "probe"},
+            "other": {"DataType": "Number", "StringValue": "7"},
+        }
+        sqs.wire.send_message(QueueUrl=url, MessageBody="with", MessageAttributes=attributes)
+        sqs.wire.send_message(QueueUrl=url, MessageBody="without")
+        asked = {"AttributeNames": system, "MessageAttributeNames": custom, "MaxNumberOfMessages": 10}
+        by_wire = sqs.wire.receive_message(QueueUrl=url, VisibilityTimeout=0, **asked)["Messages"]
+        before = aws.snapshot().get("sqs:ReceiveMessage", 0)
+        direct = sqs.receive_message(QueueUrl=url, VisibilityTimeout=30, **asked)["Messages"]
+        assert aws.snapshot()["sqs:ReceiveMessage"] == before + 1
+        assert [_comparable(m) for m in direct] == [_comparable(m) for m in by_wire]
+        assert {m["Body"] for m in direct} == {"with", "without"}
+        if "ApproximateReceiveCount" in system or "All" in system:
+            assert [m["Attributes"]["ApproximateReceiveCount"] for m in direct] == ["2", "2"]
+        # The direct receive's handles are live: the batch delete takes both, the queue is empty.
+        entries = [{"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(direct)]
+        deleted = sqs.delete_message_batch(QueueUrl=url, Entries=entries)
+        assert (sorted(d["Id"] for d in deleted["Successful"]), deleted["Failed"]) == (["0", "1"], [])
+        assert sqs.wire.receive_message(QueueUrl=url).get("Messages") is None
+
+
+def _error_code(call: Callable[[], Any]) -> tuple[str, str]:
+    with pytest.raises(ClientError) as raised:
+        call()
+    return type(raised.value).__name__, raised.value.response["Error"]["Code"]
+
+
+def test_a_direct_call_fails_as_the_wire_does() -> None:
+    with embedded_aws() as aws:
+        sqs = aws.client("sqs")
+        url = sqs.create_queue(QueueName="errors")["QueueUrl"]
+        sqs.send_message(QueueUrl=url, MessageBody="one")
+        (message,) = sqs.receive_message(QueueUrl=url)["Messages"]
+        twice = [{"Id": str(n), "ReceiptHandle": message["ReceiptHandle"]} for n in range(2)]
+        calls: list[tuple[str, dict[str, Any]]] = [
+            ("receive_message", {"QueueUrl": url.replace("errors", "missing")}),
+            ("receive_message", {"QueueUrl": url, "MaxNumberOfMessages": 11}),
+            ("receive_message", {"QueueUrl": url, "WaitTimeSeconds": 21}),
+            ("receive_message", {"QueueUrl": url, "VisibilityTimeout": 43_201}),
+            ("delete_message_batch", {"QueueUrl": url, "Entries": []}),
+            ("delete_message_batch", {"QueueUrl": url, "Entries": twice}),
+            ("send_message", {"QueueUrl": url.replace("errors", "missing"), "MessageBody": "x"}),
+        ]
+        for name, params in calls:
+            by_wire = _error_code(lambda name=name, params=params: getattr(sqs.wire, name)(**params))
+            direct = _error_code(lambda name=name, params=params: getattr(sqs, name)(**params))
+            assert direct == by_wire, (name, params)
+        assert _error_code(lambda: sqs.receive_message(QueueUrl=url.replace("errors", "missing")))[0] == (
+            "QueueDoesNotExist"
+        )
+        # A stale handle fails its entry, not the batch, as on the wire.
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+        stale = [{"Id": "a", "ReceiptHandle": "not-a-handle"}]
+        assert (
+            sqs.delete_message_batch(QueueUrl=url, Entries=stale)["Failed"]
+            == (sqs.wire.delete_message_batch(QueueUrl=url, Entries=stale)["Failed"])
+        )
