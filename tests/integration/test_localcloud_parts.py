@@ -3,16 +3,21 @@ the real stack in moto. What this cannot prove: the real Lambda service's scalin
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
+import sys
 import time
 import zipfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 
+from localcloud import lambda_runner
 from localcloud.cloud import EmbeddedAws, embedded_aws
 from localcloud.deploy import MappingSpec, deploy
 from localcloud.esm import EventSourceMappings
@@ -43,16 +48,20 @@ def handler(event, context):
 """
 
 
+def _zip_of(handler: str) -> bytes:
+    code = io.BytesIO()
+    with zipfile.ZipFile(code, "w") as zf:
+        zf.writestr("fn.py", handler)
+    return code.getvalue()
+
+
 @pytest.fixture(scope="module")
 def aws() -> Iterator[EmbeddedAws]:
     with embedded_aws() as cloud:
-        code = io.BytesIO()
-        with zipfile.ZipFile(code, "w") as zf:
-            zf.writestr("fn.py", HANDLER)
         cloud.runner.register(
             name="fn",
             arn="arn:aws:lambda:us-east-1:123456789012:function:fn",
-            zip_bytes=code.getvalue(),
+            zip_bytes=_zip_of(HANDLER),
             handler="fn.handler",
             env={"GREETING": "hi"},
             timeout_s=1.0,
@@ -72,6 +81,42 @@ def test_a_sandbox_yields_the_cpu_to_the_emulated_aws(aws: EmbeddedAws) -> None:
     result = aws.runner.invoke("fn", {"niceness": True}, wait_for_slot=True)
     assert result.payload == {"niceness": os.nice(0) + SANDBOX_NICENESS}
     assert SANDBOX_NICENESS > 0
+
+
+def test_byte_compile_writes_a_package_s_bytecode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    package = tmp_path / "runtime_probe_pkg"
+    (package / "sub").mkdir(parents=True)
+    sources = [package / "__init__.py", package / "sub" / "__init__.py", package / "sub" / "mod.py"]
+    for source in sources:
+        source.write_text("VALUE = 1\n")
+    (tmp_path / "runtime_probe_mod.py").write_text("VALUE = 2\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    lambda_runner.byte_compile(("runtime_probe_pkg", "runtime_probe_mod", "not_installed_anywhere"))
+    for source in [*sources, tmp_path / "runtime_probe_mod.py"]:
+        assert Path(importlib.util.cache_from_source(str(source))).is_file(), source
+    assert "runtime_probe_pkg" not in sys.modules  # found, not imported
+
+
+def test_a_cold_start_finds_the_runtime_compiled(aws: EmbeddedAws) -> None:
+    """Lambda's runtime ships boto3 compiled; the first sandbox start compiles it once."""
+    with (
+        mock.patch.object(lambda_runner, "_compiled", lambda_runner.threading.Event()),
+        mock.patch.object(lambda_runner, "byte_compile") as compiled,
+    ):
+        aws.runner.register(
+            name="fresh",
+            arn="arn:aws:lambda:us-east-1:123456789012:function:fresh",
+            zip_bytes=_zip_of(HANDLER),
+            handler="fn.handler",
+            env={},
+            timeout_s=1.0,
+            memory_mb=128,
+            reserved=1,
+        )
+        for _ in range(2):
+            assert aws.runner.invoke("fresh", {}, wait_for_slot=True).error is None
+    compiled.assert_called_once_with(lambda_runner.RUNTIME_PACKAGES)
+    assert {"boto3", "botocore"} <= set(lambda_runner.RUNTIME_PACKAGES)
 
 
 def test_errors_come_back_in_lambdas_shape(aws: EmbeddedAws) -> None:
