@@ -1,0 +1,102 @@
+"""Where moto's DynamoDB (5.2.5) parses the same expression again on every request, and the fix.
+
+Sluice's worker writes two items per throttled item through Powertools' idempotency: a PutItem
+whose ConditionExpression and an UpdateItem whose UpdateExpression are the same text every
+time, with new values. moto lexed the condition with a list of regular expressions per token
+and parsed each update expression twice per request (once to check it, once to apply it): about
+a quarter of the emulator's DynamoDB time. Now each distinct text is lexed or parsed once:
+
+- UpdateExpressionParser.make: the tree it returns is only read (`find_clauses`) or deep-copied
+  before anything changes it (moto's `Validator` copies it first), so one tree serves every
+  request with that text;
+- a condition's tokens depend only on its text; names and values are substituted after lexing,
+  from the request's own, so each request still gets its own tree and its own errors.
+
+An expression that does not parse raises every time, as before: only successes are kept.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections import deque
+from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING, Any
+from unittest import mock
+
+import moto
+from moto.dynamodb.comparisons import ConditionExpressionParser
+from moto.dynamodb.parsing.expressions import UpdateExpressionParser  # type: ignore[attr-defined]  # moto declares it untyped
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+MOTO_VERSION = "5.2.5"
+"""The moto whose parser these patches wrap (requirements-local.txt pins it)."""
+CACHED_EXPRESSIONS = 1024
+"""Distinct texts kept per kind: a stack uses a handful; a run with more only parses again."""
+
+
+class UnsupportedMotoError(RuntimeError):
+    """The installed moto is not the one these patches were written against."""
+
+
+def _cached_make(make: Any) -> Any:
+    cached = functools.lru_cache(maxsize=CACHED_EXPRESSIONS)(make)
+
+    def make_once(expression: str) -> Any:
+        return cached(expression)
+
+    make_once.cache_info = cached.cache_info  # type: ignore[attr-defined]
+    return make_once
+
+
+def _cached_lexing(lex: Any) -> Any:
+    tokens: dict[str, tuple[Any, ...]] = {}
+    lock = threading.Lock()
+
+    def lex_once(self: ConditionExpressionParser) -> deque[Any]:
+        text = self.condition_expression or ""
+        with lock:
+            known = tokens.get(text)
+        if known is None:
+            # moto's lexer reads nothing of its parser but the text (and the token classes).
+            known = tuple(lex(self))
+            with lock:
+                if len(tokens) < CACHED_EXPRESSIONS:
+                    tokens[text] = known
+        # The parser consumes its deque and may grow a node's children: each request gets
+        # its own deque and its own (empty, for tokens) children lists.
+        return deque(node._replace(children=list(node.children)) for node in known)
+
+    lex_once.cached = tokens  # type: ignore[attr-defined]
+    return lex_once
+
+
+def check_moto_version(version: str) -> None:
+    if version != MOTO_VERSION:
+        raise UnsupportedMotoError(
+            f"localcloud.moto_dynamodb: patches wrap moto {MOTO_VERSION}'s DynamoDB parsers, got moto "
+            f"{version} (install moto=={MOTO_VERSION} from requirements-local.txt, or check that the "
+            "new moto still only reads a parsed update tree and lexes conditions from their text alone)"
+        )
+
+
+@contextmanager
+def lean_dynamodb_expressions() -> Iterator[None]:
+    """Each distinct update expression parsed, and condition expression lexed, once."""
+    check_moto_version(moto.__version__)
+    with ExitStack() as patches:
+        patches.enter_context(
+            mock.patch.object(
+                UpdateExpressionParser, "make", staticmethod(_cached_make(UpdateExpressionParser.make))
+            )
+        )
+        patches.enter_context(
+            mock.patch.object(
+                ConditionExpressionParser,
+                "_lex_condition_expression",
+                _cached_lexing(ConditionExpressionParser._lex_condition_expression),
+            )
+        )
+        yield
