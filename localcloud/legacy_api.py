@@ -17,20 +17,34 @@ The concurrency limit (the API's capacity) starts at the profile's and can chang
 run (`set_concurrency_limit`), like a backend losing or gaining servers: calls already admitted
 finish normally, new calls see the new limit. Each change is kept in `capacity` as (epoch s,
 limit), on the same clock as `Call.start`, so a report can draw capacity under the calls.
+
+The server runs in a process of its own (`python -m localcloud.legacy_api`), as a legacy API
+runs on machines of its own: in the embedded AWS's process its answers waited for that
+process's busy interpreter (a 5 ms call took about 150 ms at 2,000 items) and its work took
+CPU from the emulator. `LegacyApi` is its handle here: it streams the calls back, and forwards
+limit changes and questions over the child's stdin and stdout, one JSON line each.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 MAX_SERVICE_TIME_S = 30.0  # bound on any simulated delay: a test server never hangs a run
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ANSWER_TIMEOUT_S = 30.0  # how long the handle waits for the server process to answer a question
 
 
 @dataclass(frozen=True)
@@ -72,10 +86,12 @@ class Call:
 
 
 @dataclass
-class LegacyApi:
+class _Simulator:
+    """The API itself, run by the server process."""
+
     profile: ApiProfile
+    on_call: Callable[[Call], None]
     url: str = ""
-    calls: list[Call] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _in_flight: int = 0
     _window: list[float] = field(default_factory=list)
@@ -84,18 +100,10 @@ class LegacyApi:
     _done: dict[str, Any] = field(default_factory=dict)
     _server: ThreadingHTTPServer | None = None
     _limit: int = field(default=-1, init=False)
-    capacity: list[tuple[float, int]] = field(default_factory=list, init=False)
-    """(time.time(), concurrency limit) at start and at each change."""
 
     def __post_init__(self) -> None:
         # The profile stays frozen (scenarios share it); the live limit is the simulator's own.
         self._limit = self.profile.concurrency_limit
-        self.capacity.append((time.time(), self._limit))
-
-    @property
-    def concurrency_limit(self) -> int:
-        with self._lock:
-            return self._limit
 
     @property
     def in_flight(self) -> int:
@@ -103,18 +111,10 @@ class LegacyApi:
             return self._in_flight
 
     def set_concurrency_limit(self, limit: int) -> None:
-        """Change how many calls may be in flight at once; admitted calls are unaffected."""
-        if limit < 0:
-            raise ValueError(f"LegacyApi: concurrency limit must be >= 0, got {limit}")
         with self._lock:
             self._limit = limit
-            self.capacity.append((time.time(), limit))
 
-    def capacity_snapshot(self) -> list[tuple[float, int]]:
-        with self._lock:
-            return list(self.capacity)
-
-    def start(self) -> LegacyApi:
+    def start(self) -> _Simulator:
         self._rng.seed(self.profile.seed)
         api = self
 
@@ -224,9 +224,150 @@ class LegacyApi:
         return status, body, headers
 
     def _record(self, call: Call) -> None:
+        self.on_call(call)
+
+
+class LegacyApi:
+    """The simulator, started in a process of its own; its calls are kept here as they end."""
+
+    def __init__(self, profile: ApiProfile) -> None:
+        self.profile = profile
+        self.url = ""
+        self.calls: list[Call] = []
+        self._lock = threading.Lock()
+        self._limit = profile.concurrency_limit
+        self.capacity: list[tuple[float, int]] = [(time.time(), self._limit)]
+        """(time.time(), concurrency limit) at start and at each change."""
+        self._process: subprocess.Popen[str] | None = None
+        self._answered = threading.Condition(self._lock)
+        self._writing = threading.Lock()
+        self._answers: dict[int, Any] = {}
+        self._asked = 0
+        self._reader: threading.Thread | None = None
+
+    def start(self) -> LegacyApi:
+        self._process = subprocess.Popen(  # noqa: S603 - this interpreter, this module
+            [sys.executable, "-m", "localcloud.legacy_api", json.dumps(asdict(self.profile))],
+            # Wherever this process found localcloud, the server process finds it too.
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join([_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")]),
+            },
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+        stdout = self._process.stdout
+        assert stdout is not None  # noqa: S101 - asked for above
+        first = stdout.readline()
+        if not first:
+            self._process.wait(timeout=5)
+            raise RuntimeError(f"the legacy API process exited at start (exit {self._process.returncode})")
+        self.url = json.loads(first)["url"]
+        self._reader = threading.Thread(target=self._read, args=(stdout,), name="legacy-api", daemon=True)
+        self._reader.start()
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        """The server process's id while it runs."""
+        return self._process.pid if self._process is not None else None
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.stdin is not None:
+            process.stdin.close()  # the server process ends when its stdin does
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+
+    def _read(self, stdout: IO[str]) -> None:
+        for line in stdout:
+            message = json.loads(line)
+            with self._lock:
+                if "call" in message:
+                    self.calls.append(Call(*message["call"]))
+                else:
+                    self._answers[message["answer"]] = message.get("value")
+                    self._answered.notify_all()
+
+    def _ask(self, question: str, value: Any = None) -> Any:
+        """Ask the server process; its answer comes after every call it recorded before."""
+        process = self._process
+        if process is None or process.stdin is None:
+            raise RuntimeError("the legacy API is not running: call start() first")
         with self._lock:
-            self.calls.append(call)
+            self._asked += 1
+            number = self._asked
+        with self._writing:
+            process.stdin.write(json.dumps({"ask": question, "id": number, "value": value}) + "\n")
+            process.stdin.flush()
+        with self._lock:
+            if not self._answered.wait_for(lambda: number in self._answers, ANSWER_TIMEOUT_S):
+                raise RuntimeError(
+                    f"the legacy API process did not answer '{question}' in {ANSWER_TIMEOUT_S} s"
+                )
+            return self._answers.pop(number)
+
+    @property
+    def concurrency_limit(self) -> int:
+        with self._lock:
+            return self._limit
+
+    @property
+    def in_flight(self) -> int:
+        """Calls the API is working on now (none once stopped)."""
+        return int(self._ask("in_flight")) if self._process is not None else 0
+
+    def set_concurrency_limit(self, limit: int) -> None:
+        """Change how many calls may be in flight at once; admitted calls are unaffected."""
+        if limit < 0:
+            raise ValueError(f"LegacyApi: concurrency limit must be >= 0, got {limit}")
+        self._ask("limit", limit)
+        with self._lock:
+            self._limit = limit
+            self.capacity.append((time.time(), limit))
+
+    def capacity_snapshot(self) -> list[tuple[float, int]]:
+        with self._lock:
+            return list(self.capacity)
 
     def snapshot(self) -> list[Call]:
+        """Every call the API has answered so far (those in flight are not calls yet)."""
+        if self._process is not None:
+            self._ask("flush")
+        # Once stopped, every call the server recorded has been read (stop waits for its end).
         with self._lock:
             return list(self.calls)
+
+
+def _serve(profile: ApiProfile) -> None:
+    """The server process: calls and answers go to stdout; questions come on stdin."""
+    out = threading.Lock()
+
+    def emit(message: dict[str, Any]) -> None:
+        line = json.dumps(message) + "\n"
+        with out:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+
+    simulator = _Simulator(profile, lambda call: emit({"call": astuple(call)})).start()
+    emit({"url": simulator.url})
+    for line in sys.stdin:
+        question = json.loads(line)
+        if question["ask"] == "limit":
+            simulator.set_concurrency_limit(int(question["value"]))
+        value = simulator.in_flight if question["ask"] == "in_flight" else None
+        emit({"answer": question["id"], "value": value})
+    simulator.stop()
+
+
+if __name__ == "__main__":
+    _serve(ApiProfile(**json.loads(sys.argv[1])))

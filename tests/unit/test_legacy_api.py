@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +100,19 @@ def test_a_key_that_already_succeeded_is_answered_without_new_work(api: LegacyAp
     assert post(api.url, {"id": "a"}, "e#1")[0] == 200
     assert post(api.url, {"id": "a"}, "e#1")[0] == 200
     assert [c.replayed for c in api.snapshot()] == [False, True]
+
+
+def test_the_api_runs_in_a_process_of_its_own_and_ends_with_stop() -> None:
+    """In the embedded AWS's process its answers waited for that busy interpreter."""
+    api = LegacyApi(ApiProfile(concurrency_limit=2, service_time_s=0.0)).start()
+    pid = api.pid
+    assert pid is not None
+    assert pid != os.getpid()
+    assert b"localcloud.legacy_api" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert post(api.url, {"id": "one"}, "e#1")[0] == 200
+    # A call answered is a call recorded, here, by the time the caller asks.
+    assert [c.key for c in api.snapshot()] == ["e#1"]
+    api.stop()
+    assert api.pid is None
+    assert not Path(f"/proc/{pid}").exists() or b"Z" in Path(f"/proc/{pid}/stat").read_bytes().split()[2]
+    assert [c.key for c in api.snapshot()] == ["e#1"]
