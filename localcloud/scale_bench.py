@@ -5,8 +5,9 @@ Each size is one batch started with `{"source": {bucket, key}}` (half direct, ha
 wall time from StartExecution to the parent's end, items/s, the report's outcome counts, peak
 RSS of the process tree and of the main process, the main process's peak thread count, the
 API's utilization, cold starts per function, and CPU per item split into Sluice's functions
-(their sandbox processes) and the emulator (the main process: moto, the front, the simulated
-API, the runner). Then how time grows with size, against the physical limit of the API alone.
+(their sandbox processes), the emulator (the main process: moto, the front, the runner) and
+the simulated API (its own process). Then how time grows with size, against the physical
+limit of the API alone.
 `python -m localcloud scale` runs it (`make bench-scale`; BENCHMARKS.md).
 
 What this cannot prove: AWS's own times (every service here is Python on the same 2 cores);
@@ -197,6 +198,8 @@ class TreeSampler:
         self._thread = threading.Thread(target=self._loop, name="scale-sampler", daemon=True)
         self._seen: list[LambdaRunner] = []
         """Runners met while sampling: their counters outlive close()."""
+        self._watched: dict[int, str] = {}
+        """Other processes whose CPU counts, by pid, under a name of their own."""
         self._counting = False
         self._cpu_start = 0.0
 
@@ -219,8 +222,14 @@ class TreeSampler:
         while not self._stop.wait(self._period_s) and time.monotonic() < ends:
             self.sample()
 
+    def watch(self, pid: int, name: str) -> None:
+        """Count this process's CPU too (from begin_cpu, or from now if later), as `name`."""
+        with self._lock:
+            self._watched[pid] = name
+
     def _sandboxes(self) -> dict[int, str]:
-        pids: dict[int, str] = {}
+        with self._lock:
+            pids: dict[int, str] = dict(self._watched)
         for runner in self._runners():
             if runner not in self._seen:
                 self._seen.append(runner)
@@ -278,6 +287,10 @@ class TreeSampler:
 def items_answered(result: RunResult) -> int:
     """Throttled items whose API call got a final answer (direct items make no call)."""
     return len({c.key for c in result.calls if c.status not in RETRIED_STATUSES})
+
+
+API_ROLE = "api"
+"""The simulated legacy API's process, in the CPU split."""
 
 
 def function_role(name: str, worker: str) -> str:
@@ -340,10 +353,12 @@ def run_size(scenario_: Scenario, period_s: float = SAMPLE_PERIOD_S) -> dict[str
     sampler = TreeSampler(period_s).start()
     begun = threading.Event()
 
-    def tick(_api: LegacyApi, executions: list[ExecutionRecord]) -> None:
+    def tick(api: LegacyApi, executions: list[ExecutionRecord]) -> None:
         # The runner ticks right after StartExecution and after each poll: CPU counts from the
         # first tick with the execution to the first with it ended (deploy and teardown left out).
         if executions and not begun.is_set():
+            if api.pid is not None:
+                sampler.watch(api.pid, API_ROLE)
             sampler.begin_cpu()
             begun.set()
         if executions and all(r.status != "RUNNING" for r in executions):
@@ -435,6 +450,7 @@ COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], Any]], ...] = (
     ("CPU ms/item aggregate", lambda r: _cpu(r, "aggregate")),
     ("CPU ms/item order", lambda r: _cpu(r, "order")),
     ("CPU ms/item emulator", lambda r: _cpu(r, "emulator")),
+    ("CPU ms/item API", lambda r: _cpu(r, API_ROLE)),
     ("cold starts", lambda r: _cold(r.get("cold_starts"))),
 )
 

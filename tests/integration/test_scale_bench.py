@@ -41,6 +41,7 @@ def test_scale_at_60_items_prints_consistent_figures(
     assert cpu["worker"] > 0
     assert cpu["aggregate"] > 0
     assert cpu["emulator"] > 0
+    assert cpu["api"] > 0  # the simulated API's own process, counted apart from the emulator
     # The same figures are printed and written as Markdown.
     assert f"│    60 │ SUCCEEDED │ {row['wall_s']:>6} │" in printed
     assert "Growth: fewer than two finished sizes: no growth to fit" in printed

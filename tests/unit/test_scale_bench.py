@@ -231,7 +231,7 @@ def test_markdown_table_has_a_row_per_size_and_states_the_growth() -> None:
         "peak_rss_tree_mib": 900.5,
         "peak_rss_main_mib": 300.0,
         "peak_threads": 60,
-        "cpu_ms_per_item": {"worker": 4.0, "order": 0.25, "emulator": 9.5},
+        "cpu_ms_per_item": {"worker": 4.0, "order": 0.25, "emulator": 9.5, "api": 1.5},
         "cold_starts": {"aggregate": 1, "worker": 3},
     }
     results = {"dispatch": "ticket", "sizes": [row, _row(2_000, 1.0, finished=False)]}
@@ -241,10 +241,10 @@ def test_markdown_table_has_a_row_per_size_and_states_the_growth() -> None:
     assert lines[1] == "|" + "---|" * len(scale_bench.COLUMNS)
     assert lines[2] == (
         "| 1000 | SUCCEEDED | 20.0 | 50.0 | 1.0 | 1000 | 0 | 0 | 500 | 0 | 0 | 0.5 | 900.5 / 300.0 "
-        "| 60 | 4.0 | 0.0 | 0.25 | 9.5 | aggregate 1, worker 3 |"
+        "| 60 | 4.0 | 0.0 | 0.25 | 9.5 | 1.5 | aggregate 1, worker 3 |"
     )
     assert lines[3] == (
-        "| 2000 | DEADLINE | - | - | 1.0 | - | - | 2000 | 7 | 0 | 0 | - | - | - | - | - | - | - | - |"
+        "| 2000 | DEADLINE | - | - | 1.0 | - | - | 2000 | 7 | 0 | 0 | - | - | - | - | - | - | - | - | - |"
     )
     assert lines[5:] == [
         "Growth: fewer than two finished sizes: no growth to fit.",
