@@ -13,10 +13,16 @@ a quarter of the emulator's DynamoDB time. Now each distinct text is lexed or pa
   from the request's own, so each request still gets its own tree and its own errors.
 
 An expression that does not parse raises every time, as before: only successes are kept.
+
+Then moto checks and applies an update in about ten passes over its tree, and each pass asked
+its processor for its (fixed) map of node types at every node, building a dict and a tuple
+each time; each pass now builds them once. And the tree is copied before the passes change it
+with a copy that knows its shape (nodes, their children, text) instead of `copy.deepcopy`.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import threading
 from collections import deque
@@ -26,6 +32,8 @@ from unittest import mock
 
 import moto
 from moto.dynamodb.comparisons import ConditionExpressionParser
+from moto.dynamodb.parsing import validators
+from moto.dynamodb.parsing.ast_nodes import DepthFirstTraverser, Node  # type: ignore[attr-defined]  # moto declares it untyped
 from moto.dynamodb.parsing.expressions import UpdateExpressionParser  # type: ignore[attr-defined]  # moto declares it untyped
 
 if TYPE_CHECKING:
@@ -73,6 +81,61 @@ def _cached_lexing(lex: Any) -> Any:
     return lex_once
 
 
+_PLAN = "_sluice_processing_plan"
+"""A traverser's attribute holding (node types, (type, processor) pairs): its fixed map."""
+
+
+def _plan(self: Any) -> tuple[tuple[type, ...], tuple[tuple[type, Any], ...]]:
+    plan = self.__dict__.get(_PLAN)
+    if plan is None:
+        mapping = self._processing_map()
+        plan = (tuple(mapping), tuple(mapping.items()))
+        self.__dict__[_PLAN] = plan
+    return plan  # type: ignore[no-any-return]
+
+
+def _nodes_to_be_processed(self: Any) -> tuple[type, ...]:
+    return _plan(self)[0]
+
+
+def _process(self: Any, node: Any) -> Any:
+    for node_type, processor in _plan(self)[1]:
+        if isinstance(node, node_type):
+            return processor(node)
+    return None
+
+
+_PLAIN_LEAVES = (str, int, float, type(None))
+
+
+class _NotPlainError(Exception):
+    """A tree holding something besides nodes and plain values: deepcopy copies it."""
+
+
+def _copy_tree(node: Any, copies: dict[int, Any]) -> Any:
+    if isinstance(node, _PLAIN_LEAVES):
+        return node
+    if not isinstance(node, Node):
+        raise _NotPlainError
+    new = copy.copy(node)  # its type name and any attribute besides children and parent
+    copies[id(node)] = new
+    # As deepcopy: a parent inside the copied tree is its copy, one outside stays as it was.
+    new.parent = copies.get(id(node.parent), node.parent)
+    if node.children is not None:
+        new.children = [_copy_tree(child, copies) for child in node.children]
+    return new
+
+
+def _deepcopy(value: Any, memo: dict[int, Any] | None = None) -> Any:
+    """`copy.deepcopy` for moto's validators; a parsed tree (nodes, text) is copied by shape."""
+    if isinstance(value, Node):
+        try:
+            return _copy_tree(value, {})
+        except _NotPlainError:
+            pass
+    return copy.deepcopy(value, memo)
+
+
 def check_moto_version(version: str) -> None:
     if version != MOTO_VERSION:
         raise UnsupportedMotoError(
@@ -92,6 +155,11 @@ def lean_dynamodb_expressions() -> Iterator[None]:
                 UpdateExpressionParser, "make", staticmethod(_cached_make(UpdateExpressionParser.make))
             )
         )
+        patches.enter_context(
+            mock.patch.object(DepthFirstTraverser, "nodes_to_be_processed", _nodes_to_be_processed)
+        )
+        patches.enter_context(mock.patch.object(DepthFirstTraverser, "process", _process))
+        patches.enter_context(mock.patch.object(validators, "deepcopy", _deepcopy))
         patches.enter_context(
             mock.patch.object(
                 ConditionExpressionParser,

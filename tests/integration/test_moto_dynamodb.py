@@ -143,6 +143,15 @@ def _session(ddb: Any) -> list[Any]:
                 )
             )
         )
+    for n in range(3):  # functions, and a list each request must extend, not share
+        values = {":none": {"L": []}, ":more": {"L": [{"N": str(n)}]}}
+        seen.append(
+            _outcome(
+                lambda values=values: _update(
+                    ddb, "k2", "SET #l = list_append(if_not_exists(#l, :none), :more)", {"#l": "l"}, values
+                )
+            )
+        )
     items = ddb.scan(TableName="t")["Items"]
     seen.append(sorted(items, key=lambda item: item["id"]["S"]))
     return seen
@@ -162,6 +171,7 @@ def test_every_answer_is_the_one_moto_gives_without_the_patch(table: Any) -> Non
         "k1": None,
         "k2": "result 5",
     }
+    assert patched[-2]["l"] == {"L": [{"N": "0"}, {"N": "1"}, {"N": "2"}]}
     assert sum(1 for answer in patched if isinstance(answer, tuple) and answer[0] == "error") == 6
 
 
