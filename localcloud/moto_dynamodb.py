@@ -30,23 +30,20 @@ from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 from unittest import mock
 
-import moto
 from moto.dynamodb.comparisons import ConditionExpressionParser
 from moto.dynamodb.parsing import validators
 from moto.dynamodb.parsing.ast_nodes import DepthFirstTraverser, Node  # type: ignore[attr-defined]  # moto declares it untyped
 from moto.dynamodb.parsing.expressions import UpdateExpressionParser  # type: ignore[attr-defined]  # moto declares it untyped
 
+from localcloud.moto_version import MOTO_VERSION, UnsupportedMotoError, require_moto
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-MOTO_VERSION = "5.2.5"
-"""The moto whose parser these patches wrap (requirements-local.txt pins it)."""
+__all__ = ["MOTO_VERSION", "UnsupportedMotoError", "check_moto_version", "lean_dynamodb_expressions"]
+
 CACHED_EXPRESSIONS = 1024
 """Distinct texts kept per kind: a stack uses a handful; a run with more only parses again."""
-
-
-class UnsupportedMotoError(RuntimeError):
-    """The installed moto is not the one these patches were written against."""
 
 
 def _cached_make(make: Any) -> Any:
@@ -136,19 +133,19 @@ def _deepcopy(value: Any, memo: dict[int, Any] | None = None) -> Any:
     return copy.deepcopy(value, memo)
 
 
-def check_moto_version(version: str) -> None:
-    if version != MOTO_VERSION:
-        raise UnsupportedMotoError(
-            f"localcloud.moto_dynamodb: patches wrap moto {MOTO_VERSION}'s DynamoDB parsers, got moto "
-            f"{version} (install moto=={MOTO_VERSION} from requirements-local.txt, or check that the "
-            "new moto still only reads a parsed update tree and lexes conditions from their text alone)"
-        )
+def check_moto_version(version: str | None = None) -> None:
+    require_moto(
+        "moto_dynamodb",
+        "check that the new moto still only reads a parsed update tree, and lexes a condition from its "
+        "text alone,",
+        version,
+    )
 
 
 @contextmanager
 def lean_dynamodb_expressions() -> Iterator[None]:
     """Each distinct update expression parsed, and condition expression lexed, once."""
-    check_moto_version(moto.__version__)
+    check_moto_version()
     with ExitStack() as patches:
         patches.enter_context(
             mock.patch.object(

@@ -21,7 +21,6 @@ from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 from unittest import mock
 
-import moto
 from moto.stepfunctions.exceptions import ValidationException
 from moto.stepfunctions.parser.asl.component.state.exec.state_map.iteration.itemprocessor import (
     distributed_item_processor_worker,
@@ -33,11 +32,12 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_map.result_writer.
 from moto.stepfunctions.parser.asl.eval.program_state import ProgramEnded, ProgramError, ProgramStopped
 from moto.stepfunctions.parser.models import StepFunctionsParserBackend
 
+from localcloud.moto_version import MOTO_VERSION, UnsupportedMotoError, require_moto
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping, Sequence
 
-MOTO_VERSION = "5.2.5"
-"""The moto these patches replace functions of."""
+__all__ = ["MOTO_VERSION", "MotoVersionError", "aws_results_and_limits"]
 
 SFN_MAX_PAYLOAD_BYTES = 262_144  # StartExecution `input`: at most 256 KiB in UTF-8 (API reference)
 RESULT_FILE_MAX_BYTES = 5 * 1024**3
@@ -54,8 +54,7 @@ _CHILDREN_ATTRIBUTE = "_localcloud_children"
 _children_lock = threading.Lock()
 
 
-class MotoVersionError(RuntimeError):
-    """The installed moto is not the one these patches were written against."""
+MotoVersionError = UnsupportedMotoError
 
 
 class InputTooLarge(ValidationException):
@@ -301,11 +300,7 @@ def _limited(original: Any) -> Any:
 @contextmanager
 def aws_results_and_limits() -> Iterator[None]:
     """Result files from ResultWriter and AWS's 256 KiB StartExecution input limit."""
-    if moto.__version__ != MOTO_VERSION:
-        raise MotoVersionError(
-            f"localcloud.moto_results patches moto {MOTO_VERSION}, but moto {moto.__version__} is "
-            "installed: install the pinned version (pip install -r requirements-local.txt)"
-        )
+    require_moto("moto_results", "compare each patch with the new moto's Step Functions result writer")
     with ExitStack() as patches:
         # Why: moto's ResultWriter writes an empty manifest and no result files.
         patches.enter_context(

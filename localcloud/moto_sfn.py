@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 from unittest import mock
 
 import boto3
-import moto
 from botocore.config import Config
 from moto.stepfunctions.parser.asl.component.common.path import result_path
 from moto.stepfunctions.parser.asl.component.eval_component import EvalComponent
@@ -55,26 +54,18 @@ from moto.stepfunctions.parser.asl.eval.event import event_manager
 from moto.stepfunctions.parser.asl.utils import boto_client, json_path
 
 from localcloud.moto_sqs import DirectSqs
+from localcloud.moto_version import UnsupportedMotoError, require_moto
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from localcloud.front import InProcess
 
-MOTO_VERSION = "5.2.5"
-"""The moto these patches are written against: each replaces a function of that version."""
-
-
-class MotoVersionError(RuntimeError):
-    """The installed moto is not the one the embedded AWS's patches were written against."""
+MotoVersionError = UnsupportedMotoError
 
 
 def require_moto_version() -> None:
-    if moto.__version__ != MOTO_VERSION:
-        raise MotoVersionError(
-            f"localcloud patches moto {MOTO_VERSION}, but moto {moto.__version__} is installed: "
-            f"install the pinned version (pip install -r requirements-local.txt)"
-        )
+    require_moto("moto_sfn", "compare each patch with the new moto's stepfunctions/parser")
 
 
 # ---- service integrations: one client per service, in-process ------------------------------

@@ -41,7 +41,6 @@ from copy import deepcopy
 from typing import TYPE_CHECKING, Any
 from unittest import mock
 
-import moto
 from moto.core.errors import get_error_model
 from moto.core.exceptions import ServiceException
 from moto.core.models import DEFAULT_ACCOUNT_ID
@@ -71,18 +70,15 @@ from moto.sqs.models import (
 )
 from moto.sqs.utils import validate_message_attributes
 
+from localcloud.moto_version import MOTO_VERSION, UnsupportedMotoError, require_moto
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-MOTO_VERSION = "5.2.5"
-"""The moto these patches are copied from and checked against (requirements-local.txt pins it)."""
+__all__ = ["MOTO_VERSION", "DirectSqs", "UnsupportedMotoError", "check_moto_version", "safe_sqs_queues"]
 
 _INDEX = "_sluice_receipt_index"
 """Queue attribute holding (generation, receipt handle -> message)."""
-
-
-class UnsupportedMotoError(RuntimeError):
-    """The installed moto is not the one these patches were written against."""
 
 
 # A new token per install: an index built while patches were off (or by an earlier install) is
@@ -416,19 +412,14 @@ _PATCHES: tuple[tuple[type, str, Any], ...] = (
 )
 
 
-def check_moto_version(version: str) -> None:
-    if version != MOTO_VERSION:
-        raise UnsupportedMotoError(
-            f"localcloud.moto_sqs: patches are copied from moto {MOTO_VERSION}'s sqs/models.py, "
-            f"got moto {version} (install moto=={MOTO_VERSION} from requirements-local.txt, or "
-            "compare each patch with the new moto and update MOTO_VERSION)"
-        )
+def check_moto_version(version: str | None = None) -> None:
+    require_moto("moto_sqs", "compare each patch with the new moto's sqs/models.py", version)
 
 
 @contextmanager
 def safe_sqs_queues() -> Iterator[None]:
     """Every SQS queue change under the queue's lock; sends, receives and deletes O(1) in depth."""
-    check_moto_version(moto.__version__)
+    check_moto_version()
     _state["generation"] = object()
     with ExitStack() as patches:
         for owner, name, replacement in _PATCHES:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import moto
 import pytest
 
-from localcloud.moto_sfn import MOTO_VERSION, MotoVersionError, require_moto_version
+from localcloud.moto_sfn import MotoVersionError, require_moto_version
+from localcloud.moto_version import MOTO_VERSION
 
 
 def test_the_pinned_moto_passes() -> None:
@@ -20,7 +21,7 @@ def test_another_moto_is_refused_naming_both_versions(
     monkeypatch.setattr(moto, "__version__", installed)
     with pytest.raises(MotoVersionError) as raised:
         require_moto_version()
-    assert str(raised.value) == (
-        f"localcloud patches moto 5.2.5, but moto {installed} is installed: "
-        "install the pinned version (pip install -r requirements-local.txt)"
+    assert str(raised.value).startswith(
+        f"localcloud.moto_sfn: patches are written against moto 5.2.5, got moto {installed} "
+        "(install moto==5.2.5: pip install -r requirements-local.txt;"
     )
