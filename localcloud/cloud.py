@@ -27,6 +27,7 @@ from localcloud.moto_fixes import (
     aws_like_heartbeats,
     order_free_metric_dimensions,
     outcome_before_status,
+    serialized_cloudwatch,
     untracked_model_instances,
 )
 from localcloud.moto_results import aws_results_and_limits
@@ -132,6 +133,7 @@ def embedded_aws() -> Iterator[EmbeddedAws]:
         cleanup.enter_context(atomic_dynamodb_writes())
         cleanup.enter_context(lean_dynamodb_expressions())
         cleanup.enter_context(order_free_metric_dimensions())
+        cleanup.enter_context(serialized_cloudwatch())
         cleanup.enter_context(untracked_model_instances())
         cleanup.enter_context(outcome_before_status())
         cleanup.enter_context(lean_request_path())

@@ -24,6 +24,11 @@ order and a query that lists the same dimensions in another order finds nothing.
 identifies a metric by its set of dimensions, whatever their order; the embedded AWS sorts by
 (name, value).
 
+CloudWatch's backend changes its alarms and metrics with no lock while other requests iterate
+them: DescribeAlarms during a deploy's PutMetricAlarm raised "dictionary changed size during
+iteration" (seen once as a 100,000-item benchmark deployed). CloudWatch answers each request
+whole; the embedded AWS runs one CloudWatch call at a time.
+
 Memory: moto appends every model instance it ever creates to a class-level list
 (`BaseModel.instances_tracked`, read only by its dashboard and by S3's reset, which closes the
 files behind S3 keys), and never removes one. Every SQS message sent, deleted or not, stayed in
@@ -39,7 +44,7 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 from unittest import mock
 
-from moto.cloudwatch.models import Dimension
+from moto.cloudwatch.models import CloudWatchBackend, Dimension
 from moto.core.common_models import BaseModel
 from moto.core.exceptions import AWSError
 from moto.dynamodb.models import DynamoDBBackend
@@ -98,9 +103,9 @@ _DYNAMODB_WRITES = ("put_item", "update_item", "delete_item", "transact_write_it
 _dynamodb_lock = threading.RLock()
 
 
-def _serialized(original: Any) -> Any:
-    def write(self: DynamoDBBackend, *args: Any, **kwargs: Any) -> Any:
-        with _dynamodb_lock:
+def _serialized(original: Any, lock: threading.RLock = _dynamodb_lock) -> Any:
+    def write(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with lock:
             return original(self, *args, **kwargs)
 
     return write
@@ -145,6 +150,21 @@ def outcome_before_status() -> AbstractContextManager[Any]:
     return mock.patch.object(
         BaseExecutionWorkerCommunication, "_reflect_execution_status", _reflect_execution_status
     )
+
+
+_cloudwatch_lock = threading.RLock()
+
+
+@contextmanager
+def serialized_cloudwatch() -> Iterator[None]:
+    """One CloudWatch backend call at a time (each reads or changes alarms and metrics whole)."""
+    with ExitStack() as patches:
+        for name, member in vars(CloudWatchBackend).items():
+            if not name.startswith("_") and callable(member):
+                patches.enter_context(
+                    mock.patch.object(CloudWatchBackend, name, _serialized(member, _cloudwatch_lock))
+                )
+        yield
 
 
 def _dimension_lt(self: Dimension, other: Dimension) -> bool:
