@@ -124,29 +124,31 @@ def status_group(status: str) -> str:
 
 def result_files(
     records: Iterable[Mapping[str, Any]], max_bytes: int = RESULT_FILE_MAX_BYTES
-) -> dict[str, list[bytes]]:
+) -> dict[str, list[bytearray]]:
     """Records grouped by status, each group's JSON arrays split so none exceeds `max_bytes`
-    (a record bigger than `max_bytes` gets a file of its own). Keeps the records' order."""
-    files: dict[str, list[bytes]] = {group: [] for group in STATUS_FILES}
-    open_parts: dict[str, list[bytes]] = {group: [] for group in STATUS_FILES}
-    open_size: dict[str, int] = dict.fromkeys(STATUS_FILES, 2)  # the brackets
+    (a record bigger than `max_bytes` gets a file of its own). Keeps the records' order.
 
-    def close(group: str) -> None:
-        if open_parts[group]:
-            files[group].append(b"[" + b",".join(open_parts[group]) + b"]")
-            open_parts[group], open_size[group] = [], 2
+    Each file grows in one buffer: 100,000 records kept as encoded parts and then joined held
+    the file twice over (about 100 MB each)."""
+    files: dict[str, list[bytearray]] = {group: [] for group in STATUS_FILES}
+    open_file: dict[str, bytearray | None] = dict.fromkeys(STATUS_FILES)
 
     for record in records:
         group = status_group(str(record["Status"]))
         encoded = json.dumps(record, separators=(",", ":")).encode()
-        separator = 1 if open_parts[group] else 0
-        if open_parts[group] and open_size[group] + separator + len(encoded) > max_bytes:
-            close(group)
-            separator = 0
-        open_parts[group].append(encoded)
-        open_size[group] += separator + len(encoded)
-    for group in STATUS_FILES:
-        close(group)
+        body = open_file[group]
+        if body is not None and len(body) + 1 + len(encoded) + 1 > max_bytes:
+            body.extend(b"]")
+            body = None
+        if body is None:
+            body = open_file[group] = bytearray(b"[")
+            files[group].append(body)
+        else:
+            body += b","
+        body += encoded
+    for last in open_file.values():
+        if last is not None:
+            last.extend(b"]")
     return files
 
 
@@ -258,10 +260,14 @@ def _handle_put_object(env: Any, resource_runtime_part: Any, state_credentials: 
     folder = result_prefix(parameters.get("Prefix", ""), map_run_record.map_run_arn)
     written: dict[str, list[tuple[str, int]]] = {}
     for group, bodies in result_files(_child_records(map_run_record, outputs)).items():
-        for n, body in enumerate(bodies):
+        for n, buffer in enumerate(bodies):
             key = f"{folder}{group}_{n}.json"
+            # moto's request path takes bytes only; the buffer goes before the upload copies it.
+            body = bytes(buffer)
+            buffer.clear()
             s3.put_object(Bucket=bucket, Key=key, Body=body)
             written.setdefault(group, []).append((key, len(body)))
+            del body
     key = f"{folder}manifest.json"
     listing = manifest(bucket=bucket, map_run_arn=map_run_record.map_run_arn, files=written)
     s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(listing).encode())

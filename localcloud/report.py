@@ -29,7 +29,7 @@ from collections import Counter, defaultdict
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
     from pathlib import Path
 
     from localcloud.legacy_api import Call
@@ -70,18 +70,21 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return round(ordered[rank - 1], 3)
 
 
-def results_from_files(manifest: dict[str, Any], read_json: Callable[[str], Any]) -> list[dict[str, Any]]:
+def results_from_files(
+    manifest: dict[str, Any], read_records: Callable[[str], Iterable[Any]]
+) -> list[dict[str, Any]]:
     """Each item's outcome from a Map Run's result files, in item order, read once.
 
-    `manifest` is the ResultWriter's manifest.json; `read_json(key)` returns a result file (a
-    JSON array of child execution records). A succeeded child's `Output` is Sluice's structured
-    result (`status`, `index`, `priority`?, ...); a child that failed outright becomes a FAILED
-    entry with its Error, at the index its `Input` names.
+    `manifest` is the ResultWriter's manifest.json; `read_records(key)` gives a result file's
+    child execution records (a list, or sluice_fanout's `json_array_items` of its text). A
+    succeeded child's `Output` is Sluice's structured result (`status`, `index`, `priority`?,
+    ...); a child that failed outright becomes a FAILED entry with its Error, at the index its
+    `Input` names.
     """
     entries: list[dict[str, Any]] = []
     for group in ("SUCCEEDED", "FAILED", "PENDING"):
         for ref in manifest.get("ResultFiles", {}).get(group, []):
-            for record in read_json(ref["Key"]):
+            for record in read_records(ref["Key"]):
                 child_input = _json(record.get("Input"))
                 index = child_input.get("index") if isinstance(child_input, dict) else None
                 output = _json(record.get("Output"))

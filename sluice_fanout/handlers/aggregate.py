@@ -8,6 +8,7 @@ result files list the child executions (`read_result_writer_output`).
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter, defaultdict
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ from sluice_fanout.handlers.contract import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
     from mypy_boto3_s3 import S3Client
 
@@ -125,17 +126,49 @@ def resolve_pointers(entries: list[Any], exists: Callable[[str, str], int | None
     return located
 
 
-def result_writer_entries(manifest: dict[str, Any], read_json: Any) -> list[Any]:
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def json_array_items(text: str) -> Iterator[Any]:
+    """The elements of a JSON array, parsed one at a time.
+
+    A result file of 100,000 records parsed whole is about four times its size in Python
+    objects, all alive at once; parsed element by element, only the text and the record in
+    hand are. Anything but one JSON array raises ValueError naming where it went wrong.
+    """
+    decoder = json.JSONDecoder()
+    position = _SPACE.match(text, 0).end()  # type: ignore[union-attr]  # matches the empty string
+    if not text.startswith("[", position):
+        raise ValueError(f"a result file must hold one JSON array; it starts with {text[:40]!r}")
+    position = _SPACE.match(text, position + 1).end()  # type: ignore[union-attr]
+    if text.startswith("]", position):
+        return
+    while True:
+        item, position = decoder.raw_decode(text, position)
+        yield item
+        position = _SPACE.match(text, position).end()  # type: ignore[union-attr]
+        if text.startswith(",", position):
+            position = _SPACE.match(text, position + 1).end()  # type: ignore[union-attr]
+        elif text.startswith("]", position) and not text[position + 1 :].strip():
+            return
+        else:
+            raise ValueError(f"a result file's JSON array is malformed at character {position}")
+
+
+def result_writer_entries(
+    manifest: dict[str, Any], read_records: Callable[[str], Iterable[Any]]
+) -> list[Any]:
     """Child results in batch order from a ResultWriter manifest.
 
     Each result file is a JSON array of child execution records (`Status`, `Input`, `Output`
-    as JSON strings, `Error`/`Cause` when failed). `read_json(key)` returns a parsed file.
+    as JSON strings, `Error`/`Cause` when failed). `read_records(key)` gives a file's records
+    (a list, or `json_array_items` of its text: one record parsed at a time).
     """
     records: list[tuple[int, Any]] = []
     files = manifest.get("ResultFiles", {})
     for status in ("SUCCEEDED", "FAILED", "PENDING"):
         for ref in files.get(status, []):
-            for position, record in enumerate(read_json(ref["Key"])):
+            for position, record in enumerate(read_records(ref["Key"])):
                 child_input = _loads(record.get("Input"))
                 index = child_input.get("index", position) if isinstance(child_input, dict) else position
                 if record.get("Status") == "SUCCEEDED":
@@ -207,10 +240,11 @@ def handle(event: dict[str, Any], s3: Callable[[], S3Client] | None) -> dict[str
         details = map_output["ResultWriterDetails"]
         bucket = details["Bucket"]
 
-        def read_json(key: str) -> Any:
-            return json.loads(client().get_object(Bucket=bucket, Key=key)["Body"].read())
+        def read_text(key: str) -> str:
+            return client().get_object(Bucket=bucket, Key=key)["Body"].read().decode()
 
-        entries = result_writer_entries(read_json(details["Key"]), read_json)
+        manifest = json.loads(read_text(details["Key"]))
+        entries = result_writer_entries(manifest, lambda key: json_array_items(read_text(key)))
         located = resolve_pointers(entries, exists)
         summary = aggregate(entries)
         summary["results_location"] = {"bucket": bucket, "manifest_key": details["Key"]}

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from moto import mock_aws
 
 from localcloud.moto_results import RESULT_FILE_MAX_BYTES, child_record, manifest, result_files
-from sluice_fanout.handlers.aggregate import MAX_FAILURES_LISTED, SFN_MAX_OUTPUT_BYTES, aggregate, handle
+from sluice_fanout.handlers.aggregate import (
+    MAX_FAILURES_LISTED,
+    SFN_MAX_OUTPUT_BYTES,
+    aggregate,
+    handle,
+    json_array_items,
+)
 from sluice_fanout.handlers.contract import ERROR_RESULT_MISSING, RESULT_POINTER_FIELD
 
 SUCCESS_HIGH = {"status": "SUCCEEDED", "index": 0, "priority": "HIGH", "result": {"n": 1}}
@@ -235,3 +244,74 @@ def test_the_aggregate_output_stays_under_256_kib_for_a_large_batch(s3: Any) -> 
     assert out["failed"] == 3_000
     assert out["failures_not_listed"] == 3_000 - MAX_FAILURES_LISTED
     assert len(json.dumps(out).encode()) < SFN_MAX_OUTPUT_BYTES
+
+
+# ---- result files parsed one record at a time ------------------------------------------------
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(items=st.lists(_JSON, max_size=12), indent=st.sampled_from([None, 0, 2]), compact=st.booleans())
+def test_a_json_array_is_read_item_by_item_as_json_reads_it_whole(
+    items: list[Any], indent: int | None, compact: bool
+) -> None:
+    text = json.dumps(items, indent=indent, separators=(",", ":") if compact else None)
+    assert list(json_array_items(text)) == json.loads(text)
+    padded = f" \n{text}\n "
+    assert list(json_array_items(padded)) == json.loads(padded)
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('{"not": "an array"}', "one JSON array"),
+        ("", "one JSON array"),
+        ("[1, 2", "malformed at character 5"),
+        ("[1 2]", "malformed at character 3"),
+        ("[1, 2] [3]", "malformed at character 5"),
+    ],
+)
+def test_anything_but_one_json_array_is_refused_saying_where(text: str, where: str) -> None:
+    with pytest.raises(ValueError, match=where):
+        list(json_array_items(text))
+
+
+def _peak_bytes(read: Any) -> int:
+    tracemalloc.start()
+    try:
+        read()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_result_file_is_never_held_parsed_whole() -> None:
+    """100,000 records parsed whole were about four times the file in live objects."""
+    records = [
+        child_record(
+            execution_arn=f"arn:aws:states:us-east-1:123456789012:execution:m/run:{n}",
+            state_machine_arn="arn:aws:states:us-east-1:123456789012:stateMachine:m/run",
+            name=str(n),
+            status="SUCCEEDED",
+            child_input=json.dumps({"index": n, "item": {"id": f"item-{n}"}}),
+            output=json.dumps({"status": "SUCCEEDED", "index": n, "result": {"accepted": n}}),
+            error=None,
+            cause=None,
+            start=0.0,
+            stop=1.0,
+        )
+        for n in range(5_000)
+    ]
+    text = json.dumps(records)
+    del records
+
+    def count(items: Any) -> None:
+        assert sum(1 for _ in items) == 5_000
+
+    whole = _peak_bytes(lambda: count(json.loads(text)))
+    streamed = _peak_bytes(lambda: count(json_array_items(text)))
+    assert streamed * 20 < whole
