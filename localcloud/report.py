@@ -76,7 +76,7 @@ def results_from_files(
     """Each item's outcome from a Map Run's result files, in item order, read once.
 
     `manifest` is the ResultWriter's manifest.json; `read_records(key)` gives a result file's
-    child execution records (a list, or sluice_fanout's `json_array_items` of its text). A
+    child execution records (any iterable: a parsed file, or one parsed a record at a time). A
     succeeded child's `Output` is Sluice's structured result (`status`, `index`, `priority`?,
     ...); a child that failed outright becomes a FAILED entry with its Error, at the index its
     `Input` names.

@@ -20,7 +20,6 @@ from localcloud.legacy_api import Call, LegacyApi
 from localcloud.report import results_from_files
 from localcloud.scenario import FIFO_QUEUE, SOURCE_AUTO, SOURCE_INLINE, SOURCE_S3
 from localcloud.scheduler import Fired, Schedules
-from sluice_fanout.handlers.aggregate import json_array_items
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -340,13 +339,12 @@ def _read_results(s3: Any, output: Any) -> list[dict[str, Any]] | None:
         return None
     bucket = location["bucket"]
 
-    def read_text(key: str) -> str:
-        return str(s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode())
+    def read_json(key: str) -> Any:
+        # Whole, unlike the aggregate Lambda (which parses a record at a time): the embedded AWS
+        # does not import the handlers it runs, and this copy lives only until the report.
+        return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
-    # One record parsed at a time: 100,000 records parsed whole held ~4x the file in objects.
-    return results_from_files(
-        json.loads(read_text(location["manifest_key"])), lambda key: json_array_items(read_text(key))
-    )
+    return results_from_files(read_json(location["manifest_key"]), read_json)
 
 
 def _drain(sqs: Any, url: str, limit: int = 1_000) -> list[dict[str, Any]]:
