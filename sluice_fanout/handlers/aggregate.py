@@ -7,6 +7,7 @@ result files list the child executions (`read_result_writer_output`).
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from collections import Counter, defaultdict
@@ -127,32 +128,94 @@ def resolve_pointers(entries: list[Any], exists: Callable[[str, str], int | None
 
 
 _SPACE = re.compile(r"[ \t\n\r]*")
+_NUMBER_GOES_ON = frozenset(["", *"0123456789.eE+-"])
+"""After these (the end of the text so far, or a number's next character) a number may go on."""
+READ_CHUNK_BYTES = 1 << 20
+"""A result file is read from S3 1 MiB at a time."""
 
 
-def json_array_items(text: str) -> Iterator[Any]:
-    """The elements of a JSON array, parsed one at a time.
+class _TextStream:
+    """Text arriving in chunks of UTF-8 bytes, kept from the parse position on only."""
 
-    A result file of 100,000 records parsed whole is about four times its size in Python
-    objects, all alive at once; parsed element by element, only the text and the record in
-    hand are. Anything but one JSON array raises ValueError naming where it went wrong.
+    def __init__(self, chunks: Iterable[bytes | str]) -> None:
+        self._chunks = iter(chunks)
+        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        self.text = ""
+        self.position = 0
+        self._dropped = 0
+        self._spent = False
+
+    def more(self) -> bool:
+        """Appends the next chunk (a character may span two); False once there is none."""
+        if self._spent:
+            return False
+        chunk = next(self._chunks, None)
+        if chunk is None:
+            self._spent = True
+            piece = self._utf8.decode(b"", final=True)
+        else:
+            piece = chunk if isinstance(chunk, str) else self._utf8.decode(chunk)
+        self._dropped += self.position
+        self.text = self.text[self.position :] + piece
+        self.position = 0
+        return True
+
+    def next_char(self) -> str:
+        """The next character that is not white space ("" at the end), not consumed."""
+        while True:
+            self.position = _SPACE.match(self.text, self.position).end()  # type: ignore[union-attr]  # matches ""
+            if self.position < len(self.text) or not self.more():
+                return self.text[self.position : self.position + 1]
+
+    def value(self, decoder: json.JSONDecoder) -> Any:
+        self.next_char()  # raw_decode takes no leading white space
+        while True:
+            try:
+                item, end = decoder.raw_decode(self.text, self.position)
+            except json.JSONDecodeError:
+                if self.more():
+                    continue  # the value goes on in the next chunk
+                raise ValueError(self.malformed()) from None
+            if self.text[end : end + 1] in _NUMBER_GOES_ON and self.more():
+                continue  # "12" may be the start of "12.5e3" in the next chunk
+            self.position = end
+            return item
+
+    def where(self) -> int:
+        """The parse position, counted in characters from the start of the file."""
+        return self._dropped + self.position
+
+    def malformed(self, where: int | None = None) -> str:
+        at = self.where() if where is None else where
+        return f"a result file's JSON array is malformed at character {at}"
+
+
+def json_array_items(source: str | Iterable[bytes]) -> Iterator[Any]:
+    """The elements of a JSON array, parsed one at a time from its text or from its UTF-8 bytes
+    in chunks (an S3 body's `iter_chunks`).
+
+    A result file of 100,000 records is about 100 MB: read whole it is held as bytes, then as
+    text, then as about four times that in parsed records. Streamed, only a chunk and the record
+    in hand are. Anything but one JSON array raises ValueError naming where it went wrong.
     """
     decoder = json.JSONDecoder()
-    position = _SPACE.match(text, 0).end()  # type: ignore[union-attr]  # matches the empty string
-    if not text.startswith("[", position):
-        raise ValueError(f"a result file must hold one JSON array; it starts with {text[:40]!r}")
-    position = _SPACE.match(text, position + 1).end()  # type: ignore[union-attr]
-    if text.startswith("]", position):
-        return
-    while True:
-        item, position = decoder.raw_decode(text, position)
-        yield item
-        position = _SPACE.match(text, position).end()  # type: ignore[union-attr]
-        if text.startswith(",", position):
-            position = _SPACE.match(text, position + 1).end()  # type: ignore[union-attr]
-        elif text.startswith("]", position) and not text[position + 1 :].strip():
-            return
-        else:
-            raise ValueError(f"a result file's JSON array is malformed at character {position}")
+    stream = _TextStream([source] if isinstance(source, str) else source)
+    if stream.next_char() != "[":
+        raise ValueError(f"a result file must hold one JSON array; it starts with {stream.text[:40]!r}")
+    stream.position += 1
+    if stream.next_char() != "]":
+        while True:
+            yield stream.value(decoder)
+            following = stream.next_char()
+            if following == "]":
+                break
+            if following != ",":
+                raise ValueError(stream.malformed())
+            stream.position += 1
+    closing = stream.where()
+    stream.position += 1
+    if stream.next_char():
+        raise ValueError(stream.malformed(closing))
 
 
 def result_writer_entries(
@@ -240,11 +303,12 @@ def handle(event: dict[str, Any], s3: Callable[[], S3Client] | None) -> dict[str
         details = map_output["ResultWriterDetails"]
         bucket = details["Bucket"]
 
-        def read_text(key: str) -> str:
-            return client().get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+        def read_records(key: str) -> Iterator[Any]:
+            body = client().get_object(Bucket=bucket, Key=key)["Body"]
+            return json_array_items(body.iter_chunks(READ_CHUNK_BYTES))
 
-        manifest = json.loads(read_text(details["Key"]))
-        entries = result_writer_entries(manifest, lambda key: json_array_items(read_text(key)))
+        manifest = json.loads(client().get_object(Bucket=bucket, Key=details["Key"])["Body"].read())
+        entries = result_writer_entries(manifest, read_records)
         located = resolve_pointers(entries, exists)
         summary = aggregate(entries)
         summary["results_location"] = {"bucket": bucket, "manifest_key": details["Key"]}

@@ -265,6 +265,23 @@ def test_a_json_array_is_read_item_by_item_as_json_reads_it_whole(
     assert list(json_array_items(padded)) == json.loads(padded)
 
 
+def _chunks(data: bytes, size: int) -> list[bytes]:
+    return [data[start : start + size] for start in range(0, len(data), size)]
+
+
+@given(items=st.lists(_JSON, max_size=12), indent=st.sampled_from([None, 2]), size=st.integers(1, 9))
+def test_a_json_array_read_in_chunks_of_its_bytes_is_what_json_reads_whole(
+    items: list[Any], indent: int | None, size: int
+) -> None:
+    """Chunks cut anywhere: inside a string, a number, a literal, a multi-byte character."""
+    text = json.dumps(items, indent=indent, ensure_ascii=False)
+    assert list(json_array_items(_chunks(text.encode(), size))) == json.loads(text)
+
+
+def test_a_number_cut_at_a_chunk_boundary_is_read_whole() -> None:
+    assert list(json_array_items([b"[12", b"34, tr", b"ue, 0", b".", b"5e", b"-1, 6]"])) == [1234, True, 0.05, 6]
+
+
 @pytest.mark.parametrize(
     ("text", "where"),
     [
@@ -278,6 +295,9 @@ def test_a_json_array_is_read_item_by_item_as_json_reads_it_whole(
 def test_anything_but_one_json_array_is_refused_saying_where(text: str, where: str) -> None:
     with pytest.raises(ValueError, match=where):
         list(json_array_items(text))
+    # Counted from the start of the file, however it arrived.
+    with pytest.raises(ValueError, match=where):
+        list(json_array_items(_chunks(text.encode(), 2)))
 
 
 def _peak_bytes(read: Any) -> int:
@@ -315,3 +335,9 @@ def test_a_result_file_is_never_held_parsed_whole() -> None:
     whole = _peak_bytes(lambda: count(json.loads(text)))
     streamed = _peak_bytes(lambda: count(json_array_items(text)))
     assert streamed * 20 < whole
+    # From S3 in chunks, not even the file's bytes or text are held: a chunk and a record.
+    data = text.encode()
+    size = 65_536
+    chunks = (data[start : start + size] for start in range(0, len(data), size))
+    chunked = _peak_bytes(lambda: count(json_array_items(chunks)))
+    assert chunked * 10 < len(data)
