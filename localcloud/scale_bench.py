@@ -43,6 +43,9 @@ PRIORITY_SHARES = (("HIGH", 0.1), ("NORMAL", 0.3), ("BATCH", 0.6))
 """Shares of the throttled half; BATCH takes what rounding leaves."""
 API = ApiProfile(concurrency_limit=16, service_time_s=0.005)
 SAMPLE_PERIOD_S = 0.5
+PSS_EVERY = 4
+"""Proportional set sizes are read every 4th sample (2 s): smaps_rollup walks the page tables,
+about 20 ms for a 1 GiB process, too dear every half second."""
 SAMPLER_MAX_S = 6 * 3600.0  # a sampler left running by a crashed caller stops by itself
 DEADLINE_BASE_S, DEADLINE_PER_ITEM_S = 120.0, 0.02
 """Default deadline of a size: 120 s + 20 ms an item (1,000: 140 s; 100,000: 2,120 s)."""
@@ -118,6 +121,24 @@ def read_stat(pid: int) -> ProcStat | None:
         return None
 
 
+def read_pss(pid: int) -> int | None:
+    """Proportional set size in bytes: resident pages, each shared page divided among the
+    processes that map it, so the sum over a tree counts shared libraries once (proc(5),
+    /proc/<pid>/smaps_rollup). None when the process has ended."""
+    try:
+        text = (PROC / str(pid) / "smaps_rollup").read_text()
+    except OSError:
+        return None
+    return parse_pss(text)
+
+
+def parse_pss(text: str) -> int | None:
+    for line in text.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024  # the kernel writes kB
+    return None
+
+
 def process_table() -> list[ProcStat]:
     """Every process this user can read (about a hundred here: cheap every half second)."""
     stats = []
@@ -157,6 +178,8 @@ class Samples:
     peak_rss_tree_bytes: int = 0
     """Peak of (main process + every live descendant) at one sample."""
     peak_rss_main_bytes: int = 0
+    peak_pss_tree_bytes: int = 0
+    """Peak of the tree's summed proportional set sizes, read every `PSS_EVERY` samples."""
     peak_threads: int = 0
     """Of the main process."""
     sandbox_cpu_s: dict[tuple[int, int], tuple[str, float]] = field(default_factory=dict)
@@ -253,6 +276,9 @@ class TreeSampler:
                 s.peak_rss_tree_bytes, main.rss_bytes + sum(p.rss_bytes for p in tree)
             )
             s.peak_threads = max(s.peak_threads, main.threads)
+            if s.samples % PSS_EVERY == 1:
+                pss = [read_pss(p.pid) for p in (main, *tree)]
+                s.peak_pss_tree_bytes = max(s.peak_pss_tree_bytes, sum(b for b in pss if b is not None))
             if self._counting:
                 self._record_cpu([p for p in tree if p.pid in sandboxes], sandboxes, base=False)
 
@@ -338,6 +364,7 @@ def figures(result: RunResult, samples: Samples, report: dict[str, Any]) -> dict
         "utilization": report["downstream"]["utilization"],
         "peak_rss_tree_mib": round(samples.peak_rss_tree_bytes / 2**20, 1),
         "peak_rss_main_mib": round(samples.peak_rss_main_bytes / 2**20, 1),
+        "peak_pss_tree_mib": round(samples.peak_pss_tree_bytes / 2**20, 1),
         "peak_threads": samples.peak_threads,
         "cpu_ms_per_item": {
             **{role: round(ms, 3) for role, ms in sorted(cpu_ms.items())},
@@ -445,6 +472,7 @@ COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], Any]], ...] = (
     ("over limit", lambda r: r.get("over_limit")),
     ("util", lambda r: r.get("utilization")),
     ("peak RSS MiB (tree / main)", lambda r: _pair(r, "peak_rss_tree_mib", "peak_rss_main_mib")),
+    ("peak PSS MiB (tree)", lambda r: r.get("peak_pss_tree_mib")),
     ("peak threads", lambda r: r.get("peak_threads")),
     ("CPU ms/item worker", lambda r: _cpu(r, "worker")),
     ("CPU ms/item aggregate", lambda r: _cpu(r, "aggregate")),

@@ -34,6 +34,7 @@ def test_scale_at_60_items_prints_consistent_figures(
     assert 0 < row["wall_s"] <= 100
     assert row["items_per_s"] == round(60 / row["wall_s"], 1) > 0
     assert row["peak_rss_tree_mib"] > row["peak_rss_main_mib"] > 0  # sandboxes are processes
+    assert 0 < row["peak_pss_tree_mib"] < row["peak_rss_tree_mib"]  # shared pages count once
     assert row["peak_threads"] > 1
     assert row["cold_starts"]["worker"] >= 1
     assert row["cold_starts"]["aggregate"] >= 1

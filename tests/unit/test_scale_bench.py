@@ -3,6 +3,7 @@ samples, the growth fit, the size policy after a timeout, and the Markdown table
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -26,7 +27,9 @@ from localcloud.scale_bench import (
     growth,
     markdown,
     notes,
+    parse_pss,
     parse_stat,
+    read_pss,
     scenario,
 )
 
@@ -61,6 +64,25 @@ def test_parse_stat_reads_a_command_name_with_spaces_and_parentheses() -> None:
         start_ticks=123456,
         rss_bytes=2560 * PAGE_BYTES,
     )
+
+
+def test_parse_pss_reads_the_pss_line_of_smaps_rollup_in_kilobytes() -> None:
+    text = (
+        "55d0-7ffd ---p 00000000 00:00 0    [rollup]\nRss:   60252 kB\nPss:   48790 kB\n"
+        "Pss_Dirty:   48172 kB\nPss_Anon:   48172 kB\n"
+    )
+    assert parse_pss(text) == 48790 * 1024
+    assert parse_pss("Rss:   60252 kB\n") is None
+
+
+def test_read_pss_of_this_process_and_of_one_that_ended() -> None:
+    own, stat = read_pss(os.getpid()), scale_bench.read_stat(os.getpid())
+    assert own is not None
+    assert stat is not None
+    assert 0 < own <= stat.rss_bytes + 2**20  # read a moment apart: the heap may grow between
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait(timeout=30)
+    assert read_pss(child.pid) is None
 
 
 def _proc(pid: int, ppid: int) -> ProcStat:
@@ -104,6 +126,7 @@ def _samples() -> Samples:
         samples=9,
         peak_rss_tree_bytes=3 * 2**30,
         peak_rss_main_bytes=512 * 2**20,
+        peak_pss_tree_bytes=2 * 2**30,
         peak_threads=88,
         sandbox_cpu_s={(7, 1): (WORKER, 3.0), (8, 2): (WORKER, 1.5), (9, 3): (AGGREGATE, 0.5)},
         sandbox_cpu_base_s={(7, 1): 1.0},  # already used before the execution started
@@ -133,6 +156,7 @@ def test_figures_of_a_finished_size() -> None:
         "utilization": round(0.015 / (16 * 1.005), 3),
         "peak_rss_tree_mib": 3072.0,
         "peak_rss_main_mib": 512.0,
+        "peak_pss_tree_mib": 2048.0,
         "peak_threads": 88,
         # worker: (3.0 - 1.0) + 1.5 = 3.5 s over 1,000 items; the emulator: 20 s.
         "cpu_ms_per_item": {"aggregate": 0.5, "worker": 3.5, "emulator": 20.0},
@@ -230,6 +254,7 @@ def test_markdown_table_has_a_row_per_size_and_states_the_growth() -> None:
         "utilization": 0.5,
         "peak_rss_tree_mib": 900.5,
         "peak_rss_main_mib": 300.0,
+        "peak_pss_tree_mib": 700.25,
         "peak_threads": 60,
         "cpu_ms_per_item": {"worker": 4.0, "order": 0.25, "emulator": 9.5, "api": 1.5},
         "cold_starts": {"aggregate": 1, "worker": 3},
@@ -241,10 +266,10 @@ def test_markdown_table_has_a_row_per_size_and_states_the_growth() -> None:
     assert lines[1] == "|" + "---|" * len(scale_bench.COLUMNS)
     assert lines[2] == (
         "| 1000 | SUCCEEDED | 20.0 | 50.0 | 1.0 | 1000 | 0 | 0 | 500 | 0 | 0 | 0.5 | 900.5 / 300.0 "
-        "| 60 | 4.0 | 0.0 | 0.25 | 9.5 | 1.5 | aggregate 1, worker 3 |"
+        "| 700.25 | 60 | 4.0 | 0.0 | 0.25 | 9.5 | 1.5 | aggregate 1, worker 3 |"
     )
     assert lines[3] == (
-        "| 2000 | DEADLINE | - | - | 1.0 | - | - | 2000 | 7 | 0 | 0 | - | - | - | - | - | - | - | - | - |"
+        "| 2000 | DEADLINE | - | - | 1.0 | - | - | 2000 | 7 | 0 | 0 | - | - | - | - | - | - | - | - | - | - |"
     )
     assert lines[5:] == [
         "Growth: fewer than two finished sizes: no growth to fit.",
@@ -292,5 +317,7 @@ def test_the_sampler_counts_a_sandboxes_cpu_since_the_start_and_the_trees_rss() 
     assert samples.cold_starts == {WORKER: 1}
     assert samples.samples >= 1
     assert samples.peak_rss_tree_bytes > samples.peak_rss_main_bytes > 0
+    # Read at the first sample: shared pages count once, so the tree is below its RSS sum.
+    assert 0 < samples.peak_pss_tree_bytes < samples.peak_rss_tree_bytes
     assert samples.peak_threads >= 2  # this thread and the sampler's
     assert samples.main_cpu_s >= 0.0
