@@ -25,6 +25,7 @@ from moto.sqs.models import SQSBackend
 from moto.stepfunctions.parser import utils as sfn_utils
 from moto.stepfunctions.parser.asl.component.common.path import result_path
 from moto.stepfunctions.parser.asl.component.state.exec import execute_state
+from moto.stepfunctions.parser.asl.component.state.exec.state_map.iteration import job as map_jobs
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import state_task_service_sqs
 from moto.stepfunctions.parser.asl.eval.event import event_manager
 from moto.stepfunctions.parser.asl.eval.states import States
@@ -359,6 +360,37 @@ def test_map_items_do_not_copy_the_whole_input(lean_sfn: None) -> None:
     # The execution's own reset of its input, whatever the number of items: none per item.
     assert few == many
     assert many < 10
+
+
+def _outputs_copied(items: int, name: str) -> tuple[int, list[Any]]:
+    """Runs a Distributed Map over `items` items; counts the child outputs deep-copied when the
+    Map collects them."""
+    copied = 0
+    original = map_jobs.copy.deepcopy
+
+    def counting_deepcopy(value: Any, *args: Any) -> Any:
+        nonlocal copied
+        if isinstance(value, set) and all(isinstance(v, map_jobs.JobClosed) for v in value):
+            copied += len(value)
+        return original(value, *args)
+
+    with mock.patch.object(map_jobs.copy, "deepcopy", counting_deepcopy):
+        done = _run(client("stepfunctions"), _map(items, 8), {"items": list(range(items)), "tag": "t"}, name)
+    assert done["status"] == "SUCCEEDED", done
+    return copied, json.loads(done["output"])
+
+
+def test_a_map_collects_its_outputs_without_copying_them(lean_sfn: None) -> None:
+    copied, output = _outputs_copied(300, "outputs-lean")
+    assert output == [{"v": i, "tag": "t"} for i in range(300)]  # in item order, as before
+    assert copied == 0
+
+
+def test_moto_alone_copies_every_output_at_the_end_of_a_map() -> None:
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+        copied, output = _outputs_copied(50, "outputs-moto")
+    assert output == [{"v": i, "tag": "t"} for i in range(50)]
+    assert copied == 50
 
 
 # ---- lean_interpreter: a watchdog thread only where a timeout needs one ---------------------
