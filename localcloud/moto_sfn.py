@@ -18,7 +18,9 @@ with the batch or the number of waiting children:
 - a Map worker took its next item by calling itself: its stack grew with the batch;
 - a Distributed Map run kept every child's every event in one history behind one lock, which
   nothing reads;
-- a Map's end deep-copied every child's output before using them once.
+- a Map's end deep-copied every child's output before using them once;
+- every finished callback task's endpoint stayed in memory, with the output sent to it, until
+  the execution ended.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task.service impor
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
     state_task_service_callback as callback_task,
 )
+from moto.stepfunctions.parser.asl.eval.callback import callback
 from moto.stepfunctions.parser.asl.eval.event import event_manager
 from moto.stepfunctions.parser.asl.utils import boto_client, json_path
 
@@ -252,6 +255,57 @@ def _eval_pool(self: Any, job: Any, worker_frame: Any) -> None:
     self._env.delete_frame(worker_frame)
 
 
+class _Answered:
+    """What is left of a finished callback task's endpoint in moto's pool, which keeps every
+    endpoint of an execution until it ends: a Map of 100,000 throttled items kept 50,000, each
+    with its locks, events and the whole output the worker sent. AWS forgets a token's task
+    once it ends; the pool still answers about it as moto did (`get_outcome()` is set once an
+    outcome came; a late SendTaskSuccess is accepted and changes nothing)."""
+
+    __slots__ = ("_answered", "callback_id", "consumer_error")
+    ANSWER = object()
+    """Stands for the outcome, which only the finished task ever read."""
+
+    def __init__(self, endpoint: Any) -> None:
+        self.callback_id = endpoint.callback_id
+        self.consumer_error = endpoint.consumer_error
+        self._answered = endpoint.get_outcome() is not None
+
+    def get_outcome(self) -> Any:
+        return self.ANSWER if self._answered else None
+
+    def wait(self, timeout: float | None = None) -> Any:  # noqa: ARG002 - moto's signature
+        return self.get_outcome()
+
+    def notify(self, outcome: Any) -> None:  # noqa: ARG002 - moto's signature
+        self._answered = True
+
+    def notify_heartbeat(self) -> bool:
+        return False
+
+    def interrupt_all(self) -> None:
+        pass
+
+    def report(self, consumer_error: Any) -> None:
+        self.consumer_error = consumer_error
+
+
+def _retiring(original: Any) -> Any:
+    def eval_integration_pattern(self: Any, env: Any, *args: Any, **kwargs: Any) -> None:
+        token = None
+        if task_resource.ResourceCondition.WaitForTaskToken in self._supported_integration_patterns:
+            token = env.states.context_object.context_object_data["Task"]["Token"]
+        try:
+            original(self, env, *args, **kwargs)
+        finally:
+            pool = env.callback_pool_manager._pool
+            endpoint = pool.get(token) if token is not None else None
+            if type(endpoint) is callback.CallbackEndpoint:  # not an activity's, not one retired
+                pool[token] = _Answered(endpoint)
+
+    return eval_integration_pattern
+
+
 def _closed_jobs(self: Any) -> list[Any]:
     # moto deep-copies every child's output before handing the list to the Map: at the end of
     # 100,000 items a second copy of all of them at once, and seconds of CPU. The Map asks only
@@ -324,6 +378,13 @@ def lean_interpreter() -> Iterator[None]:
             mock.patch.object(distributed_iteration_component, "EventManager", _MapRunHistory)
         )
         patches.enter_context(mock.patch.object(map_jobs.JobPool, "get_closed_jobs", _closed_jobs))
+        patches.enter_context(
+            mock.patch.object(
+                callback_task.StateTaskServiceCallback,
+                "_eval_integration_pattern",
+                _retiring(callback_task.StateTaskServiceCallback._eval_integration_pattern),
+            )
+        )
         from moto.stepfunctions.parser import utils  # noqa: PLC0415 - the list's home module
 
         for module in _modules_importing("TMP_THREADS", utils.TMP_THREADS):

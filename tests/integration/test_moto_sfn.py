@@ -31,16 +31,18 @@ from moto.stepfunctions.parser.asl.eval.event import event_manager
 from moto.stepfunctions.parser.asl.eval.states import States
 from moto.stepfunctions.parser.asl.utils import boto_client, json_path
 from moto.stepfunctions.parser.backend.execution import Execution
+from moto.stepfunctions.parser.models import stepfunctions_parser_backends
 
 from localcloud import front
 from localcloud.front import InProcess
-from localcloud.moto_fixes import outcome_before_status
+from localcloud.moto_fixes import aws_like_heartbeats, outcome_before_status
 from localcloud.moto_sfn import in_process_integrations, lean_interpreter
 from tests.support.clients import REGION, client, dead_endpoint
 
 pytestmark = pytest.mark.slow
 
-ROLE = "arn:aws:iam::123456789012:role/sfn"
+ACCOUNT = "123456789012"
+ROLE = f"arn:aws:iam::{ACCOUNT}:role/sfn"
 DEADLINE_S = 90.0  # bounds a hung execution; a loaded 2-core CI machine needs the room
 MOTOS_CLIENT_FACTORY = boto_client.boto_client_for  # before any patch
 
@@ -225,7 +227,7 @@ def test_in_process_integrations_reach_modules_imported_later() -> None:
     script = """
 from localcloud import front
 from localcloud.front import InProcess
-from localcloud.moto_fixes import outcome_before_status
+from localcloud.moto_fixes import aws_like_heartbeats, outcome_before_status
 from localcloud.moto_sfn import in_process_integrations
 from moto.stepfunctions.parser.asl.utils import boto_client
 original = boto_client.boto_client_for
@@ -465,6 +467,91 @@ def test_a_callback_task_succeeds_when_its_token_is_answered(lean_sfn: None) -> 
     sfn.send_task_success(taskToken=token, output=json.dumps({"answered": True}))
     done = _finished(sfn, execution)
     assert (done["status"], json.loads(done["output"])) == ("SUCCEEDED", {"answered": True})
+
+
+# ---- lean_interpreter: a finished callback task's endpoint is let go --------------------------
+
+BIG_OUTPUT = {"answer": "x" * 50_000}
+
+
+def _two_waiting_tasks() -> tuple[Any, str, str, str]:
+    """An execution with two callback tasks waiting in parallel: (sfn client, its ARN, token 1,
+    token 2)."""
+    sqs, sfn = client("sqs"), client("stepfunctions")
+    urls = [sqs.create_queue(QueueName=f"parallel-{n}")["QueueUrl"] for n in (1, 2)]
+    definition = {
+        "StartAt": "Both",
+        "States": {
+            "Both": {
+                "Type": "Parallel",
+                "Branches": [_send_task(u, callback=True) for u in urls],
+                "End": True,
+            }
+        },
+    }
+    arn = sfn.create_state_machine(name="two-waiting", definition=json.dumps(definition), roleArn=ROLE)[
+        "stateMachineArn"
+    ]
+    execution = sfn.start_execution(stateMachineArn=arn, input="{}")["executionArn"]
+    tokens = [
+        json.loads(sqs.receive_message(QueueUrl=u, WaitTimeSeconds=5)["Messages"][0]["Body"])["token"]
+        for u in urls
+    ]
+    return sfn, execution, tokens[0], tokens[1]
+
+
+def _pool_entry(token: str) -> Any:
+    backend = stepfunctions_parser_backends[ACCOUNT][REGION]
+    for execution in backend._get_executions():
+        entry = execution.exec_worker.env.callback_pool_manager.get(token)
+        if entry is not None:
+            return entry
+    raise AssertionError(f"no execution holds {token}")
+
+
+def _answered(sfn: Any, execution: str, token: str) -> Any:
+    """Answers `token`, then waits (bounded) until its task has taken the answer; its pool entry."""
+    sfn.send_task_success(taskToken=token, output=json.dumps(BIG_OUTPUT))
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        events = sfn.get_execution_history(executionArn=execution, maxResults=1000)["events"]
+        if any(e["type"] == "TaskSucceeded" for e in events):
+            return _pool_entry(token)
+        time.sleep(0.02)
+    raise AssertionError("the answered task never took its answer")
+
+
+@pytest.fixture
+def lean_sfn_with_heartbeats(lean_sfn: None) -> Iterator[None]:
+    with aws_like_heartbeats():
+        yield
+
+
+def test_a_finished_callback_task_keeps_nothing_of_its_output_and_answers_as_before(
+    lean_sfn_with_heartbeats: None,
+) -> None:
+    sfn, execution, first, second = _two_waiting_tasks()
+    entry = _answered(sfn, execution, first)
+    assert type(entry).__name__ == "_Answered"
+    assert "x" * 50_000 not in repr([getattr(entry, name, None) for name in dir(entry)])
+    # While the execution runs: the ended task is gone, the waiting one is alive.
+    with pytest.raises(sfn.exceptions.ClientError, match="TaskDoesNotExist"):
+        sfn.send_task_heartbeat(taskToken=first)
+    sfn.send_task_heartbeat(taskToken=second)
+    sfn.send_task_success(taskToken=first, output="{}")  # a late answer changes nothing, as in moto
+    sfn.send_task_success(taskToken=second, output=json.dumps({"n": 2}))
+    done = _finished(sfn, execution)
+    assert (done["status"], json.loads(done["output"])) == ("SUCCEEDED", [BIG_OUTPUT, {"n": 2}])
+
+
+def test_moto_alone_keeps_a_finished_callback_tasks_endpoint_and_output() -> None:
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}), aws_like_heartbeats():
+        sfn, execution, first, second = _two_waiting_tasks()
+        entry = _answered(sfn, execution, first)
+        assert type(entry).__name__ == "CallbackEndpoint"
+        assert json.loads(entry.get_outcome().output) == BIG_OUTPUT
+        sfn.send_task_success(taskToken=second, output="{}")
+        assert _finished(sfn, execution)["status"] == "SUCCEEDED"
 
 
 def test_no_thread_is_kept_in_mottos_lists(lean_sfn: None) -> None:
