@@ -14,11 +14,12 @@ checks the version before installing them.
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import threading
 import uuid
 from contextlib import ExitStack, contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from unittest import mock
 
 from moto.s3.models import s3_backends
@@ -36,7 +37,7 @@ from moto.stepfunctions.parser.models import StepFunctionsParserBackend
 from localcloud.moto_version import MOTO_VERSION, UnsupportedMotoError, require_moto
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 __all__ = ["MOTO_VERSION", "MotoVersionError", "aws_results_and_limits"]
 
@@ -123,34 +124,61 @@ def status_group(status: str) -> str:
     return "FAILED"
 
 
-def result_files(
-    records: Iterable[Mapping[str, Any]], max_bytes: int = RESULT_FILE_MAX_BYTES
-) -> dict[str, list[bytearray]]:
-    """Records grouped by status, each group's JSON arrays split so none exceeds `max_bytes`
-    (a record bigger than `max_bytes` gets a file of its own). Keeps the records' order.
+class Sink(Protocol):
+    """Where one result file's bytes go, in order."""
 
-    Each file grows in one buffer: 100,000 records kept as encoded parts and then joined held
-    the file twice over (about 100 MB each)."""
-    files: dict[str, list[bytearray]] = {group: [] for group in STATUS_FILES}
-    open_file: dict[str, bytearray | None] = dict.fromkeys(STATUS_FILES)
+    def write(self, data: bytes, /) -> object: ...
+
+
+def write_result_files(
+    records: Iterable[Mapping[str, Any]],
+    open_file: Callable[[str, int], Sink],
+    max_bytes: int = RESULT_FILE_MAX_BYTES,
+) -> dict[str, list[int]]:
+    """Writes records grouped by status as JSON arrays, a file never past `max_bytes` (a record
+    bigger than that gets a file of its own), records in their given order. `open_file(group,
+    n)` opens group's n-th file. Returns each group's file sizes, in order.
+
+    A record at a time: at 100,000 records the files are about 100 MB, never held here."""
+    sizes: dict[str, list[int]] = {group: [] for group in STATUS_FILES}
+    sinks: dict[str, Sink | None] = dict.fromkeys(STATUS_FILES)
+
+    def put(group: str, sink: Sink, data: bytes) -> None:
+        sink.write(data)
+        sizes[group][-1] += len(data)
 
     for record in records:
         group = status_group(str(record["Status"]))
         encoded = json.dumps(record, separators=(",", ":")).encode()
-        body = open_file[group]
-        if body is not None and len(body) + 1 + len(encoded) + 1 > max_bytes:
-            body.extend(b"]")
-            body = None
-        if body is None:
-            body = open_file[group] = bytearray(b"[")
-            files[group].append(body)
+        sink = sinks[group]
+        if sink is not None and sizes[group][-1] + 1 + len(encoded) + 1 > max_bytes:
+            put(group, sink, b"]")
+            sink = None
+        if sink is None:
+            sink = sinks[group] = open_file(group, len(sizes[group]))
+            sizes[group].append(0)
+            put(group, sink, b"[")
         else:
-            body += b","
-        body += encoded
-    for last in open_file.values():
+            put(group, sink, b",")
+        put(group, sink, encoded)
+    for group, last in sinks.items():
         if last is not None:
-            last.extend(b"]")
-    return files
+            put(group, last, b"]")
+    return sizes
+
+
+def result_files(
+    records: Iterable[Mapping[str, Any]], max_bytes: int = RESULT_FILE_MAX_BYTES
+) -> dict[str, list[bytes]]:
+    """`write_result_files` into memory: each group's files, as bytes."""
+    buffers: dict[str, list[io.BytesIO]] = {group: [] for group in STATUS_FILES}
+
+    def open_file(group: str, _n: int) -> io.BytesIO:
+        buffers[group].append(io.BytesIO())
+        return buffers[group][-1]
+
+    write_result_files(records, open_file, max_bytes)
+    return {group: [b.getvalue() for b in files] for group, files in buffers.items()}
 
 
 def manifest(
@@ -249,6 +277,22 @@ def _child_records(map_run_record: Any, outputs: Sequence[Any]) -> Iterator[dict
         )
 
 
+class _KeyWriter:
+    """Appends to a moto S3 object (moto 5.2.5's FakeKey: its value lives in a spooled
+    temporary file, on disk past 5 MiB); its size and ETag follow what is written."""
+
+    def __init__(self, key: Any) -> None:
+        self._key = key
+
+    def write(self, data: bytes, /) -> int:
+        with self._key.lock:
+            self._key._value_buffer.seek(0, io.SEEK_END)
+            written = self._key._value_buffer.write(data)
+            self._key.contentsize += len(data)
+            self._key._etag = None  # moto computes it from the bytes when first asked
+        return int(written)
+
+
 def _s3_store(map_run_arn: str) -> Any:
     """moto's S3 backend of the Map Run's account and partition (`arn:<partition>:states:
     <region>:<account>:mapRun:...`)."""
@@ -268,15 +312,18 @@ def _handle_put_object(env: Any, resource_runtime_part: Any, state_credentials: 
     folder = result_prefix(parameters.get("Prefix", ""), map_run_record.map_run_arn)
     s3.head_bucket(Bucket=bucket)  # a missing bucket fails the state as AWS's writer would
     store = _s3_store(map_run_record.map_run_arn)
-    written: dict[str, list[tuple[str, int]]] = {}
-    for group, bodies in result_files(_child_records(map_run_record, outputs)).items():
-        for n, buffer in enumerate(bodies):
-            key = f"{folder}{group}_{n}.json"
-            # Into moto's S3 store as it is: through the client, a 100 MB file was copied to
-            # bytes, sent over HTTP and read back on the server, three copies alive at once.
-            store.put_object(bucket, key, buffer)
-            written.setdefault(group, []).append((key, len(buffer)))
-            buffer.clear()
+    keys: dict[str, list[str]] = {group: [] for group in STATUS_FILES}
+
+    def open_file(group: str, n: int) -> Sink:
+        key = f"{folder}{group}_{n}.json"
+        keys[group].append(key)
+        # Straight into moto's S3 store, a record at a time: through the client, a 100 MB file
+        # was built in memory, copied to bytes, sent over HTTP and read back on the server, and
+        # moto's key spooled it through memory twice more on its way to disk.
+        return _KeyWriter(store.put_object(bucket, key, b""))
+
+    sizes = write_result_files(_child_records(map_run_record, outputs), open_file)
+    written = {group: list(zip(keys[group], sizes[group], strict=True)) for group in STATUS_FILES}
     key = f"{folder}manifest.json"
     listing = manifest(bucket=bucket, map_run_arn=map_run_record.map_run_arn, files=written)
     s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(listing).encode())
