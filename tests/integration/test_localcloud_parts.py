@@ -21,6 +21,7 @@ from localcloud import lambda_runner
 from localcloud.cloud import EmbeddedAws, embedded_aws
 from localcloud.deploy import MappingSpec, deploy
 from localcloud.esm import EventSourceMappings
+from localcloud.runner import is_log_message
 from localcloud.sandbox import SANDBOX_NICENESS
 
 pytestmark = pytest.mark.slow
@@ -74,6 +75,18 @@ def aws() -> Iterator[EmbeddedAws]:
 def test_a_sandbox_runs_the_zip_with_the_function_environment(aws: EmbeddedAws) -> None:
     result = aws.runner.invoke("fn", {}, wait_for_slot=True)
     assert (result.payload, result.error) == ({"env": "hi", "remaining_ok": True}, None)
+
+
+def test_log_records_are_the_json_lines_and_the_run_keeps_messages_not_metric_blobs(
+    aws: EmbeddedAws,
+) -> None:
+    message = {"level": "INFO", "message": "processed", "tag": "log-records"}
+    blob = {"_aws": {"Timestamp": 1, "CloudWatchMetrics": []}, "tag": "log-records", "Calls": 1.0}
+    with aws.runner.log_path("fn").open("a") as log:
+        log.write(f"{json.dumps(message)}\nnot json at all\n{json.dumps(blob)}\n[1, 2]\n")
+    every = [r for r in aws.runner.log_records("fn") if r.get("tag") == "log-records"]
+    kept = [r for r in aws.runner.log_records("fn", keep=is_log_message) if r.get("tag") == "log-records"]
+    assert (every, kept) == ([message, blob], [message])
 
 
 def test_a_sandbox_yields_the_cpu_to_the_emulated_aws(aws: EmbeddedAws) -> None:
