@@ -279,7 +279,8 @@ def test_a_json_array_read_in_chunks_of_its_bytes_is_what_json_reads_whole(
 
 
 def test_a_number_cut_at_a_chunk_boundary_is_read_whole() -> None:
-    assert list(json_array_items([b"[12", b"34, tr", b"ue, 0", b".", b"5e", b"-1, 6]"])) == [1234, True, 0.05, 6]
+    chunks = [b"[12", b"34, tr", b"ue, 0", b".", b"5e", b"-1, 6]"]
+    assert list(json_array_items(chunks)) == [1234, True, 0.05, 6]
 
 
 @pytest.mark.parametrize(
