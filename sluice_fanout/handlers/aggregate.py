@@ -1,13 +1,14 @@
 """Aggregate: turns the Distributed Map's child results into the parent execution's output.
 
-The core (`aggregate`) is pure. The Map hands over either the results inline (a list, one
-entry per item, in batch order) or, with a ResultWriter, a pointer to a manifest in S3 whose
-result files list the child executions (`read_result_writer_output`).
+The Map hands over either the results inline (a list, one entry per item, in batch order) or,
+with a ResultWriter, a pointer to a manifest in S3 whose result files list the child executions
+(`result_writer_entries`). Either way a `Tally` counts them one at a time.
 """
 
 from __future__ import annotations
 
 import codecs
+import heapq
 import json
 import re
 from collections import Counter, defaultdict
@@ -60,71 +61,118 @@ def error_and_cause(item: dict[str, Any]) -> tuple[str, str]:
     return str(error or ERROR_CHILD_FAILED), str(item.get("cause") or "")
 
 
-def aggregate(results: Sequence[Any]) -> dict[str, Any]:
-    """Totals, counts by status and by priority, and the failures with their reasons."""
-    items = [normalise(entry, i) for i, entry in enumerate(results)]
-    by_status = Counter(item["status"] for item in items)
-    by_priority: dict[str, Counter[str]] = defaultdict(Counter)
-    failures = []
-    for item in items:
-        group = item.get("priority") or DIRECT_PATH
-        by_priority[group][item["status"]] += 1
-        if item["status"] == STATUS_FAILED:
-            error, cause = error_and_cause(item)
-            failures.append(
-                {
-                    "index": item.get("index"),
-                    "priority": item.get("priority"),
-                    "error": error,
-                    "cause": cause[:MAX_CAUSE_CHARS],
-                }
-            )
-    return {
-        "total": len(items),
-        "succeeded": by_status[STATUS_SUCCEEDED],
-        "failed": by_status[STATUS_FAILED],
-        "by_priority": {
-            group: {
-                "total": sum(counts.values()),
-                "succeeded": counts[STATUS_SUCCEEDED],
-                "failed": counts[STATUS_FAILED],
-            }
-            for group, counts in sorted(by_priority.items())
-        },
-        "failures": failures[:MAX_FAILURES_LISTED],
-        "failures_not_listed": max(0, len(failures) - MAX_FAILURES_LISTED),
-    }
+class Tally:
+    """Counts child results one at a time, in any order, holding only what the output lists.
 
-
-def resolve_pointers(entries: list[Any], exists: Callable[[str, str], int | None]) -> list[dict[str, Any]]:
-    """Check every result the worker spilled to S3; return where they are.
-
-    `exists(bucket, key)` gives the object's size, or None when it is missing. A pointer to
-    nothing is not a result: that item is turned into a recorded failure in place.
+    A 100,000-item batch's results are never held at once: each is counted as it is read,
+    and only the first `MAX_FAILURES_LISTED` failures and spilled results by batch position
+    are kept, in bounded heaps.
     """
-    located = []
-    for position, entry in enumerate(entries):
-        if not isinstance(entry, dict) or entry.get("status") != STATUS_SUCCEEDED:
-            continue
-        result = entry.get("result")
+
+    def __init__(self, exists: Callable[[str, str], int | None] | None = None) -> None:
+        self._exists = exists
+        self._by_status: Counter[str] = Counter()
+        self._by_priority: dict[str, Counter[str]] = defaultdict(Counter)
+        self._failures = _FirstByPosition()
+        self._located = _FirstByPosition()
+
+    def add(self, position: int, entry: Any) -> dict[str, Any]:
+        """Count one child's result; return it as counted (a missing spill becomes a failure)."""
+        item = self._locate(position, normalise(entry, position))
+        status = item["status"]
+        self._by_status[status] += 1
+        self._by_priority[item.get("priority") or DIRECT_PATH][status] += 1
+        if status == STATUS_FAILED:
+            self._failures.offer(position, lambda: _listed_failure(item))
+        return item
+
+    def _locate(self, position: int, item: dict[str, Any]) -> dict[str, Any]:
+        """Check a result the worker spilled to S3; a pointer to nothing is not a result.
+
+        `exists(bucket, key)` gives the object's size, or None when it is missing; without it
+        (the pure `aggregate`) pointers are counted as they stand.
+        """
+        result = item.get("result")
         pointer = result.get(RESULT_POINTER_FIELD) if isinstance(result, dict) else None
-        if not isinstance(pointer, dict):
-            continue
+        if self._exists is None or item["status"] != STATUS_SUCCEEDED or not isinstance(pointer, dict):
+            return item
         bucket, key = str(pointer.get("bucket", "")), str(pointer.get("key", ""))
-        size = exists(bucket, key) if bucket and key else None
+        size = self._exists(bucket, key) if bucket and key else None
         if size is None:
-            entries[position] = {
+            return {
                 "status": STATUS_FAILED,
-                "index": entry.get("index", position),
-                "priority": entry.get("priority"),
+                "index": item.get("index", position),
+                "priority": item.get("priority"),
                 "error": {
                     "Error": ERROR_RESULT_MISSING,
                     "Cause": f"result pointer {json.dumps(pointer)[:300]} names no object in S3",
                 },
             }
-            continue
-        located.append({"index": entry.get("index", position), "bucket": bucket, "key": key, "bytes": size})
-    return located
+        index = item.get("index", position)
+        self._located.offer(position, lambda: {"index": index, "bucket": bucket, "key": key, "bytes": size})
+        return item
+
+    def summary(self) -> dict[str, Any]:
+        """Totals, counts by status and by priority, and the first failures with their reasons."""
+        summary: dict[str, Any] = {
+            "total": sum(self._by_status.values()),
+            "succeeded": self._by_status[STATUS_SUCCEEDED],
+            "failed": self._by_status[STATUS_FAILED],
+            "by_priority": {
+                group: {
+                    "total": sum(counts.values()),
+                    "succeeded": counts[STATUS_SUCCEEDED],
+                    "failed": counts[STATUS_FAILED],
+                }
+                for group, counts in sorted(self._by_priority.items())
+            },
+            "failures": self._failures.first(),
+            "failures_not_listed": self._failures.not_listed(),
+        }
+        if self._located.offered:
+            summary["results_in_s3"] = self._located.first()
+            summary["results_in_s3_not_listed"] = self._located.not_listed()
+        return summary
+
+
+class _FirstByPosition:
+    """The `MAX_FAILURES_LISTED` entries of lowest batch position among those offered, in order."""
+
+    def __init__(self) -> None:
+        # A max-heap by position (negated), so the entry to drop is always on top.
+        self._heap: list[tuple[int, int, dict[str, Any]]] = []
+        self.offered = 0
+
+    def offer(self, position: int, make: Callable[[], dict[str, Any]]) -> None:
+        self.offered += 1
+        if len(self._heap) < MAX_FAILURES_LISTED:
+            heapq.heappush(self._heap, (-position, -self.offered, make()))
+        elif -self._heap[0][0] > position:
+            heapq.heapreplace(self._heap, (-position, -self.offered, make()))
+
+    def first(self) -> list[dict[str, Any]]:
+        return [entry for _, _, entry in sorted(self._heap, reverse=True)]
+
+    def not_listed(self) -> int:
+        return self.offered - len(self._heap)
+
+
+def _listed_failure(item: dict[str, Any]) -> dict[str, Any]:
+    error, cause = error_and_cause(item)
+    return {
+        "index": item.get("index"),
+        "priority": item.get("priority"),
+        "error": error,
+        "cause": cause[:MAX_CAUSE_CHARS],
+    }
+
+
+def aggregate(results: Sequence[Any]) -> dict[str, Any]:
+    """Totals, counts by status and by priority, and the failures with their reasons."""
+    tally = Tally()
+    for position, entry in enumerate(results):
+        tally.add(position, entry)
+    return tally.summary()
 
 
 _SPACE = re.compile(r"[ \t\n\r]*")
@@ -220,38 +268,36 @@ def json_array_items(source: str | Iterable[bytes]) -> Iterator[Any]:
 
 def result_writer_entries(
     manifest: dict[str, Any], read_records: Callable[[str], Iterable[Any]]
-) -> list[Any]:
-    """Child results in batch order from a ResultWriter manifest.
+) -> Iterator[tuple[int, Any]]:
+    """Each child's batch position and result, from a ResultWriter manifest, in file order.
 
     Each result file is a JSON array of child execution records (`Status`, `Input`, `Output`
     as JSON strings, `Error`/`Cause` when failed). `read_records(key)` gives a file's records
-    (a list, or `json_array_items` of its text: one record parsed at a time).
+    (a list, or `json_array_items` of its text: one record parsed at a time). Nothing is
+    sorted or kept here: a `Tally` counts the results in whatever order they come.
     """
-    records: list[tuple[int, Any]] = []
     files = manifest.get("ResultFiles", {})
     for status in ("SUCCEEDED", "FAILED", "PENDING"):
         for ref in files.get(status, []):
             for position, record in enumerate(read_records(ref["Key"])):
                 child_input = _loads(record.get("Input"))
                 index = child_input.get("index", position) if isinstance(child_input, dict) else position
+                if not isinstance(index, int):
+                    index = position
                 if record.get("Status") == "SUCCEEDED":
-                    records.append((index, _loads(record.get("Output"))))
+                    yield index, _loads(record.get("Output"))
                 else:
-                    records.append(
-                        (
-                            index,
-                            {
-                                "status": STATUS_FAILED,
-                                "index": index,
-                                "error": {
-                                    "Error": record.get("Error") or ERROR_CHILD_FAILED,
-                                    "Cause": record.get("Cause") or f"child execution {record.get('Status')}",
-                                },
+                    yield (
+                        index,
+                        {
+                            "status": STATUS_FAILED,
+                            "index": index,
+                            "error": {
+                                "Error": record.get("Error") or ERROR_CHILD_FAILED,
+                                "Cause": record.get("Cause") or f"child execution {record.get('Status')}",
                             },
-                        )
+                        },
                     )
-    records.sort(key=lambda pair: pair[0])
-    return [entry for _, entry in records]
 
 
 def _loads(value: Any) -> Any:
@@ -285,10 +331,12 @@ def handle(event: dict[str, Any], s3: Callable[[], S3Client] | None) -> dict[str
                 return None
             raise
 
+    tally = Tally(exists)
     map_output = event.get("map_output")
     if isinstance(map_output, list):
-        located = resolve_pointers(map_output, exists)
-        summary = aggregate(map_output)
+        for position, entry in enumerate(map_output):
+            map_output[position] = tally.add(position, entry)
+        summary = tally.summary()
         size = len(json.dumps(map_output).encode())
         if size + OUTPUT_HEADROOM_BYTES <= SFN_MAX_OUTPUT_BYTES:
             summary["results"] = map_output
@@ -308,18 +356,15 @@ def handle(event: dict[str, Any], s3: Callable[[], S3Client] | None) -> dict[str
             return json_array_items(body.iter_chunks(READ_CHUNK_BYTES))
 
         manifest = json.loads(client().get_object(Bucket=bucket, Key=details["Key"])["Body"].read())
-        entries = result_writer_entries(manifest, read_records)
-        located = resolve_pointers(entries, exists)
-        summary = aggregate(entries)
+        for position, entry in result_writer_entries(manifest, read_records):
+            tally.add(position, entry)
+        summary = tally.summary()
         summary["results_location"] = {"bucket": bucket, "manifest_key": details["Key"]}
     else:
         raise ValueError(
             "event.map_output must be the Map's result list or its ResultWriter output, "
             f"got {json.dumps(map_output)[:200]}"
         )
-    if located:
-        summary["results_in_s3"] = located[:MAX_FAILURES_LISTED]
-        summary["results_in_s3_not_listed"] = max(0, len(located) - MAX_FAILURES_LISTED)
     summary["execution"] = event.get("execution")
     return summary
 

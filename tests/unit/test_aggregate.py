@@ -17,9 +17,11 @@ from localcloud.moto_results import RESULT_FILE_MAX_BYTES, child_record, manifes
 from sluice_fanout.handlers.aggregate import (
     MAX_FAILURES_LISTED,
     SFN_MAX_OUTPUT_BYTES,
+    Tally,
     aggregate,
     handle,
     json_array_items,
+    result_writer_entries,
 )
 from sluice_fanout.handlers.contract import ERROR_RESULT_MISSING, RESULT_POINTER_FIELD
 
@@ -342,3 +344,36 @@ def test_a_result_file_is_never_held_parsed_whole() -> None:
     chunks = (data[start : start + size] for start in range(0, len(data), size))
     chunked = _peak_bytes(lambda: count(json_array_items(chunks)))
     assert chunked * 10 < len(data)
+
+
+def test_the_aggregate_holds_what_it_lists_not_the_batch() -> None:
+    """A 100,000-item batch's results were all held (and sorted) before being counted."""
+
+    def records(count: int) -> Iterator[dict[str, Any]]:
+        # Made as they are read, as `json_array_items` does from S3; every third one failed.
+        for n in reversed(range(count)):
+            failed = n % 3 == 0
+            yield {
+                "Status": "FAILED" if failed else "SUCCEEDED",
+                "Input": json.dumps({"index": n, "item": {"id": f"item-{n}"}}),
+                "Output": None
+                if failed
+                else json.dumps({"status": "SUCCEEDED", "index": n, "priority": "HIGH"}),
+                "Error": "States.TaskFailed" if failed else None,
+                "Cause": f"item {n} failed" if failed else None,
+            }
+
+    def summarise(count: int) -> dict[str, Any]:
+        tally = Tally()
+        files = {"ResultFiles": {"SUCCEEDED": [{"Key": "results.json"}]}}
+        for position, entry in result_writer_entries(files, lambda _key: records(count)):
+            tally.add(position, entry)
+        return tally.summary()
+
+    summary = summarise(3_000)
+    assert summary["total"] == 3_000
+    assert summary["failed"] == 1_000
+    assert [f["index"] for f in summary["failures"]] == list(range(0, 3 * MAX_FAILURES_LISTED, 3))
+    small = _peak_bytes(lambda: summarise(3_000))
+    large = _peak_bytes(lambda: summarise(30_000))
+    assert large < small * 1.5
