@@ -6,7 +6,7 @@ Two runs side by side in one process, the same closed-loop load and the same cap
 - `fixed`: no controller, the limit fixed at the API's original capacity.
 Reported per run: the 429 share of calls in each phase, throughput against the capacity of the
 moment, and how long throughput takes to reach 90% of the new capacity after the drop and of
-the old one after the recovery. `python -m localcloud capacity` runs it (README, BENCHMARKS.md).
+the old one after the recovery. `python -m localcloud capacity` runs it (docs/adaptive.md, BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def scenarios(plan: Plan) -> dict[str, Scenario]:
         "sluice:adaptive": {
             "min_concurrency": 1,
             "interval_seconds": plan.interval_s,
-            # The embedded AWS forwards EMF lines within 0.25 s; AWS takes seconds (README).
+            # The embedded AWS forwards EMF lines within 0.25 s; AWS takes seconds (docs/adaptive.md).
             "signal_delay_seconds": 1,
             "min_calls": 5,
             # One probe per 80 s: a refused probe costs about one 429 per excess slot, and at

@@ -73,7 +73,7 @@ def outcomes(run: RunResult, batch: int = 0) -> dict[Any, dict[str, Any]]:
 
 def exhausted_cause(run: RunResult, item_id: str) -> str:
     """The cause the worker sent with Sluice.RetriesExhausted. moto's interpreter drops
-    SendTaskFailure's cause (see ../shared/LOCAL_AWS.md), so it is read from the worker's log."""
+    SendTaskFailure's cause (see docs/embedded-aws.md), so it is read from the worker's log."""
     (execution,) = [e for e in run.executions if e.batch == 0]
     index = next(i for i, item in enumerate(execution.items) if item["id"] == item_id)
     (record,) = [

@@ -149,7 +149,7 @@ class TicketDispatch(RuleBasedStateMachine):
         2 x PERIOD consecutive first deliveries of tickets (consecutive items cover every slot)
         is served in them. Returned tickets each cycle every slot on their own, but mixed they can
         miss one priority's slot for longer, so they count only through the first part (the
-        stateful fault model of the real worker found this; README states the bound)."""
+        stateful fault model of the real worker found this; docs/dispatch.md states the bound)."""
         if self.pulls:
             served, seen, slot, _ = self.pulls[-1]
             favoured = ticket_order(PRIORITIES, slot)[0]
