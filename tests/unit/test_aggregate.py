@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tracemalloc
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -24,6 +27,8 @@ from sluice_fanout.handlers.aggregate import (
     result_writer_entries,
 )
 from sluice_fanout.handlers.contract import ERROR_RESULT_MISSING, RESULT_POINTER_FIELD
+
+ROOT = Path(__file__).resolve().parents[2]
 
 SUCCESS_HIGH = {"status": "SUCCEEDED", "index": 0, "priority": "HIGH", "result": {"n": 1}}
 FAILED_BATCH = {
@@ -346,34 +351,46 @@ def test_a_result_file_is_never_held_parsed_whole() -> None:
     assert chunked * 10 < len(data)
 
 
+def _records(count: int) -> Iterator[dict[str, Any]]:
+    """Child records made as they are read, as `json_array_items` does from S3; every third failed."""
+    for n in reversed(range(count)):
+        failed = n % 3 == 0
+        yield {
+            "Status": "FAILED" if failed else "SUCCEEDED",
+            "Input": json.dumps({"index": n, "item": {"id": f"item-{n}"}}),
+            "Output": None if failed else json.dumps({"status": "SUCCEEDED", "index": n, "priority": "HIGH"}),
+            "Error": "States.TaskFailed" if failed else None,
+            "Cause": f"item {n} failed" if failed else None,
+        }
+
+
+def _summarise(count: int) -> dict[str, Any]:
+    tally = Tally()
+    files = {"ResultFiles": {"SUCCEEDED": [{"Key": "results.json"}]}}
+    for position, entry in result_writer_entries(files, lambda _key: _records(count)):
+        tally.add(position, entry)
+    return tally.summary()
+
+
+def peaks_of_summaries() -> None:
+    """Run in a process of its own: tracemalloc counts every thread's allocations, and other
+    tests' servers and pollers may still be running in the test process."""
+    print(_peak_bytes(lambda: _summarise(3_000)), _peak_bytes(lambda: _summarise(30_000)))
+
+
 def test_the_aggregate_holds_what_it_lists_not_the_batch() -> None:
     """A 100,000-item batch's results were all held (and sorted) before being counted."""
-
-    def records(count: int) -> Iterator[dict[str, Any]]:
-        # Made as they are read, as `json_array_items` does from S3; every third one failed.
-        for n in reversed(range(count)):
-            failed = n % 3 == 0
-            yield {
-                "Status": "FAILED" if failed else "SUCCEEDED",
-                "Input": json.dumps({"index": n, "item": {"id": f"item-{n}"}}),
-                "Output": None
-                if failed
-                else json.dumps({"status": "SUCCEEDED", "index": n, "priority": "HIGH"}),
-                "Error": "States.TaskFailed" if failed else None,
-                "Cause": f"item {n} failed" if failed else None,
-            }
-
-    def summarise(count: int) -> dict[str, Any]:
-        tally = Tally()
-        files = {"ResultFiles": {"SUCCEEDED": [{"Key": "results.json"}]}}
-        for position, entry in result_writer_entries(files, lambda _key: records(count)):
-            tally.add(position, entry)
-        return tally.summary()
-
-    summary = summarise(3_000)
+    summary = _summarise(3_000)
     assert summary["total"] == 3_000
     assert summary["failed"] == 1_000
     assert [f["index"] for f in summary["failures"]] == list(range(0, 3 * MAX_FAILURES_LISTED, 3))
-    small = _peak_bytes(lambda: summarise(3_000))
-    large = _peak_bytes(lambda: summarise(30_000))
+    done = subprocess.run(
+        [sys.executable, "-c", "from tests.unit.test_aggregate import peaks_of_summaries as p; p()"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        cwd=ROOT,
+    )
+    small, large = (int(word) for word in done.stdout.split())
     assert large < small * 1.5
