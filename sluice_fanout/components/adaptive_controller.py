@@ -23,12 +23,12 @@ import pulumi_aws as aws
 
 from sluice_fanout.components import validation as v
 from sluice_fanout.components.bundle import handler_archive
-from sluice_fanout.components.documents import (
+from sluice_fanout.components.fan_out_workflow import SFN_MAX_TIMEOUT_SECONDS
+from sluice_fanout.components.policies import (
     build_assume_role_policy,
     build_controller_policy,
     event_source_mapping_arn,
 )
-from sluice_fanout.components.fan_out_workflow import SFN_MAX_TIMEOUT_SECONDS
 from sluice_fanout.components.priority_worker import LAMBDA_RUNTIME
 from sluice_fanout.handlers import contract
 

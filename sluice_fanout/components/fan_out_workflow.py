@@ -12,13 +12,12 @@ import pulumi_aws as aws
 
 from sluice_fanout.components import validation as v
 from sluice_fanout.components.bundle import handler_archive
-from sluice_fanout.components.documents import (
-    DEFAULT_THROTTLE_RULE,
+from sluice_fanout.components.definition import DEFAULT_THROTTLE_RULE, build_state_machine_definition
+from sluice_fanout.components.policies import (
     build_aggregate_policy,
     build_assume_role_policy,
     build_map_run_policy,
     build_order_policy,
-    build_state_machine_definition,
     build_state_machine_policy,
 )
 from sluice_fanout.components.priority_worker import LAMBDA_RUNTIME

@@ -10,7 +10,7 @@ import pulumi
 import pulumi_aws as aws
 
 from sluice_fanout.components import validation as v
-from sluice_fanout.components.documents import (
+from sluice_fanout.components.policies import (
     build_redrive_allow_policy,
     build_redrive_policy,
     build_tls_only_queue_policy,

@@ -33,7 +33,7 @@ import pulumi_aws as aws
 
 from sluice_fanout.components import validation as v
 from sluice_fanout.components.bundle import handler_archive
-from sluice_fanout.components.documents import build_assume_role_policy, build_worker_policy
+from sluice_fanout.components.policies import build_assume_role_policy, build_worker_policy
 from sluice_fanout.handlers import contract
 
 COMPONENT = "PriorityWorker"

@@ -19,7 +19,7 @@ from sluice_fanout.components.adaptive_controller import (
     build_controller_settings,
     check_adaptive_args,
 )
-from sluice_fanout.components.documents import build_controller_policy, event_source_mapping_arn
+from sluice_fanout.components.policies import build_controller_policy, event_source_mapping_arn
 from sluice_fanout.handlers import contract
 from tests.support.mocks import ACCOUNT, REGION, Recorder, _ParentRecordingMonitor
 

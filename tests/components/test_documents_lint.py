@@ -10,12 +10,12 @@ from typing import Any
 import parliament
 import pytest
 
-from sluice_fanout.components.documents import (
+from sluice_fanout.components.definition import build_state_machine_definition
+from sluice_fanout.components.policies import (
     build_aggregate_policy,
     build_controller_policy,
     build_map_run_policy,
     build_order_policy,
-    build_state_machine_definition,
     build_state_machine_policy,
     build_tls_only_queue_policy,
     build_worker_policy,

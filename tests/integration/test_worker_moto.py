@@ -25,7 +25,7 @@ import pytest
 from moto import mock_aws
 
 from localcloud.moto_fixes import atomic_dynamodb_writes, aws_like_heartbeats
-from sluice_fanout.components.documents import DEFAULT_THROTTLE_RULE, build_item_processor
+from sluice_fanout.components.definition import DEFAULT_THROTTLE_RULE, build_item_processor
 from sluice_fanout.handlers.adapters import DynamoRateLimiter, SqsQueues, TaskTokens
 from sluice_fanout.handlers.contract import (
     ATTR_DEAD_LETTER_REASON,
