@@ -11,7 +11,7 @@ from typing import Any
 import pulumi
 
 from sluice_fanout.components import ThrottledFanOut, ThrottledFanOutArgs
-from sluice_fanout.components.validation import config_key
+from sluice_fanout.handlers.settings import config_key
 
 INT_ARGS = (
     "worker_timeout_seconds",

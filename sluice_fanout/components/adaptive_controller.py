@@ -31,6 +31,7 @@ from sluice_fanout.components.policies import (
 )
 from sluice_fanout.components.priority_worker import LAMBDA_RUNTIME
 from sluice_fanout.handlers import contract
+from sluice_fanout.handlers.controller import BreakerSettings
 
 COMPONENT = "AdaptiveController"
 ARG = "adaptive"
@@ -69,17 +70,21 @@ class AdaptiveArgs(TypedDict):
     """Intervals with fewer calls hold the limit, >= 1. Default: the controller's
     (ControllerSettings.min_calls)."""
     probe_intervals: NotRequired[int]
-    """ControllerSettings.probe_intervals, >= 1. Default: the controller's."""
+    """Intervals that would grow the limit to `concurrency` hold first, >= 0. Default: the
+    controller's (ControllerSettings.probe_intervals)."""
     breaker: NotRequired[bool]
     """Pause the worker's event source mappings while the API is failing. Default true."""
     breaker_error_share: NotRequired[float]
-    """Share of failing calls that opens the breaker, >= 0 and < 1. Default 0.5."""
+    """Share of failing calls that opens the breaker, >= 0 and < 1. Default 0.5
+    (BreakerSettings.error_threshold)."""
     breaker_open_seconds: NotRequired[int]
     """Seconds the breaker stays open before it lets probe calls through. Paused items wait in
     their queues meanwhile, so breaker_open_seconds + 2 x interval_seconds must be less than
-    callback_timeout_seconds, or their task tokens would time out. Default 120."""
+    callback_timeout_seconds, or their task tokens would time out. Default 120
+    (BreakerSettings.open_seconds)."""
     breaker_min_calls: NotRequired[int]
-    """The breaker opens only on an interval with at least this many calls, >= 1. Default 20."""
+    """The breaker opens only on an interval with at least this many calls, >= 1. Default 20
+    (BreakerSettings.min_calls)."""
 
 
 @dataclass(frozen=True)
@@ -167,13 +172,16 @@ def check_adaptive_args(
             rule = f"must be > 1 and at most {MAX_LATENCY_TOLERANCE:g}"
             raise v.fail(c, name, f"{ARG}.latency_tolerance", rule, given)
         tuning["latency_tolerance"] = tolerance
-    for field in ("min_calls", "probe_intervals"):
-        if field in adaptive:
-            tuning[TUNING_FIELDS[field]] = whole(field, 1, 1, 1_000_000)
+    if "min_calls" in adaptive:
+        tuning["min_calls"] = whole("min_calls", 1, 1, 1_000_000)
+    if "probe_intervals" in adaptive:
+        tuning["probe_intervals"] = whole("probe_intervals", 0, 0, 1_000_000)
     breaker = v.check_bool(c, name, f"{ARG}.breaker", adaptive.get("breaker", True))
-    error_share = share("breaker_error_share", 0.5)
-    open_seconds = whole("breaker_open_seconds", 120, 0, SFN_MAX_TIMEOUT_SECONDS)
-    breaker_min_calls = whole("breaker_min_calls", 20, 1, 1_000_000)
+    # The breaker's defaults are the rule's own (handlers/controller.py), written once there.
+    defaults = BreakerSettings()
+    error_share = share("breaker_error_share", defaults.error_threshold)
+    open_seconds = whole("breaker_open_seconds", int(defaults.open_seconds), 0, SFN_MAX_TIMEOUT_SECONDS)
+    breaker_min_calls = whole("breaker_min_calls", defaults.min_calls, 1, 1_000_000)
     if breaker and callback_timeout_seconds is not None:
         # While the breaker is open no item is received; the items already enqueued keep waiting
         # on their task tokens. A step may see the recovery up to two intervals late (the signal
@@ -314,7 +322,6 @@ class AdaptiveController(pulumi.ComponentResource):
             contract.ENV_CONTROLLER_PRIORITIES: json.dumps(priorities),
             contract.ENV_CONTROLLER_TABLE: args["state_table_name"],
             contract.ENV_CONTROLLER_SETTINGS: json.dumps(build_controller_settings(settings)),
-            "POWERTOOLS_SERVICE_NAME": "sluice-controller",
         }
         function = aws.lambda_.Function(
             f"{name}-function",

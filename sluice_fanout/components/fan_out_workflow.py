@@ -104,7 +104,6 @@ class FanOutWorkflow(pulumi.ComponentResource):
             policy=lambda logs_arn: bucket.arn.apply(
                 lambda arn: build_aggregate_policy(results_bucket_arn=arn, log_group_arn=logs_arn)
             ),
-            environment={"POWERTOOLS_SERVICE_NAME": "sluice-aggregate"},
         )
         order = self._function(
             name,
@@ -117,7 +116,6 @@ class FanOutWorkflow(pulumi.ComponentResource):
                 )
             ),
             environment={
-                "POWERTOOLS_SERVICE_NAME": "sluice-order",
                 contract.ENV_ORDER_BUCKET: bucket.bucket,
                 contract.ENV_ORDER_PRIORITIES: json.dumps(priorities),
                 contract.ENV_ORDER_DEFAULT_PRIORITY: cfg.default_priority,
@@ -235,7 +233,7 @@ class FanOutWorkflow(pulumi.ComponentResource):
         handler: str,
         retention: int,
         policy: Callable[[str], pulumi.Output[dict[str, Any]]],
-        environment: Mapping[str, pulumi.Input[str]],
+        environment: Mapping[str, pulumi.Input[str]] | None = None,
     ) -> aws.lambda_.Function:
         """One of the workflow's own Lambdas (aggregate, order): role, log group, policy, function."""
         child = pulumi.ResourceOptions(parent=self)
@@ -259,9 +257,10 @@ class FanOutWorkflow(pulumi.ComponentResource):
             code=handler_archive(),
             timeout=300,
             # The order function holds a whole batch (up to the 100,000s of items an S3 source
-            # may have) in memory once; the aggregate holds every result.
+            # may have) in memory once; the aggregate reads results one at a time, but a big
+            # batch's result files take a while to read and Lambda's CPU grows with memory.
             memory_size=1024,
-            environment={"variables": dict(environment)},
+            environment={"variables": dict(environment)} if environment else None,
             logging_config={"log_format": "JSON", "log_group": logs.name},
             opts=pulumi.ResourceOptions(parent=self, depends_on=[role_policy]),
         )

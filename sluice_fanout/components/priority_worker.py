@@ -21,7 +21,6 @@ force_after_receives - 1 + max_attempts (validated) to leave room for such recei
 # schema for other languages, and Pulumi's analyzer reads its annotations as objects, not strings
 # (a postponed annotation reaches it as a ForwardRef it cannot follow; see sluice_fanout/plugin.py).
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from sluice_fanout.components import validation as v
 from sluice_fanout.components.bundle import handler_archive
 from sluice_fanout.components.policies import build_assume_role_policy, build_worker_policy
 from sluice_fanout.handlers import contract
+from sluice_fanout.handlers.settings import HttpTargetSettings, WorkerSettings
 
 COMPONENT = "PriorityWorker"
 TICKETS = "TICKETS"
@@ -102,7 +102,8 @@ class PriorityWorkerArgs(TypedDict):
     log_retention_days: NotRequired[int]
     """Default 14."""
     dispatch: NotRequired[str]
-    """`yield` (default) or `ticket`; `ticket` needs ticket_queue_url and ticket_queue_arn."""
+    """`ticket` or `yield`; `ticket` needs ticket_queue_url and ticket_queue_arn (PriorityQueues
+    with ticket_queue). Default ticket."""
     ticket_queue_url: NotRequired[pulumi.Input[str]]
     ticket_queue_arn: NotRequired[pulumi.Input[str]]
     share_period: NotRequired[int]
@@ -145,6 +146,17 @@ class PriorityWorker(pulumi.ComponentResource):
         self, name: str, args: PriorityWorkerArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         cfg = check_worker_args(name, args)
+        if cfg.runtime.dispatch == contract.DISPATCH_TICKET and not (
+            "ticket_queue_url" in args and "ticket_queue_arn" in args
+        ):
+            raise v.fail(
+                COMPONENT,
+                name,
+                "dispatch",
+                "ticket needs ticket_queue_url and ticket_queue_arn (from PriorityQueues with "
+                "ticket_queue); give them, or set dispatch to yield",
+                cfg.runtime.dispatch,
+            )
         super().__init__("sluice:index:PriorityWorker", name, {}, opts)
         child = pulumi.ResourceOptions(parent=self)
         priorities = cfg.priorities
@@ -209,34 +221,23 @@ class PriorityWorker(pulumi.ComponentResource):
                 ]
             )
         )
+        settings = cfg.runtime
         env: dict[str, pulumi.Input[str]] = {
+            **settings.to_env(),
             contract.ENV_QUEUES: queues_env,
-            contract.ENV_TARGET: cfg.target,
-            contract.ENV_FORCE_AFTER_RECEIVES: str(cfg.force_after_receives),
-            contract.ENV_MAX_ATTEMPTS: str(cfg.max_attempts),
-            contract.ENV_YIELD_DELAY_SECONDS: str(cfg.yield_delay_seconds),
-            contract.ENV_RETRY_BASE_SECONDS: str(cfg.retry_base_seconds),
-            contract.ENV_RETRY_MAX_SECONDS: str(cfg.retry_max_seconds),
-            contract.ENV_DISPATCH: cfg.dispatch,
             contract.ENV_IDEMPOTENCY_TABLE: table.name,
-            contract.ENV_IDEMPOTENCY_TTL_SECONDS: str(cfg.idempotency_ttl_seconds),
-            "POWERTOOLS_SERVICE_NAME": "sluice-worker",
         }
-        if "throttle_hold_seconds" in args:
-            env[contract.ENV_THROTTLE_HOLD_SECONDS] = repr(
-                v.check_number(COMPONENT, name, "throttle_hold_seconds", args["throttle_hold_seconds"], low=0)
-            )
-        if cfg.calls_per_second is not None:
-            env[contract.ENV_CALLS_PER_SECOND] = repr(cfg.calls_per_second)
         if "results_bucket" in args:
             env[contract.ENV_RESULTS_BUCKET] = args["results_bucket"]
-        if cfg.dispatch == contract.DISPATCH_TICKET:
+        if settings.dispatch == contract.DISPATCH_TICKET:
             env[contract.ENV_TICKET_QUEUE_URL] = args["ticket_queue_url"]
-            env[contract.ENV_SHARE_PERIOD] = str(cfg.share_period)
         if http is not None:
             env[contract.ENV_HTTP_URL] = http["url"]
-            env[contract.ENV_HTTP_TIMEOUT_SECONDS] = str(http.get("timeout_seconds", 10.0))
-            env[contract.ENV_HTTP_AUTH_HEADER] = http.get("auth_header", "Authorization")
+            defaults = HttpTargetSettings.defaults()
+            env |= HttpTargetSettings(
+                timeout_seconds=float(http.get("timeout_seconds", defaults["timeout_seconds"])),
+                auth_header=http.get("auth_header", defaults["auth_header"]),
+            ).to_env()
             if "secret_arn" in http:
                 env[contract.ENV_HTTP_SECRET_ARN] = http["secret_arn"]
             if "ssm_parameter_name" in http:
@@ -264,7 +265,7 @@ class PriorityWorker(pulumi.ComponentResource):
         # worker; payloads are pulled by the worker itself, highest priority first.
         sources: dict[str, pulumi.Input[str]] = (
             {TICKETS: args["ticket_queue_arn"]}
-            if cfg.dispatch == contract.DISPATCH_TICKET
+            if cfg.runtime.dispatch == contract.DISPATCH_TICKET
             else {p: _entry_of(queue_arns, p) for p in priorities}
         )
         mappings = {
@@ -272,7 +273,7 @@ class PriorityWorker(pulumi.ComponentResource):
                 f"{name}-{source.lower()}-mapping",
                 event_source_arn=arn,
                 function_name=function.arn,
-                batch_size=cfg.batch_size if cfg.dispatch == contract.DISPATCH_YIELD else 1,
+                batch_size=cfg.batch_size if cfg.runtime.dispatch == contract.DISPATCH_YIELD else 1,
                 function_response_types=["ReportBatchItemFailures"],
                 scaling_config={"maximum_concurrency": cfg.esm_maximum_concurrency},
                 opts=pulumi.ResourceOptions(
@@ -336,16 +337,7 @@ def _check_http_target(c: str, name: str, http: Any) -> Mapping[str, Any]:
     return http
 
 
-def _check_calls_per_second(
-    c: str, name: str, args: Mapping[str, Any], concurrency: int, timeout_seconds: int
-) -> float | None:
-    if "calls_per_second" not in args:
-        return None
-    rate = v.check_number(c, name, "calls_per_second", args["calls_per_second"], low=-math.inf)
-    if rate <= 0 or rate > contract.MAX_CALLS_PER_SECOND:
-        raise v.fail(
-            c, name, "calls_per_second", f"must be > 0 and at most {contract.MAX_CALLS_PER_SECOND:g}", rate
-        )
+def _check_rate_fits(c: str, name: str, rate: float, concurrency: int, timeout_seconds: int) -> None:
     # At most `concurrency` invocations hold a reserved slot, so a call waits at most that many
     # intervals; the worker waits at most half its remaining time (the rest is for the call,
     # a second for what comes before the reservation). Beyond that items would bounce.
@@ -361,33 +353,26 @@ def _check_calls_per_second(
             "concurrency (sluice:concurrency) or raise the timeout (sluice:workerTimeoutSeconds)",
             rate,
         )
-    return rate
 
 
 @dataclass(frozen=True)
-class WorkerSettings:
+class WorkerPlan:
+    """The worker as checked at preview: how it is deployed, and the settings it runs with."""
+
     priorities: list[str]
     concurrency: int
-    target: str
     timeout_seconds: int
     memory_mb: int
     batch_size: int
     esm_maximum_concurrency: int
-    force_after_receives: int
-    max_attempts: int
-    yield_delay_seconds: int
-    retry_base_seconds: float
-    retry_max_seconds: float
-    calls_per_second: float | None
     log_retention_days: int
-    dispatch: str
-    share_period: int
-    idempotency_ttl_seconds: int
     kms_key_arn: str | None
     controlled: bool
+    runtime: WorkerSettings
+    """What the handler reads back from the environment (sluice_fanout/handlers/settings.py)."""
 
 
-def check_worker_args(name: str, args: Mapping[str, Any], component: str = COMPONENT) -> WorkerSettings:
+def check_worker_args(name: str, args: Mapping[str, Any], component: str = COMPONENT) -> WorkerPlan:
     """Check every plain arg (Inputs are not read); return them with defaults filled in."""
     c = component
     priorities = v.check_priorities(c, name, args.get("priorities"))
@@ -415,16 +400,22 @@ def check_worker_args(name: str, args: Mapping[str, Any], component: str = COMPO
             raise v.fail(
                 c, name, "http_target", "needs both ssm_parameter_arn and ssm_parameter_name", sorted(http)
             )
-        v.check_number(c, name, "http_timeout_seconds", http.get("timeout_seconds", 10.0), low=0.1, high=900)
+        v.check_setting(
+            c,
+            name,
+            HttpTargetSettings,
+            "timeout_seconds",
+            {"http_timeout_seconds": http.get("timeout_seconds", 10.0)},
+        )
 
     def whole(arg: str, default: int, low: int, high: int | None = None) -> int:
         return v.check_int(c, name, arg, args.get(arg, default), low=low, high=high)
 
-    def number(arg: str, default: float, low: float, high: float | None = None) -> float:
-        return v.check_number(c, name, arg, args.get(arg, default), low=low, high=high)
+    def runtime(field: str) -> Any:
+        return v.check_setting(c, name, WorkerSettings, field, args)
 
-    force = whole("force_after_receives", 3, 1, 100)
-    attempts = whole("max_attempts", 3, 1, 100)
+    force = runtime("force_after_receives")
+    attempts = runtime("max_attempts")
     max_receive_count = whole("max_receive_count", 10, 1, contract.SQS_MAX_MAX_RECEIVE_COUNT)
     budget = force - 1 + attempts
     if max_receive_count <= budget:
@@ -437,10 +428,16 @@ def check_worker_args(name: str, args: Mapping[str, Any], component: str = COMPO
             max_receive_count,
         )
     timeout_seconds = whole("timeout_seconds", 30, 1, LAMBDA_MAX_TIMEOUT_SECONDS)
-    return WorkerSettings(
+    settings = WorkerSettings(
+        **{field: runtime(field) for field, spec in WorkerSettings.specs().items() if spec.arg},
+        throttle_hold_seconds=runtime("throttle_hold_seconds"),
+        target=target,
+    )
+    if settings.calls_per_second is not None:
+        _check_rate_fits(c, name, settings.calls_per_second, concurrency, timeout_seconds)
+    return WorkerPlan(
         priorities=priorities,
         concurrency=concurrency,
-        target=target,
         timeout_seconds=timeout_seconds,
         memory_mb=whole("memory_mb", 256, 128, 10_240),
         batch_size=whole("batch_size", 1, 1, SQS_MAX_BATCH),
@@ -450,16 +447,8 @@ def check_worker_args(name: str, args: Mapping[str, Any], component: str = COMPO
             contract.ESM_MIN_MAXIMUM_CONCURRENCY,
             contract.ESM_MAX_MAXIMUM_CONCURRENCY,
         ),
-        force_after_receives=force,
-        max_attempts=attempts,
-        yield_delay_seconds=whole("yield_delay_seconds", 2, 0, contract.SQS_MAX_VISIBILITY_SECONDS),
-        retry_base_seconds=number("retry_base_seconds", 2.0, 0, contract.SQS_MAX_VISIBILITY_SECONDS),
-        retry_max_seconds=number("retry_max_seconds", 300.0, 0, contract.SQS_MAX_VISIBILITY_SECONDS),
-        calls_per_second=_check_calls_per_second(c, name, args, concurrency, timeout_seconds),
         log_retention_days=v.check_log_retention_days(c, name, args.get("log_retention_days", 14)),
-        dispatch=v.check_choice(c, name, "dispatch", args.get("dispatch", "yield"), contract.DISPATCH_MODES),
-        share_period=whole("share_period", 10, 2, 1_000),
-        idempotency_ttl_seconds=whole("idempotency_ttl_seconds", 345_600, 3_600, 31_536_000),
         kms_key_arn=v.check_kms_key_arn(c, name, "queue_kms_key_arn", args.get("queue_kms_key_arn")),
         controlled=v.check_bool(c, name, "controlled", args.get("controlled", False)),
+        runtime=settings,
     )

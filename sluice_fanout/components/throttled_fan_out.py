@@ -31,15 +31,13 @@ from sluice_fanout.components.priority_worker import (
     PriorityWorkerArgs,
     check_worker_args,
 )
-from sluice_fanout.handlers.contract import DEFAULT_PRIORITIES, DISPATCH_MODES, DISPATCH_TICKET
+from sluice_fanout.handlers.contract import DEFAULT_PRIORITIES, DISPATCH_TICKET
+from sluice_fanout.handlers.settings import WorkerSettings
 
 COMPONENT = "ThrottledFanOut"
 # An alarm on the age of urgent work: from a minute (SQS's metric period) to 14 days (the
 # longest an SQS message can wait).
 HIGH_AGE_ALARM_RANGE = (60, 1_209_600)
-DEFAULT_DISPATCH = DISPATCH_TICKET
-"""BENCHMARKS.md: strict priority under a flood, no billed waste, no overpull, for one more state
-transition per item."""
 
 # Args handed through unchanged to one sub-component; validated there.
 _QUEUE_ARGS = ("visibility_timeout_seconds", "message_retention_seconds", "dlq_retention_seconds")
@@ -77,7 +75,7 @@ class ThrottledFanOutArgs(TypedDict):
     priorities: NotRequired[Sequence[str]]
     """Priority names, highest first. Default HIGH, NORMAL, BATCH."""
     dispatch: NotRequired[str]
-    """How the worker honours priority: `ticket` (default) or `yield` (see README, BENCHMARKS.md)."""
+    """How the worker honours priority: `ticket` or `yield` (see docs/dispatch.md). Default ticket."""
     share_period: NotRequired[int]
     """ticket: one item in every share_period gives each lower priority first pick. Default 10."""
     target_dir: NotRequired[str]
@@ -108,7 +106,7 @@ class ThrottledFanOutArgs(TypedDict):
     adaptive: NotRequired[AdaptiveArgs]
     """Let a scheduled controller move the worker's concurrency limit between
     adaptive.min_concurrency and `concurrency` from the API's 429s, errors and latency, and
-    pause the worker while the API is failing (see README, "Adaptive concurrency"). Default
+    pause the worker while the API is failing (see docs/adaptive.md). Default
     none: the limit is `concurrency`, fixed."""
     calls_per_second: NotRequired[float]
     """The legacy API's published rate, enforced alongside `concurrency` across all worker
@@ -187,9 +185,7 @@ class ThrottledFanOut(pulumi.ComponentResource):
     def __init__(
         self, name: str, args: ThrottledFanOutArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
-        dispatch = v.check_choice(
-            COMPONENT, name, "dispatch", args.get("dispatch", DEFAULT_DISPATCH), DISPATCH_MODES
-        )
+        dispatch = v.check_setting(COMPONENT, name, WorkerSettings, "dispatch", args)
         priorities = v.check_priorities(COMPONENT, name, args.get("priorities", DEFAULT_PRIORITIES))
         known = {
             "concurrency",

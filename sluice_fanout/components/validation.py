@@ -7,19 +7,14 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from sluice_fanout.handlers.contract import invalid_priorities
+from sluice_fanout.handlers.settings import EnvSettings, bounds, config_key, within
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
 
 class SluiceConfigError(ValueError):
     """A component argument is invalid. The message names the value and where to fix it."""
-
-
-def config_key(arg: str) -> str:
-    """The stack config key that sets a component arg: `max_attempts` -> `sluice:maxAttempts`."""
-    head, *rest = arg.split("_")
-    return "sluice:" + head + "".join(part.title() for part in rest)
 
 
 def fail(component: str, name: str, arg: str, rule: str, value: Any) -> SluiceConfigError:
@@ -73,6 +68,27 @@ LOG_RETENTION_DAYS = (
     3288,
     3653,
 )
+
+
+def check_setting(
+    component: str, name: str, settings: type[EnvSettings], field: str, args: Mapping[str, Any]
+) -> Any:
+    """The arg that sets one of a function's settings, checked against the setting's own type
+    and range (sluice_fanout/handlers/settings.py); its default when the arg is not given."""
+    spec = settings.specs()[field]
+    arg = spec.arg or field
+    value = args.get(arg, settings.defaults()[field])
+    if value is None:
+        return None
+    if spec.choices:
+        return check_choice(component, name, arg, value, spec.choices)
+    if spec.kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise fail(component, name, arg, "must be a whole number", value)
+    if spec.kind is float:
+        value = check_number(component, name, arg, value, low=-math.inf)
+    if not within(spec, value):
+        raise fail(component, name, arg, f"must be {bounds(spec)}", value)
+    return value
 
 
 def check_log_retention_days(component: str, name: str, value: Any) -> int:

@@ -110,6 +110,12 @@ class AutopilotConfig:
                 f"{contract.ENV_CONTROLLER_SETTINGS}: interval_seconds must be one of "
                 f"{contract.CONTROLLER_INTERVALS_SECONDS}, got {interval!r}"
             )
+        if "max_limit" not in settings:
+            # Without it the rule's own default would cap a stack whose API allows more.
+            raise AutopilotConfigError(
+                f"{contract.ENV_CONTROLLER_SETTINGS}: max_limit is not set; the AdaptiveController "
+                "component sets it to the stack's concurrency"
+            )
         delay = loop["signal_delay_seconds"]
         if not isinstance(delay, int) or isinstance(delay, bool) or delay < 0:
             raise AutopilotConfigError(

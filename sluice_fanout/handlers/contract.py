@@ -31,9 +31,6 @@ ENV_DISPATCH = "SLUICE_DISPATCH"
 """`yield` (one mapping per priority queue) or `ticket` (one mapping on the ticket queue)."""
 ENV_TICKET_QUEUE_URL = "SLUICE_TICKET_QUEUE_URL"
 ENV_SHARE_PERIOD = "SLUICE_SHARE_PERIOD"
-ENV_ORPHAN_TICKET_RECEIVES = "SLUICE_ORPHAN_TICKET_RECEIVES"
-ENV_ORPHAN_TICKET_AGE_SECONDS = "SLUICE_ORPHAN_TICKET_AGE_SECONDS"
-ENV_EMPTY_TICKET_DELAY_SECONDS = "SLUICE_EMPTY_TICKET_DELAY_SECONDS"
 ENV_IDEMPOTENCY_TABLE = "SLUICE_IDEMPOTENCY_TABLE"
 """DynamoDB table of idempotency records, one per (execution, index)."""
 ENV_IDEMPOTENCY_TTL_SECONDS = "SLUICE_IDEMPOTENCY_TTL_SECONDS"
@@ -65,7 +62,7 @@ MAX_CALLS_PER_SECOND = 1_000.0  # one DynamoDB item takes at most 1000 writes a 
 # metric by its exact dimension set, and the function name keeps two Sluice stacks apart.
 METRICS_NAMESPACE = "Sluice"
 METRICS_SERVICE = "sluice-worker"
-"""Also the worker's POWERTOOLS_SERVICE_NAME; Powertools adds it as the `service` dimension."""
+"""The worker's Powertools service: Powertools adds it as the `service` dimension."""
 DIMENSION_SERVICE = "service"
 DIMENSION_FUNCTION = "FunctionName"
 DIMENSION_PRIORITY = "Priority"
@@ -183,8 +180,7 @@ DIRECT_PATH = "DIRECT"
 SFN_MAX_ERROR_CHARS = 256  # SendTaskFailure `error` maximum length
 SFN_MAX_CAUSE_CHARS = 32_768  # SendTaskFailure `cause` maximum length
 SQS_MAX_VISIBILITY_SECONDS = 43_200  # ChangeMessageVisibility maximum (12 hours)
-SQS_MIN_MAX_RECEIVE_COUNT = 1  # RedrivePolicy maxReceiveCount range is 1..1000
-SQS_MAX_MAX_RECEIVE_COUNT = 1_000
+SQS_MAX_MAX_RECEIVE_COUNT = 1_000  # RedrivePolicy maxReceiveCount range is 1..1000
 ESM_MIN_MAXIMUM_CONCURRENCY = 2  # ScalingConfig.MaximumConcurrency range is 2..1000
 ESM_MAX_MAXIMUM_CONCURRENCY = 1_000
 

@@ -153,7 +153,9 @@ class ControllerSettings:
     min_limit: int = 1
     """Lowest limit, >= 1 (0 would stop the work; that is the breaker's job)."""
     max_limit: int = 10
-    """Highest limit, >= min_limit: the API's documented concurrency limit."""
+    """Highest limit, >= min_limit: the API's documented concurrency limit. The deployed
+    controller always has it from its settings (the stack's `concurrency`); this default is for
+    the rule used alone."""
     throttle_threshold: float = 0.02
     """Share of 429s above which the limit decreases, in [0, 1). The benchmark's goal is < 2%."""
     error_threshold: float = 0.05
@@ -366,7 +368,7 @@ class BreakerSettings:
     """Share of 5xx/timeouts above which the breaker opens (CLOSED) or reopens (HALF_OPEN)."""
     min_calls: int = 20
     """CLOSED opens only on at least this many calls in the interval; >= 1."""
-    open_seconds: float = 300.0
+    open_seconds: float = 120.0
     """Time OPEN before probing, in seconds; >= 0."""
     probe_limit: int = 1
     """Concurrency limit while HALF_OPEN; >= 1."""

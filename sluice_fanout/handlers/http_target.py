@@ -22,12 +22,12 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from sluice_fanout.handlers import contract
+from sluice_fanout.handlers.settings import HttpTargetSettings
 from sluice_fanout.handlers.target import PermanentFailure, RetryLater, TargetContext
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-DEFAULT_TIMEOUT_SECONDS = 10.0
 DEFAULT_RETRY_AFTER_SECONDS = 5.0
 HTTP_TOO_MANY_REQUESTS = 429
 # Statuses that say "not now" rather than "never": request timeout, too early.
@@ -58,24 +58,17 @@ class HttpTargetConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> HttpTargetConfig:
-        url = env.get(contract.ENV_HTTP_URL, "")
-        if not url.startswith(("http://", "https://")):
+        settings = HttpTargetSettings.from_env(env, HttpTargetConfigError)
+        if not settings.url.startswith(("http://", "https://")):
             raise HttpTargetConfigError(
-                f"{contract.ENV_HTTP_URL} must be an http(s) URL, got {url!r} (set sluice:httpUrl)"
+                f"{contract.ENV_HTTP_URL} must be an http(s) URL, got {settings.url!r} (set sluice:httpUrl)"
             )
-        try:
-            timeout = float(env.get(contract.ENV_HTTP_TIMEOUT_SECONDS) or DEFAULT_TIMEOUT_SECONDS)
-        except ValueError as exc:
-            raise HttpTargetConfigError(
-                f"{contract.ENV_HTTP_TIMEOUT_SECONDS} must be a number of seconds, "
-                f"got {env.get(contract.ENV_HTTP_TIMEOUT_SECONDS)!r}"
-            ) from exc
         return cls(
-            url=url,
-            timeout_seconds=timeout,
-            auth_header=env.get(contract.ENV_HTTP_AUTH_HEADER) or "Authorization",
-            secret_arn=env.get(contract.ENV_HTTP_SECRET_ARN) or None,
-            ssm_parameter=env.get(contract.ENV_HTTP_SSM_PARAMETER) or None,
+            url=settings.url,
+            timeout_seconds=settings.timeout_seconds,
+            auth_header=settings.auth_header,
+            secret_arn=settings.secret_arn or None,
+            ssm_parameter=settings.ssm_parameter or None,
         )
 
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Self
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import (
@@ -32,6 +32,7 @@ from sluice_fanout.handlers.messages import MalformedMessage, WorkMessage, parse
 from sluice_fanout.handlers.metrics import WorkerMetrics
 from sluice_fanout.handlers.once import ItemInProgress, OncePerItem, Outcome, ResultSpill, task_output
 from sluice_fanout.handlers.rate import Denied, RateLimiter, interval_for
+from sluice_fanout.handlers.settings import SettingsError, WorkerSettings
 from sluice_fanout.handlers.target import PermanentFailure, RetryLater, Target, TargetContext, load_target
 
 if TYPE_CHECKING:
@@ -40,9 +41,12 @@ if TYPE_CHECKING:
 
 logger = Logger(service="sluice-worker")
 
-N = TypeVar("N", int, float)
-
 MAX_EMPTY_TICKET_DELAY_S = 60
+EMPTY_TICKET_DELAY_SECONDS = 1
+"""First delay of a ticket that found nothing; it doubles per receive up to the maximum."""
+ORPHAN_TICKET_RECEIVES = 10
+ORPHAN_TICKET_AGE_SECONDS = 60
+"""A ticket is an orphan (dropped) after this many receives and this age with nothing waiting."""
 # Dropping a message that is not work is quick, but an invocation must not spend its time on a
 # flood of junk: after this many in one queue the ticket moves on.
 MAX_DROPPED_PER_QUEUE = 10
@@ -58,7 +62,7 @@ refused slot to about one call per hold, short enough that a Retry-After of minu
 bill minutes of sleep (the message's visibility carries the rest of the wait)."""
 
 
-class WorkerConfigError(Exception):
+class WorkerConfigError(SettingsError):
     """The worker's environment is wrong; the deploy, not the message, needs fixing."""
 
 
@@ -88,30 +92,20 @@ class QueueRef:
     dlq_url: str
 
 
-@dataclass(frozen=True)
-class WorkerConfig:
+@dataclass(frozen=True, kw_only=True)
+class WorkerConfig(WorkerSettings):
+    """The worker's settings (`WorkerSettings`) and what the deploy wires in beside them."""
+
     queues: tuple[QueueRef, ...]
     """Highest priority first."""
-    force_after_receives: int
-    max_attempts: int
-    yield_delay_seconds: int
-    retry_base_seconds: float
-    retry_max_seconds: float
-    dispatch: str = contract.DISPATCH_YIELD
-    ticket_queue_url: str = ""
-    share_period: int = 10
-    orphan_ticket_receives: int = 10
-    orphan_ticket_age_seconds: int = 60
-    empty_ticket_delay_seconds: int = 1
     idempotency_table: str = ""
-    idempotency_ttl_seconds: int = 345_600
-    """Records must outlive every redelivery: by default the queues' 4-day retention."""
+    ticket_queue_url: str = ""
     results_bucket: str = ""
-    calls_per_second: float | None = None
-    """The API's published rate, shared by all invocations; None: no rate limit."""
-    throttle_hold_seconds: float = 0.0
-    """Least time a refused slot is held (see _hold_slot); the adaptive controller sets it to
-    its reaction time. 0: the Retry-After alone, at most THROTTLE_HOLD_MAX_S."""
+    """Bucket for results too large for Step Functions; empty: such results fail the item."""
+    # Not settings: fixed behaviour of the ticket dispatch, fields so that tests can shorten them.
+    orphan_ticket_receives: int = ORPHAN_TICKET_RECEIVES
+    orphan_ticket_age_seconds: int = ORPHAN_TICKET_AGE_SECONDS
+    empty_ticket_delay_seconds: int = EMPTY_TICKET_DELAY_SECONDS
 
     @property
     def priorities(self) -> list[str]:
@@ -127,81 +121,33 @@ class WorkerConfig:
         )
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> WorkerConfig:
+    def from_env(cls, env: Mapping[str, str], error: type[Exception] = WorkerConfigError) -> Self:
         raw = env.get(contract.ENV_QUEUES)
         if not raw:
-            raise WorkerConfigError(f"{contract.ENV_QUEUES} is not set")
+            raise error(f"{contract.ENV_QUEUES} is not set")
         try:
             queues = tuple(QueueRef(q["priority"], q["url"], q["arn"], q["dlq_url"]) for q in json.loads(raw))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise WorkerConfigError(
+            raise error(
                 f"{contract.ENV_QUEUES} must be a JSON list of objects with priority, url, arn "
                 f"and dlq_url, got {raw!r}"
             ) from exc
+        settings = WorkerSettings.from_env(env, error)
+        if settings.dispatch == contract.DISPATCH_TICKET and not env.get(contract.ENV_TICKET_QUEUE_URL):
+            raise error(f"{contract.ENV_TICKET_QUEUE_URL} is required with the ticket dispatch")
+        table = env.get(contract.ENV_IDEMPOTENCY_TABLE, "")
+        if not table:
+            # Without the table a redelivered message would call the legacy API a second time.
+            raise error(
+                f"{contract.ENV_IDEMPOTENCY_TABLE} is not set; the worker needs its idempotency table"
+            )
         return cls(
+            **settings.values(),
             queues=queues,
-            force_after_receives=_env_number(env, contract.ENV_FORCE_AFTER_RECEIVES, 3, int),
-            max_attempts=_env_number(env, contract.ENV_MAX_ATTEMPTS, 3, int),
-            yield_delay_seconds=_env_number(env, contract.ENV_YIELD_DELAY_SECONDS, 2, int),
-            retry_base_seconds=_env_number(env, contract.ENV_RETRY_BASE_SECONDS, 2.0, float),
-            retry_max_seconds=_env_number(env, contract.ENV_RETRY_MAX_SECONDS, 300.0, float),
-            dispatch=_dispatch(env),
+            idempotency_table=table,
             ticket_queue_url=env.get(contract.ENV_TICKET_QUEUE_URL, ""),
-            share_period=_env_number(env, contract.ENV_SHARE_PERIOD, 10, int),
-            orphan_ticket_receives=_env_number(env, contract.ENV_ORPHAN_TICKET_RECEIVES, 10, int),
-            orphan_ticket_age_seconds=_env_number(env, contract.ENV_ORPHAN_TICKET_AGE_SECONDS, 60, int),
-            empty_ticket_delay_seconds=_env_number(env, contract.ENV_EMPTY_TICKET_DELAY_SECONDS, 1, int),
-            idempotency_table=_required(env, contract.ENV_IDEMPOTENCY_TABLE),
-            idempotency_ttl_seconds=_env_number(env, contract.ENV_IDEMPOTENCY_TTL_SECONDS, 345_600, int),
-            throttle_hold_seconds=_env_number(env, contract.ENV_THROTTLE_HOLD_SECONDS, 0.0, float),
             results_bucket=env.get(contract.ENV_RESULTS_BUCKET, ""),
-            calls_per_second=_calls_per_second(env),
         )
-
-
-def _calls_per_second(env: Mapping[str, str]) -> float | None:
-    raw = env.get(contract.ENV_CALLS_PER_SECOND)
-    if raw is None or raw == "":
-        return None
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise WorkerConfigError(f"{contract.ENV_CALLS_PER_SECOND} must be a number, got {raw!r}") from exc
-    if not (value > 0 and math.isfinite(value)):
-        raise WorkerConfigError(f"{contract.ENV_CALLS_PER_SECOND} must be > 0, got {raw!r}")
-    return value
-
-
-def _required(env: Mapping[str, str], name: str) -> str:
-    value = env.get(name, "")
-    if not value:
-        # Without the table a redelivered message would call the legacy API a second time.
-        raise WorkerConfigError(f"{name} is not set; the worker needs its idempotency table")
-    return value
-
-
-def _dispatch(env: Mapping[str, str]) -> str:
-    dispatch = env.get(contract.ENV_DISPATCH) or contract.DISPATCH_YIELD
-    if dispatch not in contract.DISPATCH_MODES:
-        raise WorkerConfigError(
-            f"{contract.ENV_DISPATCH} must be one of {contract.DISPATCH_MODES}, got {dispatch!r}"
-        )
-    if dispatch == contract.DISPATCH_TICKET and not env.get(contract.ENV_TICKET_QUEUE_URL):
-        raise WorkerConfigError(f"{contract.ENV_TICKET_QUEUE_URL} is required with the ticket dispatch")
-    return dispatch
-
-
-def _env_number(env: Mapping[str, str], name: str, default: N, kind: type[N]) -> N:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = kind(raw)
-    except ValueError as exc:
-        raise WorkerConfigError(f"{name} must be a {kind.__name__}, got {raw!r}") from exc
-    if value < 0:
-        raise WorkerConfigError(f"{name} must be >= 0, got {raw!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -567,7 +513,7 @@ def _hold_slot(deps: WorkerDeps, retry_after_s: float, remaining_ms: float) -> N
     while the API is refusing.
     """
     budget = remaining_ms / 1000 * contract.RATE_MAX_WAIT_SHARE
-    wanted = max(min(retry_after_s, THROTTLE_HOLD_MAX_S), deps.config.throttle_hold_seconds)
+    wanted = max(min(retry_after_s, THROTTLE_HOLD_MAX_S), deps.config.throttle_hold_seconds or 0.0)
     hold = min(wanted, budget)
     if hold > 0:
         # EMF lines carry the time they are printed: printed after the hold, the refusal would
@@ -645,7 +591,7 @@ def _deps() -> WorkerDeps:
         config=config,
         queues=SqsQueues(boto3.client("sqs", config=client_config)),
         tokens=TaskTokens(boto3.client("stepfunctions", config=client_config), logger),
-        target=load_target(os.environ.get(contract.ENV_TARGET, contract.HTTP_TARGET)),
+        target=load_target(config.target),
         once=OncePerItem(persistence, config.idempotency_ttl_seconds),
         # Lambda sets it; the dashboard and alarms query the same name (the function's).
         metrics=WorkerMetrics(function_name),

@@ -125,7 +125,6 @@ def test_the_controller_function(adaptive: tuple[Recorder, Any]) -> None:
         contract.ENV_CONTROLLER_PRIORITIES: json.dumps(["HIGH", "NORMAL", "BATCH"]),
         contract.ENV_CONTROLLER_TABLE: "orders-worker-idempotency",
         contract.ENV_CONTROLLER_SETTINGS: fn["environment"]["variables"][contract.ENV_CONTROLLER_SETTINGS],
-        "POWERTOOLS_SERVICE_NAME": "sluice-controller",
     }
     assert rec.named("orders-controller-logs").inputs == {"retentionInDays": 14}
     assert rec.named("orders-controller-invoke-config").inputs == {

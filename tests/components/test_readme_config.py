@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from sluice_fanout.components import ThrottledFanOutArgs
-from sluice_fanout.components.validation import config_key
+from sluice_fanout.handlers.settings import config_key
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGURATION = ROOT / "docs" / "configuration.md"

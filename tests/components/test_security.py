@@ -421,13 +421,13 @@ WORKER_ENV = {
     contract.ENV_IDEMPOTENCY_TABLE,
     contract.ENV_IDEMPOTENCY_TTL_SECONDS,
     contract.ENV_RESULTS_BUCKET,
-    "POWERTOOLS_SERVICE_NAME",
+    contract.ENV_SHARE_PERIOD,
 }
 
 
 def test_the_worker_environment_holds_a_secret_arn_not_a_secret() -> None:
     env = stack("ticket").named("orders-worker-function").inputs["environment"]["variables"]
-    ticket_env = {contract.ENV_TICKET_QUEUE_URL, contract.ENV_SHARE_PERIOD}
+    ticket_env = {contract.ENV_TICKET_QUEUE_URL}
     assert set(env) == WORKER_ENV | ticket_env | {contract.ENV_HTTP_SECRET_ARN}
     assert env[contract.ENV_HTTP_SECRET_ARN] == SECRET_ARN
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from sluice_fanout.components.validation import SluiceConfigError, config_key
+from sluice_fanout.components.validation import SluiceConfigError
+from sluice_fanout.handlers.settings import config_key
 from tests.support.mocks import run_program
 
 HTTP = {"url": "https://erp.example.internal/api"}

@@ -77,6 +77,7 @@ class Rig:
 
     def deps(self, target: Callable[[Any, TargetContext], Any], **overrides: Any) -> WorkerDeps:
         settings = {
+            "dispatch": "yield",
             "force_after_receives": 3,
             "max_attempts": 2,
             "yield_delay_seconds": 1,

@@ -68,6 +68,7 @@ def test_back_to_back_calls_are_spaced_one_interval_apart() -> None:
 WORKER_ENV = {
     contract.ENV_QUEUES: json.dumps([{"priority": "HIGH", "url": "u", "arn": "a", "dlq_url": "d"}]),
     contract.ENV_IDEMPOTENCY_TABLE: "t",
+    contract.ENV_DISPATCH: contract.DISPATCH_YIELD,
 }
 
 
