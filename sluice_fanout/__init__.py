@@ -4,7 +4,7 @@
 
 `sluice_fanout.components` holds the Pulumi components (never boto3), `sluice_fanout.handlers`
 the Lambda code they deploy (never pulumi). The components are imported on first use, so the
-handlers and the DLQ command (`python -m sluice_fanout.handlers.dlq`) work without Pulumi.
+handlers and the `sluice` command (`sluice_fanout.cli`) work without Pulumi.
 """
 
 from __future__ import annotations

@@ -20,10 +20,10 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from sluice_fanout.handlers import dlq
+from sluice_fanout.cli import dlq
+from sluice_fanout.cli.dlq import DeadLetterQueues, DlqAwsError, Options
 from sluice_fanout.handlers.adapters import SqsQueues
 from sluice_fanout.handlers.contract import ATTR_DEAD_LETTER_REASON
-from sluice_fanout.handlers.dlq import DeadLetterQueues, DlqAwsError, Options
 
 PRIORITIES = ("HIGH", "BATCH")
 TOKEN = "AQCEAAAAKgAAAAMAAAAAAAAAAb7Wk-secret-task-token"

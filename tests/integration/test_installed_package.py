@@ -84,8 +84,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_only_the_distinctive_package_lands_in_site_packages(site: Path) -> None:
-    top_level = sorted(p.name for p in site.iterdir())
+    # `--target` puts console scripts in bin/ beside the packages; a real install puts them in
+    # the environment's bin/, outside site-packages.
+    top_level = sorted(p.name for p in site.iterdir() if p.name != "bin")
     assert top_level == ["sluice_fanout", "sluice_fanout-0.1.0.dist-info"]
+    assert sorted(p.name for p in (site / "bin").iterdir()) == ["sluice"]
     # The whole package, nothing less: the wheel is built from the package directory as it is.
     installed = sorted(p.name for p in (site / "sluice_fanout").iterdir() if p.name != "__pycache__")
     source = sorted(p.name for p in (ROOT / "sluice_fanout").iterdir() if p.name != "__pycache__")

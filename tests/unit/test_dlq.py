@@ -11,8 +11,8 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from sluice_fanout.handlers import dlq
-from sluice_fanout.handlers.dlq import (
+from sluice_fanout.cli import dlq
+from sluice_fanout.cli.dlq import (
     DeadLetterQueues,
     DlqInputError,
     DlqPair,

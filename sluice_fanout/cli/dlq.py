@@ -1,7 +1,6 @@
 """Dead letters: inspect Sluice's DLQs and redrive them to their source queues.
 
-An operator's command, not a Lambda entry point:
-`python -m sluice_fanout.handlers.dlq {inspect,redrive,status}`.
+`sluice dlq {inspect,redrive,status}` (or `python -m sluice_fanout.cli dlq ...`).
 
 - `inspect`: each DLQ's approximate depth and a peek at up to `--peek` messages (id, receive
   count, sent time, the worker's dead-letter reason, the body with its task token masked). The
@@ -511,7 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--region", help="AWS region (default: from the queue URL, else boto3's chain)")
     common.add_argument("--endpoint-url", help="SQS endpoint, e.g. the embedded AWS's http://127.0.0.1:PORT")
     parser = argparse.ArgumentParser(
-        prog="python -m sluice_fanout.handlers.dlq", description=__doc__.split("\n\n")[0]
+        prog="sluice dlq",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 2)[2].split("\n\nPure parts")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
     inspect = sub.add_parser("inspect", parents=[common], help="depth and a peek per DLQ, consuming nothing")
@@ -589,7 +591,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sluice dlq: {exc} (check AWS credentials, --region and --endpoint-url)", file=sys.stderr)
         return EXIT_AWS_ERROR
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
