@@ -28,9 +28,9 @@ from localcloud.ticker import Ticker
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
-    from localcloud.deploy import MappingSpec
     from localcloud.esm import EventSourceMappings
     from localcloud.lambda_runner import LambdaRunner
+    from localcloud.specs import MappingSpec
 
 SYNC_INTERVAL_S = 0.25
 # ListEventSourceMappings/GetEventSourceMapping states; the transitional ones count as where the

@@ -21,33 +21,12 @@ import pulumi
 from pulumi.runtime.settings import get_root_resource
 
 from localcloud.control_plane import create_detached_mapping
+from localcloud.specs import MappingSpec, ScheduleSpec
 
 if TYPE_CHECKING:
     from localcloud.cloud import EmbeddedAws
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@dataclass
-class MappingSpec:
-    """An event source mapping as deployed: what the local poller needs."""
-
-    uuid: str
-    queue_arn: str
-    function_name: str
-    batch_size: int
-    maximum_concurrency: int
-    report_batch_item_failures: bool
-
-
-@dataclass
-class ScheduleSpec:
-    """A function EventBridge invokes on a schedule: what a local timer needs. moto stores the
-    rule and its target but never fires them."""
-
-    function_name: str
-    expression: str
-    """EventBridge's schedule expression, e.g. `rate(1 minute)`."""
 
 
 @dataclass

@@ -34,8 +34,8 @@ from localcloud.cloud import REGION
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from localcloud.deploy import MappingSpec
     from localcloud.lambda_runner import LambdaRunner
+    from localcloud.specs import MappingSpec
 
 THROTTLE_RETRY_FIRST_S = 0.05
 THROTTLE_RETRY_MAX_S = 0.5

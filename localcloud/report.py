@@ -29,7 +29,7 @@ from collections import Counter, defaultdict
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Sequence
     from pathlib import Path
 
     from localcloud.legacy_api import Call
@@ -68,44 +68,6 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     ordered = sorted(values)
     rank = max(1, math.ceil(q / 100 * len(ordered)))
     return round(ordered[rank - 1], 3)
-
-
-def results_from_files(
-    manifest: dict[str, Any], read_records: Callable[[str], Iterable[Any]]
-) -> list[dict[str, Any]]:
-    """Each item's outcome from a Map Run's result files, in item order, read once.
-
-    `manifest` is the ResultWriter's manifest.json; `read_records(key)` gives a result file's
-    child execution records (any iterable: a parsed file, or one parsed a record at a time). A
-    succeeded child's `Output` is Sluice's structured result (`status`, `index`, `priority`?,
-    ...); a child that failed outright becomes a FAILED entry with its Error, at the index its
-    `Input` names.
-    """
-    entries: list[dict[str, Any]] = []
-    for group in ("SUCCEEDED", "FAILED", "PENDING"):
-        for ref in manifest.get("ResultFiles", {}).get(group, []):
-            for record in read_records(ref["Key"]):
-                child_input = _json(record.get("Input"))
-                index = child_input.get("index") if isinstance(child_input, dict) else None
-                output = _json(record.get("Output"))
-                if record.get("Status") == "SUCCEEDED" and isinstance(output, dict):
-                    entries.append(output)
-                else:
-                    entries.append(
-                        {
-                            "status": "FAILED",
-                            "index": index,
-                            "error": record.get("Error") or record.get("Status"),
-                        }
-                    )
-    return sorted(entries, key=lambda e: e["index"] if isinstance(e.get("index"), int) else -1)
-
-
-def _json(value: Any) -> Any:
-    try:
-        return json.loads(value) if isinstance(value, str) else value
-    except ValueError:
-        return value
 
 
 def first_calls(calls: Sequence[Call]) -> list[Call]:

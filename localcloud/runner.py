@@ -10,8 +10,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import ijson
-
 from localcloud.cloud import EmbeddedAws, embedded_aws
 from localcloud.control_plane import ControlPlaneSync
 from localcloud.deploy import DeployedStack, deploy
@@ -19,12 +17,12 @@ from localcloud.emf import EmfForwarder
 from localcloud.esm import EventSourceMappings, MappingStats, message_key
 from localcloud.faults import CompletionFaults
 from localcloud.legacy_api import Call, LegacyApi
-from localcloud.report import results_from_files
+from localcloud.results import read_results
 from localcloud.scenario import FIFO_QUEUE, SOURCE_AUTO, SOURCE_INLINE, SOURCE_S3
 from localcloud.scheduler import Fired, Schedules
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
     from localcloud.scenario import Scenario
 
@@ -339,23 +337,7 @@ def _refresh(sfn: Any, s3: Any, executions: list[ExecutionRecord]) -> None:
                 record.status = described["status"]
                 record.stopped = time.time()
                 record.output = json.loads(described.get("output") or "null")
-                record.results = _read_results(s3, record.output)
-
-
-def _read_results(s3: Any, output: Any) -> list[dict[str, Any]] | None:
-    """The items' outcomes from the result files the aggregate's output points at."""
-    location = output.get("results_location") if isinstance(output, dict) else None
-    if not isinstance(location, dict):
-        return None
-    bucket = location["bucket"]
-
-    def read_records(key: str) -> Iterator[Any]:
-        # A record at a time from the response stream: 100,000 records parsed whole held about
-        # four times the 100 MB file at once.
-        yield from ijson.items(s3.get_object(Bucket=bucket, Key=key)["Body"], "item", use_float=True)
-
-    manifest = json.loads(s3.get_object(Bucket=bucket, Key=location["manifest_key"])["Body"].read())
-    return results_from_files(manifest, read_records)
+                record.results = read_results(s3, record.output)
 
 
 def _drain(sqs: Any, url: str, limit: int = 1_000) -> list[dict[str, Any]]:

@@ -1,5 +1,5 @@
-"""Imports go one way: handlers never import pulumi, components never import boto3, and the
-embedded AWS never imports the handlers it runs."""
+"""Imports go one way: handlers never import pulumi, components never import boto3, the
+embedded AWS never imports the handlers it runs, and no modules import each other in a circle."""
 
 from __future__ import annotations
 
@@ -52,3 +52,91 @@ def test_the_checker_sees_imports(tmp_path: Path) -> None:
         "pulumi",
         "sluice_fanout.components.bundle",
     ]
+
+
+PACKAGES = ("sluice_fanout", "localcloud")
+
+
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def internal_imports(path: Path, known: set[str], root: Path = ROOT) -> set[str]:
+    """The project's modules `path` imports, type-only imports included: a circle through
+    `if TYPE_CHECKING:` is still two modules that each need the other to be read."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from pkg import module` imports that module (its package's __init__ runs first, as
+            # any submodule import's does, which is not a dependency of design); `from module
+            # import name` imports the module.
+            submodules = [f"{node.module}.{alias.name}" for alias in node.names]
+            names = [m for m in submodules if m in known] or [node.module]
+        else:
+            continue
+        found.update(name for name in names if name in known)
+    found.discard(module_name(path, root))
+    return found
+
+
+def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    files = [p for package in PACKAGES for p in sorted((root / package).rglob("*.py"))]
+    known = {module_name(p, root) for p in files}
+    return {module_name(p, root): internal_imports(p, known, root) for p in files}
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_circle() -> None:
+    graph = import_graph()
+    assert len(graph) > 40
+    assert circles(graph) == []
+
+
+def test_the_circle_finder_finds_a_type_only_circle(tmp_path: Path) -> None:
+    package = tmp_path / "localcloud"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from localcloud.b import thing\n")
+    (package / "b.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from localcloud import a\n"
+    )
+    (package / "c.py").write_text("import localcloud.a\n")
+    (tmp_path / "sluice_fanout").mkdir()
+    assert circles(import_graph(tmp_path)) == [["localcloud.a", "localcloud.b"]]

@@ -9,7 +9,8 @@ import pytest
 
 from localcloud.deploy import DeployedStack
 from localcloud.moto_results import child_record, manifest, result_files
-from localcloud.report import build_report, percentile, results_from_files
+from localcloud.report import build_report, percentile
+from localcloud.results import results_from_files
 from localcloud.runner import ExecutionRecord, RunResult, batch_items, batch_source
 from localcloud.scenario import Batch, Scenario
 
