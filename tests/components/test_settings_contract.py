@@ -19,7 +19,7 @@ from sluice_fanout.handlers import contract
 from sluice_fanout.handlers.controller import BreakerSettings, ControllerSettings
 from sluice_fanout.handlers.http_target import HttpTargetConfig
 from sluice_fanout.handlers.settings import HttpTargetSettings, WorkerSettings, bounds, config_key
-from sluice_fanout.handlers.worker import WorkerConfig, WorkerConfigError
+from sluice_fanout.handlers.worker_config import WorkerConfig, WorkerConfigError
 from tests.support.mocks import Recorder, run_program
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,7 +2,7 @@
 event source mapping, Step Functions tokens, the legacy API and the faults each can inject.
 
 Only the I/O is faked; everything Sluice decides runs as deployed: handle_batch with
-Powertools' BatchProcessor, handle_ticket, _call_target, OncePerItem on Powertools'
+Powertools' BatchProcessor, handle_ticket, work_item, OncePerItem on Powertools'
 idempotency (an in-memory persistence layer with DynamoDB's conditional put), and the rules in
 sluice_fanout/handlers/priority.py.
 
@@ -64,7 +64,8 @@ from sluice_fanout.handlers import contract
 from sluice_fanout.handlers.once import OncePerItem
 from sluice_fanout.handlers.priority import ticket_order, ticket_slot
 from sluice_fanout.handlers.target import PermanentFailure, RetryLater, TargetContext
-from sluice_fanout.handlers.worker import QueueRef, WorkerConfig, WorkerDeps, handle_batch
+from sluice_fanout.handlers.worker import handle_batch
+from sluice_fanout.handlers.worker_config import QueueRef, WorkerConfig, WorkerDeps
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -8,7 +8,7 @@ import pytest
 
 from sluice_fanout.handlers import contract
 from sluice_fanout.handlers.rate import Denied, Grant, interval_for, reserve
-from sluice_fanout.handlers.worker import WorkerConfig, WorkerConfigError
+from sluice_fanout.handlers.worker_config import WorkerConfig, WorkerConfigError
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,39 @@
+"""Token completion: an item's outcome sent back to its waiting execution, and a message that
+can never be worked failed (token known) or dead-lettered with the reason (no token)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sluice_fanout.handlers import contract
+from sluice_fanout.handlers.worker_config import logger
+
+if TYPE_CHECKING:
+    from sluice_fanout.handlers.messages import MalformedMessage, WorkMessage
+    from sluice_fanout.handlers.once import Outcome
+    from sluice_fanout.handlers.worker_config import QueueRef, WorkerDeps
+
+
+def complete(message: WorkMessage, outcome: Outcome, deps: WorkerDeps, log: dict[str, Any]) -> None:
+    if outcome.output is None:
+        deps.tokens.fail(message.token, outcome.error, outcome.cause)
+        deps.metrics.count(contract.METRIC_FAILED, message.priority)
+        logger.info("permanent failure", extra=log | {"error": outcome.error})
+        return
+    deps.tokens.succeed(message.token, outcome.output)
+    deps.metrics.count(contract.METRIC_PROCESSED, message.priority)
+    logger.info("processed", extra=log)
+
+
+def handle_malformed(
+    exc: MalformedMessage, body: str, queue: QueueRef, deps: WorkerDeps, log: dict[str, Any]
+) -> None:
+    if exc.token is None:
+        # Nobody is waiting on this message and retrying cannot fix it: straight to the DLQ.
+        deps.queues.dead_letter(queue.dlq_url, body, exc.reason)
+        logger.error("malformed message dead-lettered", extra=log | {"reason": exc.reason})
+        return
+    deps.tokens.fail(exc.token, exc.error, exc.reason)
+    # Its own priority is unknown or untrusted: counted under the queue it came from.
+    deps.metrics.count(contract.METRIC_FAILED, queue.priority)
+    logger.error("malformed message failed", extra=log | {"reason": exc.reason, "error": exc.error})
