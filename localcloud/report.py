@@ -36,11 +36,13 @@ if TYPE_CHECKING:
     from localcloud.runner import RunResult
 
 REPORT_VERSION = 1
-# The worker's log messages this report counts (localcloud never imports the handlers it runs,
-# so they are named here; the overtake test's `yields > 0` fails if the two drift apart).
-YIELD_MESSAGE = "yielded to higher priority work"
-FORCED_MESSAGE = "forced past waiting higher priority work"
-EMPTY_TICKET_MESSAGES = ("empty ticket returned", "orphan ticket dropped")
+# The `event` field of the worker's log records this report counts (localcloud never imports
+# the handlers it runs, so the names are written here; tests/unit/test_report.py holds them to
+# the handlers' contract).
+LOG_EVENT = "event"
+YIELD_EVENT = "yielded"
+FORCED_EVENT = "forced"
+EMPTY_TICKET_EVENTS = ("empty_ticket", "orphan_ticket")
 
 
 def write_figures(
@@ -162,9 +164,9 @@ def build_report(result: RunResult) -> dict[str, Any]:
         },
         "worker": {
             "invocations": result.worker_stats["invocations"],
-            "yields": sum(1 for r in result.worker_logs if r.get("message") == YIELD_MESSAGE),
-            "forced": sum(1 for r in result.worker_logs if r.get("message") == FORCED_MESSAGE),
-            "empty_tickets": sum(1 for r in result.worker_logs if r.get("message") in EMPTY_TICKET_MESSAGES),
+            "yields": sum(1 for r in result.worker_logs if r.get(LOG_EVENT) == YIELD_EVENT),
+            "forced": sum(1 for r in result.worker_logs if r.get(LOG_EVENT) == FORCED_EVENT),
+            "empty_tickets": sum(1 for r in result.worker_logs if r.get(LOG_EVENT) in EMPTY_TICKET_EVENTS),
             "throttled": sum(s.throttled_invokes for s in result.mapping_stats),
         },
         "execution": {

@@ -94,6 +94,14 @@ HIGH_RESOLUTION_METRICS = (*API_SIGNAL_METRICS, METRIC_API_LATENCY)
 CloudWatch serves periods under a minute only for high-resolution metrics."""
 ITEM_COUNT_METRICS = (METRIC_PROCESSED, METRIC_FAILED, METRIC_RETRIED, METRIC_YIELDED, METRIC_FORCED)
 
+# The field of a worker log record that names what happened to the delivery, for whoever counts
+# them (the embedded AWS's report) without reading the message text.
+LOG_EVENT = "event"
+EVENT_YIELDED = "yielded"
+EVENT_FORCED = "forced"
+EVENT_EMPTY_TICKET = "empty_ticket"
+EVENT_ORPHAN_TICKET = "orphan_ticket"
+
 DISPATCH_YIELD = "yield"
 DISPATCH_TICKET = "ticket"
 DISPATCH_MODES = (DISPATCH_YIELD, DISPATCH_TICKET)

@@ -81,7 +81,14 @@ def handle_ticket(record: SQSRecord, deps: WorkerDeps, remaining_ms: int) -> Non
         # The state machine sends the ticket first and retries the payload's send for up to
         # ~15 s, so a ticket is only dropped well after that; and a short-poll receive can miss
         # a message, so only when every payload queue, in flight and delayed included, is empty.
-        logger.warning("orphan ticket dropped", extra={"ticket_receives": ticket_receives, "index": index})
+        logger.warning(
+            "orphan ticket dropped",
+            extra={
+                contract.LOG_EVENT: contract.EVENT_ORPHAN_TICKET,
+                "ticket_receives": ticket_receives,
+                "index": index,
+            },
+        )
         return
     # Doubling: a ticket that came just ahead of its payload finds it at the next try, while a
     # surplus one (its payload's task ended, a duplicate delivery) slows down instead of
@@ -90,7 +97,14 @@ def handle_ticket(record: SQSRecord, deps: WorkerDeps, remaining_ms: int) -> Non
         config.empty_ticket_delay_seconds * 2 ** min(ticket_receives - 1, 16), MAX_EMPTY_TICKET_DELAY_S
     )
     deps.queues.change_visibility(config.ticket_queue_url, record.receipt_handle, delay)
-    logger.info("empty ticket returned", extra={"ticket_receives": ticket_receives, "delay_s": delay})
+    logger.info(
+        "empty ticket returned",
+        extra={
+            contract.LOG_EVENT: contract.EVENT_EMPTY_TICKET,
+            "ticket_receives": ticket_receives,
+            "delay_s": delay,
+        },
+    )
     raise MessageReturned("no waiting payload")
 
 

@@ -73,11 +73,17 @@ def handle_record(record: SQSRecord, deps: WorkerDeps, depths: Mapping[str, int]
         if isinstance(decision, priority.Yield):
             deps.queues.change_visibility(queue.url, record.receipt_handle, decision.delay_seconds)
             deps.metrics.count(contract.METRIC_YIELDED, message.priority)
-            logger.info("yielded to higher priority work", extra=log | {"delay_s": decision.delay_seconds})
+            logger.info(
+                "yielded to higher priority work",
+                extra=log | {contract.LOG_EVENT: contract.EVENT_YIELDED, "delay_s": decision.delay_seconds},
+            )
             raise MessageReturned("yielded")
         if decision.forced:
             deps.metrics.count(contract.METRIC_FORCED, message.priority)
-            logger.info("forced past waiting higher priority work", extra=log)
+            logger.info(
+                "forced past waiting higher priority work",
+                extra=log | {contract.LOG_EVENT: contract.EVENT_FORCED},
+            )
 
         try:
             delay = work_item(

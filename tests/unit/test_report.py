@@ -150,3 +150,32 @@ def test_an_s3_source_run_is_counted_exactly_by_priority() -> None:
 )
 def test_batch_source(requested: str, inline_bytes: int, chosen: str) -> None:
     assert batch_source(requested, inline_bytes) == chosen
+
+
+def test_the_report_counts_the_workers_events_by_their_structured_field() -> None:
+    scenario = Scenario(name="events", batches=(Batch(start_s=0, counts={"HIGH": 1}, direct=0),))
+    record = ExecutionRecord("arn:e", 0, batch_items(scenario, 0), 0.0, status="SUCCEEDED", output={})
+    logs = [
+        {"message": "yielded to higher priority work", "event": "yielded"},
+        {"message": "worded differently one day", "event": "yielded"},
+        {"message": "forced past waiting higher priority work", "event": "forced"},
+        {"message": "empty ticket returned", "event": "empty_ticket"},
+        {"message": "orphan ticket dropped", "event": "orphan_ticket"},
+        # Text alone is not an event (a debug line quoting it, say).
+        {"message": "yielded to higher priority work"},
+        {"message": "yielded to higher priority work"},
+    ]
+    run = _run(scenario, record)
+    run.worker_logs = logs
+    worker = build_report(run)["worker"]
+    assert (worker["yields"], worker["forced"], worker["empty_tickets"]) == (2, 1, 2)
+
+
+def test_the_reports_event_names_are_the_workers() -> None:
+    from localcloud import report
+    from sluice_fanout.handlers import contract
+
+    assert report.LOG_EVENT == contract.LOG_EVENT
+    assert report.YIELD_EVENT == contract.EVENT_YIELDED
+    assert report.FORCED_EVENT == contract.EVENT_FORCED
+    assert set(report.EMPTY_TICKET_EVENTS) == {contract.EVENT_EMPTY_TICKET, contract.EVENT_ORPHAN_TICKET}
