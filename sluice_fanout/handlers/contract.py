@@ -122,7 +122,7 @@ defaults otherwise; the component always sets the first two): min_limit, max_lim
 throttle_threshold, error_threshold, latency_tolerance, min_calls, probe_intervals. `breaker`:
 null (no breaker) or an object with error_threshold, min_calls, open_seconds, probe_limit
 (BreakerSettings defaults otherwise)."""
-CONTROLLER_HANDLER = "sluice_fanout.handlers.autopilot.lambda_handler"
+CONTROLLER_HANDLER = "sluice_fanout.handlers.adaptive.lambda_handler"
 CONTROLLER_STATE_PREFIX = "controller#"
 """State item key: prefix + worker function name (next to the rate limiter's `rate#` item)."""
 CONTROLLER_SCHEDULE = "rate(1 minute)"  # EventBridge's shortest rate

@@ -255,7 +255,7 @@ def test_deploy_builds_the_adaptive_controller_and_records_its_schedule() -> Non
         assert controller == "sluice-controller-function"
         assert [(s.function_name, s.expression) for s in stack.schedules] == [(controller, "rate(1 minute)")]
         config = lam.get_function(FunctionName=controller)
-        assert config["Configuration"]["Handler"] == "sluice_fanout.handlers.autopilot.lambda_handler"
+        assert config["Configuration"]["Handler"] == "sluice_fanout.handlers.adaptive.lambda_handler"
         assert config["Concurrency"]["ReservedConcurrentExecutions"] == 1
         env = config["Configuration"]["Environment"]["Variables"]
         assert json.loads(env["SLUICE_CONTROLLER_MAPPINGS"]) == [m.uuid for m in stack.mappings]

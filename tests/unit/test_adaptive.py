@@ -11,10 +11,10 @@ import pytest
 from botocore.exceptions import ClientError
 
 from sluice_fanout.handlers import contract
-from sluice_fanout.handlers.autopilot import (
-    AutopilotConfig,
-    AutopilotConfigError,
-    AutopilotDeps,
+from sluice_fanout.handlers.adaptive import (
+    AdaptiveConfig,
+    AdaptiveConfigError,
+    AdaptiveDeps,
     Deployed,
     StateConflict,
     StateUnreadable,
@@ -37,8 +37,8 @@ PROBE = Signal(calls=20, throttled=0, errors=0, latency_ms=500.0, in_flight=1.0)
 QUIET = Signal(calls=0, throttled=0, errors=0, latency_ms=0.0, in_flight=0.0)
 
 
-def config(breaker: BreakerSettings | None = None, interval: int = 5, delay: int = 0) -> AutopilotConfig:
-    return AutopilotConfig(
+def config(breaker: BreakerSettings | None = None, interval: int = 5, delay: int = 0) -> AdaptiveConfig:
+    return AdaptiveConfig(
         worker="w",
         mappings=("m1",),
         priorities=("HIGH",),
@@ -86,12 +86,12 @@ class Fakes:
         self.now += seconds
 
 
-def deps_for(fakes: Fakes, cfg: AutopilotConfig) -> AutopilotDeps:
+def deps_for(fakes: Fakes, cfg: AdaptiveConfig) -> AdaptiveDeps:
     class Controls:
         deployed = staticmethod(fakes.current)
         apply = staticmethod(fakes.apply)
 
-    return AutopilotDeps(
+    return AdaptiveDeps(
         config=cfg,
         signals=fakes,
         controls=Controls(),
@@ -196,7 +196,7 @@ def env(settings: Any) -> dict[str, str]:
 
 
 def test_config_from_the_environment_the_component_writes() -> None:
-    cfg = AutopilotConfig.from_env(
+    cfg = AdaptiveConfig.from_env(
         env(
             {
                 "min_limit": 2,
@@ -213,7 +213,7 @@ def test_config_from_the_environment_the_component_writes() -> None:
     assert cfg.limit == ControllerSettings(min_limit=2, max_limit=9, throttle_threshold=0.03)
     assert cfg.breaker == BreakerSettings(open_seconds=60)
     base = {"min_limit": 1, "max_limit": 4, "interval_seconds": 5, "signal_delay_seconds": 0, "breaker": None}
-    assert AutopilotConfig.from_env(env(base)).breaker is None
+    assert AdaptiveConfig.from_env(env(base)).breaker is None
 
 
 @pytest.mark.parametrize(
@@ -237,15 +237,15 @@ def test_config_from_the_environment_the_component_writes() -> None:
     ],
 )
 def test_bad_settings_name_the_value(settings: Any, message: str) -> None:
-    with pytest.raises(AutopilotConfigError, match=message):
-        AutopilotConfig.from_env(env(settings))
+    with pytest.raises(AdaptiveConfigError, match=message):
+        AdaptiveConfig.from_env(env(settings))
 
 
 def test_a_missing_variable_is_named() -> None:
     broken = env({"max_limit": 4, "interval_seconds": 5, "signal_delay_seconds": 0})
     del broken[contract.ENV_CONTROLLER_MAPPINGS]
-    with pytest.raises(AutopilotConfigError, match=contract.ENV_CONTROLLER_MAPPINGS):
-        AutopilotConfig.from_env(broken)
+    with pytest.raises(AdaptiveConfigError, match=contract.ENV_CONTROLLER_MAPPINGS):
+        AdaptiveConfig.from_env(broken)
 
 
 def test_an_aws_error_skips_one_window_and_the_run_goes_on() -> None:

@@ -65,7 +65,7 @@ STOP_MARGIN_S = 5.0  # a step never starts this close to the invocation's timeou
 MAX_QUERIES = 500  # GetMetricData accepts at most 500 metric queries per request
 
 
-class AutopilotConfigError(Exception):
+class AdaptiveConfigError(Exception):
     """The controller's environment is wrong; the deploy needs fixing."""
 
 
@@ -83,7 +83,7 @@ class StateConflict(Exception):  # noqa: N818 - a control signal: another contro
 
 
 @dataclass(frozen=True)
-class AutopilotConfig:
+class AdaptiveConfig:
     worker: str
     mappings: tuple[str, ...]
     priorities: tuple[str, ...]
@@ -95,10 +95,10 @@ class AutopilotConfig:
     run_seconds: int = contract.CONTROLLER_RUN_SECONDS
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> AutopilotConfig:
+    def from_env(cls, env: Mapping[str, str]) -> AdaptiveConfig:
         raw = _json(env, contract.ENV_CONTROLLER_SETTINGS)
         if not isinstance(raw, dict):
-            raise AutopilotConfigError(
+            raise AdaptiveConfigError(
                 f"{contract.ENV_CONTROLLER_SETTINGS} must be a JSON object, got {raw!r}"
             )
         settings = dict(raw)
@@ -106,19 +106,19 @@ class AutopilotConfig:
         breaker = settings.pop("breaker", None)
         interval = loop["interval_seconds"]
         if interval not in contract.CONTROLLER_INTERVALS_SECONDS:
-            raise AutopilotConfigError(
+            raise AdaptiveConfigError(
                 f"{contract.ENV_CONTROLLER_SETTINGS}: interval_seconds must be one of "
                 f"{contract.CONTROLLER_INTERVALS_SECONDS}, got {interval!r}"
             )
         if "max_limit" not in settings:
             # Without it the rule's own default would cap a stack whose API allows more.
-            raise AutopilotConfigError(
+            raise AdaptiveConfigError(
                 f"{contract.ENV_CONTROLLER_SETTINGS}: max_limit is not set; the AdaptiveController "
                 "component sets it to the stack's concurrency"
             )
         delay = loop["signal_delay_seconds"]
         if not isinstance(delay, int) or isinstance(delay, bool) or delay < 0:
-            raise AutopilotConfigError(
+            raise AdaptiveConfigError(
                 f"{contract.ENV_CONTROLLER_SETTINGS}: signal_delay_seconds must be an integer >= 0, "
                 f"got {delay!r}"
             )
@@ -137,7 +137,7 @@ class AutopilotConfig:
 def _text(env: Mapping[str, str], name: str) -> str:
     value = env.get(name, "")
     if not value:
-        raise AutopilotConfigError(f"{name} is not set; the AdaptiveController component sets it")
+        raise AdaptiveConfigError(f"{name} is not set; the AdaptiveController component sets it")
     return value
 
 
@@ -145,31 +145,31 @@ def _json(env: Mapping[str, str], name: str) -> Any:
     try:
         return json.loads(_text(env, name))
     except ValueError as exc:
-        raise AutopilotConfigError(f"{name} must be JSON, got {env[name]!r}") from exc
+        raise AdaptiveConfigError(f"{name} must be JSON, got {env[name]!r}") from exc
 
 
 def _names(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     value = _json(env, name)
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise AutopilotConfigError(f"{name} must be a JSON list of names, got {value!r}")
+        raise AdaptiveConfigError(f"{name} must be a JSON list of names, got {value!r}")
     return tuple(value)
 
 
 def _settings(kind: type[S], raw: Any, where: str) -> S:
     if not isinstance(raw, dict):
-        raise AutopilotConfigError(
+        raise AdaptiveConfigError(
             f"{contract.ENV_CONTROLLER_SETTINGS}: {where} must be an object, got {raw!r}"
         )
     known = {f.name for f in fields(kind)}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise AutopilotConfigError(
+        raise AdaptiveConfigError(
             f"{contract.ENV_CONTROLLER_SETTINGS}: unknown {where} keys {unknown}; known: {sorted(known)}"
         )
     try:
         return kind(**raw)
     except (TypeError, ValueError) as exc:
-        raise AutopilotConfigError(f"{contract.ENV_CONTROLLER_SETTINGS}: {exc}") from exc
+        raise AdaptiveConfigError(f"{contract.ENV_CONTROLLER_SETTINGS}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -211,8 +211,8 @@ class Store(Protocol):
 
 
 @dataclass(frozen=True)
-class AutopilotDeps:
-    config: AutopilotConfig
+class AdaptiveDeps:
+    config: AdaptiveConfig
     signals: Signals
     controls: Controls
     store: Store
@@ -234,7 +234,7 @@ class Step:
     changes: list[str]
 
 
-def step(deps: AutopilotDeps, window_end: int) -> Step | None:
+def step(deps: AdaptiveDeps, window_end: int) -> Step | None:
     """Decide on the window ending at `window_end` and apply it; None if already decided."""
     cfg = deps.config
     version = 0
@@ -286,7 +286,7 @@ def step(deps: AutopilotDeps, window_end: int) -> Step | None:
     return result
 
 
-def run(deps: AutopilotDeps, remaining_ms: Callable[[], int]) -> list[Step]:
+def run(deps: AdaptiveDeps, remaining_ms: Callable[[], int]) -> list[Step]:
     """Step at every interval boundary for run_seconds (or until the invocation must end)."""
     cfg = deps.config
     started = deps.clock()
@@ -363,7 +363,7 @@ class CloudWatchSignals:
                     }
                 )
         if len(self._specs) > MAX_QUERIES:
-            raise AutopilotConfigError(
+            raise AdaptiveConfigError(
                 f"{len(priorities)} priorities need more than {MAX_QUERIES} metric queries"
             )
 
@@ -549,14 +549,14 @@ def _known(kind: type[K], raw: dict[str, Any]) -> K:
 
 
 @lru_cache(maxsize=1)
-def _deps() -> AutopilotDeps:
+def _deps() -> AdaptiveDeps:
     """Built on the first invocation, not at import, and reused while the sandbox lives."""
     import boto3  # noqa: PLC0415 - deferred so importing this module stays free of AWS set-up
     from botocore.config import Config  # noqa: PLC0415 - same reason
 
-    config = AutopilotConfig.from_env(os.environ)
+    config = AdaptiveConfig.from_env(os.environ)
     client_config = Config(retries={"mode": "standard", "max_attempts": 5})
-    return AutopilotDeps(
+    return AdaptiveDeps(
         config=config,
         signals=CloudWatchSignals(
             boto3.client("cloudwatch", config=client_config), config.worker, config.priorities

@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from sluice_fanout.handlers import contract
-from sluice_fanout.handlers.autopilot import (
+from sluice_fanout.handlers.adaptive import (
     CloudWatchSignals,
     Deployed,
     DynamoStore,
