@@ -32,7 +32,6 @@ class Spec:
     choices: tuple[str, ...] = ()
     arg: str | None = None
     """The component arg (and so the `sluice:*` key) a user sets it with; None: set by Sluice."""
-    required: bool = False
 
 
 def setting(
@@ -46,7 +45,6 @@ def setting(
     above: bool = False,
     choices: tuple[str, ...] = (),
     arg: str | None = None,
-    required: bool = False,
 ) -> Any:
     """A dataclass field carrying its `Spec`."""
     spec = Spec(
@@ -58,7 +56,6 @@ def setting(
         above=above,
         choices=choices,
         arg=arg,
-        required=required,
     )
     return field(default=default, metadata={SPEC: spec})
 
@@ -101,8 +98,6 @@ class EnvSettings:
         for name, spec in cls.specs().items():
             raw = env.get(spec.env)
             if raw is None or raw == "":
-                if spec.required:
-                    raise error(f"{spec.env} is not set: {spec.doc}")
                 continue
             values[name] = parse(spec, raw, error)
         return cls(**values)
