@@ -22,14 +22,11 @@ import pulumi
 import pulumi_aws as aws
 
 from sluice_fanout.components import validation as v
-from sluice_fanout.components.bundle import handler_archive
-from sluice_fanout.components.fan_out_workflow import SFN_MAX_TIMEOUT_SECONDS
+from sluice_fanout.components.function import sluice_function
 from sluice_fanout.components.policies import (
-    build_assume_role_policy,
     build_controller_policy,
     event_source_mapping_arn,
 )
-from sluice_fanout.components.priority_worker import LAMBDA_RUNTIME
 from sluice_fanout.handlers import contract
 from sluice_fanout.handlers.controller import BreakerSettings
 
@@ -180,7 +177,9 @@ def check_adaptive_args(
     # The breaker's defaults are the rule's own (handlers/controller.py), written once there.
     defaults = BreakerSettings()
     error_share = share("breaker_error_share", defaults.error_threshold)
-    open_seconds = whole("breaker_open_seconds", int(defaults.open_seconds), 0, SFN_MAX_TIMEOUT_SECONDS)
+    open_seconds = whole(
+        "breaker_open_seconds", int(defaults.open_seconds), 0, contract.SFN_MAX_TIMEOUT_SECONDS
+    )
     breaker_min_calls = whole("breaker_min_calls", defaults.min_calls, 1, 1_000_000)
     if breaker and callback_timeout_seconds is not None:
         # While the breaker is open no item is received; the items already enqueued keep waiting
@@ -278,7 +277,7 @@ class AdaptiveController(pulumi.ComponentResource):
                 "callback_timeout_seconds",
                 args.get("callback_timeout_seconds", 86_400),
                 low=1,
-                high=SFN_MAX_TIMEOUT_SECONDS,
+                high=contract.SFN_MAX_TIMEOUT_SECONDS,
             ),
         )
         priorities = v.check_priorities(COMPONENT, name, args["priorities"])
@@ -286,36 +285,6 @@ class AdaptiveController(pulumi.ComponentResource):
         super().__init__("sluice:index:AdaptiveController", name, {}, opts)
         child = pulumi.ResourceOptions(parent=self)
 
-        role = aws.iam.Role(
-            f"{name}-role",
-            assume_role_policy=pulumi.Output.json_dumps(build_assume_role_policy("lambda.amazonaws.com")),
-            opts=child,
-        )
-        log_group = aws.cloudwatch.LogGroup(f"{name}-logs", retention_in_days=retention, opts=child)
-        policy = aws.iam.RolePolicy(
-            f"{name}-policy",
-            role=role.id,
-            policy=pulumi.Output.json_dumps(
-                pulumi.Output.all(
-                    worker_arn=args["worker_function_arn"],
-                    worker_name=args["worker_function_name"],
-                    uuids=args["mapping_uuids"],
-                    table_arn=args["state_table_arn"],
-                    log_group_arn=log_group.arn,
-                ).apply(
-                    lambda a: build_controller_policy(
-                        worker_function_arn=a["worker_arn"],
-                        # AWS's documented ARN format, from the UUIDs the controller is given:
-                        # the grant names exactly the mappings it will update.
-                        mapping_arns=[event_source_mapping_arn(a["worker_arn"], u) for u in a["uuids"]],
-                        state_table_arn=a["table_arn"],
-                        state_key=contract.CONTROLLER_STATE_PREFIX + a["worker_name"],
-                        log_group_arn=a["log_group_arn"],
-                    )
-                )
-            ),
-            opts=child,
-        )
         env: dict[str, pulumi.Input[str]] = {
             contract.ENV_CONTROLLER_WORKER: args["worker_function_name"],
             contract.ENV_CONTROLLER_MAPPINGS: pulumi.Output.json_dumps(args["mapping_uuids"]),
@@ -323,21 +292,39 @@ class AdaptiveController(pulumi.ComponentResource):
             contract.ENV_CONTROLLER_TABLE: args["state_table_name"],
             contract.ENV_CONTROLLER_SETTINGS: json.dumps(build_controller_settings(settings)),
         }
-        function = aws.lambda_.Function(
-            f"{name}-function",
-            role=role.arn,
-            runtime=LAMBDA_RUNTIME,
+
+        def controller_policy(logs_arn: pulumi.Output[str]) -> pulumi.Output[dict[str, Any]]:
+            return pulumi.Output.all(
+                worker_arn=args["worker_function_arn"],
+                worker_name=args["worker_function_name"],
+                uuids=args["mapping_uuids"],
+                table_arn=args["state_table_arn"],
+                log_group_arn=logs_arn,
+            ).apply(
+                lambda a: build_controller_policy(
+                    worker_function_arn=a["worker_arn"],
+                    # AWS's documented ARN format, from the UUIDs the controller is given:
+                    # the grant names exactly the mappings it will update.
+                    mapping_arns=[event_source_mapping_arn(a["worker_arn"], u) for u in a["uuids"]],
+                    state_table_arn=a["table_arn"],
+                    state_key=contract.CONTROLLER_STATE_PREFIX + a["worker_name"],
+                    log_group_arn=a["log_group_arn"],
+                )
+            )
+
+        function = sluice_function(
+            self,
+            prefix=name,
+            function_name=f"{name}-function",
             handler=contract.CONTROLLER_HANDLER,
-            code=handler_archive(),
-            timeout=CONTROLLER_TIMEOUT_SECONDS,
-            memory_size=CONTROLLER_MEMORY_MB,
+            retention_days=retention,
+            policy=controller_policy,
+            timeout_seconds=CONTROLLER_TIMEOUT_SECONDS,
+            memory_mb=CONTROLLER_MEMORY_MB,
+            environment=env,
             # One run at a time: two would each step the same limit every interval.
-            reserved_concurrent_executions=1,
-            environment={"variables": env},
-            logging_config={"log_format": "JSON", "log_group": log_group.name},
-            # A scheduled run must not start before its role allows what it does.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[policy]),
-        )
+            reserved_concurrency=1,
+        ).function
         aws.lambda_.FunctionEventInvokeConfig(
             f"{name}-invoke-config",
             function_name=function.name,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict
 
@@ -11,8 +11,8 @@ import pulumi
 import pulumi_aws as aws
 
 from sluice_fanout.components import validation as v
-from sluice_fanout.components.bundle import handler_archive
 from sluice_fanout.components.definition import DEFAULT_THROTTLE_RULE, build_state_machine_definition
+from sluice_fanout.components.function import sluice_function
 from sluice_fanout.components.policies import (
     build_aggregate_policy,
     build_assume_role_policy,
@@ -20,13 +20,13 @@ from sluice_fanout.components.policies import (
     build_order_policy,
     build_state_machine_policy,
 )
-from sluice_fanout.components.priority_worker import LAMBDA_RUNTIME
 from sluice_fanout.handlers import contract
 
 COMPONENT = "FanOutWorkflow"
-SFN_MAX_TIMEOUT_SECONDS = 31_536_000  # a task's TimeoutSeconds may be at most one year
 DISTRIBUTED_MAP_MAX_CONCURRENCY = 10_000  # child executions a Distributed Map runs at once
 LOG_LEVELS = ("ALL", "ERROR", "FATAL", "OFF")
+WORKFLOW_FUNCTION_TIMEOUT_SECONDS = 300
+WORKFLOW_FUNCTION_MEMORY_MB = 1024
 
 
 class FanOutWorkflowArgs(TypedDict):
@@ -96,31 +96,40 @@ class FanOutWorkflow(pulumi.ComponentResource):
         )
 
         input_bucket_arns = pulumi.Output.all(bucket.arn, *args.get("input_bucket_arns", []))
-        aggregate = self._function(
-            name,
-            "aggregate",
+        # The order function holds a whole batch (up to the 100,000s of items an S3 source may
+        # have) in memory once; the aggregate reads results one at a time, but a big batch's
+        # result files take a while to read and Lambda's CPU grows with memory.
+        aggregate = sluice_function(
+            self,
+            prefix=f"{name}-aggregate",
+            function_name=f"{name}-aggregate",
             handler=contract.AGGREGATE_HANDLER,
-            retention=retention,
-            policy=lambda logs_arn: bucket.arn.apply(
-                lambda arn: build_aggregate_policy(results_bucket_arn=arn, log_group_arn=logs_arn)
+            retention_days=retention,
+            policy=lambda logs_arn: pulumi.Output.all(bucket.arn, logs_arn).apply(
+                lambda a: build_aggregate_policy(results_bucket_arn=a[0], log_group_arn=a[1])
             ),
-        )
-        order = self._function(
-            name,
-            "order",
+            timeout_seconds=WORKFLOW_FUNCTION_TIMEOUT_SECONDS,
+            memory_mb=WORKFLOW_FUNCTION_MEMORY_MB,
+        ).function
+        order = sluice_function(
+            self,
+            prefix=f"{name}-order",
+            function_name=f"{name}-order",
             handler=contract.ORDER_HANDLER,
-            retention=retention,
-            policy=lambda logs_arn: pulumi.Output.all(bucket.arn, input_bucket_arns).apply(
+            retention_days=retention,
+            policy=lambda logs_arn: pulumi.Output.all(bucket.arn, input_bucket_arns, logs_arn).apply(
                 lambda a: build_order_policy(
-                    results_bucket_arn=a[0], input_bucket_arns=a[1], log_group_arn=logs_arn
+                    results_bucket_arn=a[0], input_bucket_arns=a[1], log_group_arn=a[2]
                 )
             ),
+            timeout_seconds=WORKFLOW_FUNCTION_TIMEOUT_SECONDS,
+            memory_mb=WORKFLOW_FUNCTION_MEMORY_MB,
             environment={
                 contract.ENV_ORDER_BUCKET: bucket.bucket,
                 contract.ENV_ORDER_PRIORITIES: json.dumps(priorities),
                 contract.ENV_ORDER_DEFAULT_PRIORITY: cfg.default_priority,
             },
-        )
+        ).function
 
         # State machine.
         sm_role = aws.iam.Role(
@@ -225,46 +234,6 @@ class FanOutWorkflow(pulumi.ComponentResource):
             }
         )
 
-    def _function(
-        self,
-        name: str,
-        role_name: str,
-        *,
-        handler: str,
-        retention: int,
-        policy: Callable[[str], pulumi.Output[dict[str, Any]]],
-        environment: Mapping[str, pulumi.Input[str]] | None = None,
-    ) -> aws.lambda_.Function:
-        """One of the workflow's own Lambdas (aggregate, order): role, log group, policy, function."""
-        child = pulumi.ResourceOptions(parent=self)
-        role = aws.iam.Role(
-            f"{name}-{role_name}-role",
-            assume_role_policy=pulumi.Output.json_dumps(build_assume_role_policy("lambda.amazonaws.com")),
-            opts=child,
-        )
-        logs = aws.cloudwatch.LogGroup(f"{name}-{role_name}-logs", retention_in_days=retention, opts=child)
-        role_policy = aws.iam.RolePolicy(
-            f"{name}-{role_name}-policy",
-            role=role.id,
-            policy=pulumi.Output.json_dumps(logs.arn.apply(policy)),
-            opts=child,
-        )
-        return aws.lambda_.Function(
-            f"{name}-{role_name}",
-            role=role.arn,
-            runtime=LAMBDA_RUNTIME,
-            handler=handler,
-            code=handler_archive(),
-            timeout=300,
-            # The order function holds a whole batch (up to the 100,000s of items an S3 source
-            # may have) in memory once; the aggregate reads results one at a time, but a big
-            # batch's result files take a while to read and Lambda's CPU grows with memory.
-            memory_size=1024,
-            environment={"variables": dict(environment)} if environment else None,
-            logging_config={"log_format": "JSON", "log_group": logs.name},
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[role_policy]),
-        )
-
 
 @dataclass(frozen=True)
 class WorkflowSettings:
@@ -297,7 +266,7 @@ def check_workflow_args(name: str, args: Mapping[str, Any], component: str = COM
         "callback_timeout_seconds",
         args.get("callback_timeout_seconds", 86_400),
         low=1,
-        high=SFN_MAX_TIMEOUT_SECONDS,
+        high=contract.SFN_MAX_TIMEOUT_SECONDS,
     )
     map_max_concurrency = v.check_int(
         c,

@@ -31,15 +31,14 @@ import pulumi
 import pulumi_aws as aws
 
 from sluice_fanout.components import validation as v
-from sluice_fanout.components.bundle import handler_archive
-from sluice_fanout.components.policies import build_assume_role_policy, build_worker_policy
+from sluice_fanout.components.function import sluice_function
+from sluice_fanout.components.policies import build_worker_policy
 from sluice_fanout.handlers import contract
 from sluice_fanout.handlers.settings import HttpTargetSettings, WorkerSettings
 
 COMPONENT = "PriorityWorker"
 TICKETS = "TICKETS"
 """Key of the ticket queue's mapping in mapping_uuids."""
-LAMBDA_RUNTIME = "python3.13"
 SQS_MAX_BATCH = 10  # an SQS event source mapping batch above 10 needs a batching window; kept simple
 LAMBDA_MAX_TIMEOUT_SECONDS = 900
 
@@ -161,14 +160,6 @@ class PriorityWorker(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         priorities = cfg.priorities
 
-        role = aws.iam.Role(
-            f"{name}-role",
-            assume_role_policy=pulumi.Output.json_dumps(build_assume_role_policy("lambda.amazonaws.com")),
-            opts=child,
-        )
-        log_group = aws.cloudwatch.LogGroup(
-            f"{name}-logs", retention_in_days=cfg.log_retention_days, opts=child
-        )
         # One record per (execution, item) so a redelivered message replays the stored outcome
         # instead of calling the legacy API again. On-demand: its traffic follows the worker's.
         table = aws.dynamodb.Table(
@@ -183,36 +174,6 @@ class PriorityWorker(pulumi.ComponentResource):
         http = args.get("http_target")
         queue_arns = pulumi.Output.from_input(args["queue_arns"])
         dlq_arns = pulumi.Output.from_input(args["dlq_arns"])
-        policy = aws.iam.RolePolicy(
-            f"{name}-policy",
-            role=role.id,
-            policy=pulumi.Output.json_dumps(
-                pulumi.Output.all(
-                    queue_arns=queue_arns,
-                    ticket_arn=args.get("ticket_queue_arn"),
-                    dlq_arns=dlq_arns,
-                    log_group_arn=log_group.arn,
-                    table_arn=table.arn,
-                    results_bucket_arn=args.get("results_bucket_arn"),
-                    secret_arn=http.get("secret_arn") if http else None,
-                    ssm_parameter_arn=http.get("ssm_parameter_arn") if http else None,
-                ).apply(
-                    lambda a: build_worker_policy(
-                        queue_arns=[a["queue_arns"][p] for p in priorities]
-                        + ([a["ticket_arn"]] if a["ticket_arn"] else []),
-                        dlq_arns=[a["dlq_arns"][p] for p in priorities],
-                        log_group_arn=a["log_group_arn"],
-                        idempotency_table_arn=a["table_arn"],
-                        results_bucket_arn=a["results_bucket_arn"],
-                        secret_arn=a["secret_arn"],
-                        ssm_parameter_arn=a["ssm_parameter_arn"],
-                        kms_key_arn=cfg.kms_key_arn,
-                    )
-                )
-            ),
-            opts=child,
-        )
-
         queues_env = pulumi.Output.json_dumps(
             pulumi.Output.all(urls=args["queue_urls"], arns=queue_arns, dlq_urls=args["dlq_urls"]).apply(
                 lambda a: [
@@ -243,24 +204,45 @@ class PriorityWorker(pulumi.ComponentResource):
             if "ssm_parameter_name" in http:
                 env[contract.ENV_HTTP_SSM_PARAMETER] = http["ssm_parameter_name"]
 
-        function = aws.lambda_.Function(
-            f"{name}-function",
-            role=role.arn,
-            runtime=LAMBDA_RUNTIME,
+        def worker_policy(logs_arn: pulumi.Output[str]) -> pulumi.Output[dict[str, Any]]:
+            return pulumi.Output.all(
+                queue_arns=queue_arns,
+                ticket_arn=args.get("ticket_queue_arn"),
+                dlq_arns=dlq_arns,
+                log_group_arn=logs_arn,
+                table_arn=table.arn,
+                results_bucket_arn=args.get("results_bucket_arn"),
+                secret_arn=http.get("secret_arn") if http else None,
+                ssm_parameter_arn=http.get("ssm_parameter_arn") if http else None,
+            ).apply(
+                lambda a: build_worker_policy(
+                    queue_arns=[a["queue_arns"][p] for p in priorities]
+                    + ([a["ticket_arn"]] if a["ticket_arn"] else []),
+                    dlq_arns=[a["dlq_arns"][p] for p in priorities],
+                    log_group_arn=a["log_group_arn"],
+                    idempotency_table_arn=a["table_arn"],
+                    results_bucket_arn=a["results_bucket_arn"],
+                    secret_arn=a["secret_arn"],
+                    ssm_parameter_arn=a["ssm_parameter_arn"],
+                    kms_key_arn=cfg.kms_key_arn,
+                )
+            )
+
+        parts = sluice_function(
+            self,
+            prefix=name,
+            function_name=f"{name}-function",
             handler=contract.WORKER_HANDLER,
-            code=handler_archive(args.get("target_dir")),
-            timeout=cfg.timeout_seconds,
-            memory_size=cfg.memory_mb,
-            reserved_concurrent_executions=cfg.concurrency,
-            environment={"variables": env},
-            logging_config={"log_format": "JSON", "log_group": log_group.name},
-            # The mappings start polling as soon as they exist: the role must already allow it.
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                depends_on=[policy],
-                ignore_changes=["reserved_concurrent_executions"] if cfg.controlled else None,
-            ),
+            retention_days=cfg.log_retention_days,
+            policy=worker_policy,
+            timeout_seconds=cfg.timeout_seconds,
+            memory_mb=cfg.memory_mb,
+            environment=env,
+            target_dir=args.get("target_dir"),
+            reserved_concurrency=cfg.concurrency,
+            ignore_changes=["reserved_concurrent_executions"] if cfg.controlled else None,
         )
+        function = parts.function
         # yield: one mapping per priority queue. ticket: only the ticket queue triggers the
         # worker; payloads are pulled by the worker itself, highest priority first.
         sources: dict[str, pulumi.Input[str]] = (
@@ -285,7 +267,7 @@ class PriorityWorker(pulumi.ComponentResource):
 
         self.function_name = function.name
         self.function_arn = function.arn
-        self.role_arn = role.arn
+        self.role_arn = parts.role.arn
         self.idempotency_table_name = table.name
         self.idempotency_table_arn = table.arn
         self.mapping_uuids = pulumi.Output.all(**{p: m.uuid for p, m in mappings.items()}).apply(dict)

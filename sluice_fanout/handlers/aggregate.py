@@ -20,6 +20,7 @@ from sluice_fanout.handlers.contract import (
     ERROR_CHILD_FAILED,
     ERROR_RESULT_MISSING,
     RESULT_POINTER_FIELD,
+    SFN_MAX_OUTPUT_BYTES,
     STATUS_FAILED,
     STATUS_SUCCEEDED,
 )
@@ -33,7 +34,6 @@ MAX_FAILURES_LISTED = 100
 """The parent's output must stay under 256 KiB, so only this many failures are listed..."""
 MAX_CAUSE_CHARS = 500
 """...each with its cause cut to this length."""
-SFN_MAX_OUTPUT_BYTES = 262_144  # a state's output may be at most 256 KiB
 OUTPUT_HEADROOM_BYTES = 16_384  # room for the summary around the inline results
 
 

@@ -185,6 +185,8 @@ DIRECT_PATH = "DIRECT"
 """The pseudo-priority under which items that skip the queues are counted."""
 
 # AWS limits.
+SFN_MAX_TIMEOUT_SECONDS = 31_536_000  # a task's TimeoutSeconds may be at most one year
+SFN_MAX_OUTPUT_BYTES = 262_144  # a state's output (and a task's) may be at most 256 KiB
 SFN_MAX_ERROR_CHARS = 256  # SendTaskFailure `error` maximum length
 SFN_MAX_CAUSE_CHARS = 32_768  # SendTaskFailure `cause` maximum length
 SQS_MAX_VISIBILITY_SECONDS = 43_200  # ChangeMessageVisibility maximum (12 hours)
