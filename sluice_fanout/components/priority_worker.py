@@ -382,13 +382,8 @@ def check_worker_args(name: str, args: Mapping[str, Any], component: str = COMPO
             raise v.fail(
                 c, name, "http_target", "needs both ssm_parameter_arn and ssm_parameter_name", sorted(http)
             )
-        v.check_setting(
-            c,
-            name,
-            HttpTargetSettings,
-            "timeout_seconds",
-            {"http_timeout_seconds": http.get("timeout_seconds", 10.0)},
-        )
+        given = {"http_timeout_seconds": http["timeout_seconds"]} if "timeout_seconds" in http else {}
+        v.check_setting(c, name, HttpTargetSettings, "timeout_seconds", given)
 
     def whole(arg: str, default: int, low: int, high: int | None = None) -> int:
         return v.check_int(c, name, arg, args.get(arg, default), low=low, high=high)
@@ -396,10 +391,13 @@ def check_worker_args(name: str, args: Mapping[str, Any], component: str = COMPO
     def runtime(field: str) -> Any:
         return v.check_setting(c, name, WorkerSettings, field, args)
 
-    force = runtime("force_after_receives")
-    attempts = runtime("max_attempts")
+    settings = WorkerSettings(
+        **{field: runtime(field) for field, spec in WorkerSettings.specs().items() if spec.arg},
+        throttle_hold_seconds=runtime("throttle_hold_seconds"),
+        target=target,
+    )
     max_receive_count = whole("max_receive_count", 10, 1, contract.SQS_MAX_MAX_RECEIVE_COUNT)
-    budget = force - 1 + attempts
+    budget = settings.force_after_receives - 1 + settings.max_attempts
     if max_receive_count <= budget:
         raise v.fail(
             c,
@@ -410,11 +408,6 @@ def check_worker_args(name: str, args: Mapping[str, Any], component: str = COMPO
             max_receive_count,
         )
     timeout_seconds = whole("timeout_seconds", 30, 1, LAMBDA_MAX_TIMEOUT_SECONDS)
-    settings = WorkerSettings(
-        **{field: runtime(field) for field, spec in WorkerSettings.specs().items() if spec.arg},
-        throttle_hold_seconds=runtime("throttle_hold_seconds"),
-        target=target,
-    )
     if settings.calls_per_second is not None:
         _check_rate_fits(c, name, settings.calls_per_second, concurrency, timeout_seconds)
     return WorkerPlan(
