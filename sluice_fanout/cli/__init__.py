@@ -1,5 +1,5 @@
 """`sluice`: the operator's command line. Each subcommand is a module of this package with a
-`HELP` line and a `main(argv)`; none of it ships in the Lambda archive (only handlers/ does)."""
+`main(argv)`, and its one-line help in COMMANDS; none of it ships in the Lambda archive."""
 
 from __future__ import annotations
 

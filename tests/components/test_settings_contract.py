@@ -189,9 +189,9 @@ def test_the_range_is_said_the_way_the_errors_say_it() -> None:
     assert bounds(specs["throttle_hold_seconds"]) == ">= 0"
 
 
-def _table_defaults() -> dict[str, str]:
-    """Key -> default cell of docs/configuration.md's table (`a` / `b` rows split in step)."""
-    text = (ROOT / "docs" / "configuration.md").read_text()
+def _table_defaults(page: str) -> dict[str, str]:
+    """Key -> default cell of a docs page's table (`a` / `b` rows split in step)."""
+    text = (ROOT / "docs" / page).read_text()
     found: dict[str, str] = {}
     for row in text.splitlines():
         cells = [cell.strip() for cell in row.strip("|").split("|")]
@@ -207,7 +207,7 @@ def _table_defaults() -> dict[str, str]:
 
 
 def test_the_configuration_table_states_the_settings_defaults() -> None:
-    table = _table_defaults()
+    table = _table_defaults("configuration.md")
     checked = 0
     for spec, default in [
         *((s, WorkerSettings.defaults()[f]) for f, s in WorkerSettings.specs().items()),
@@ -241,16 +241,7 @@ ADAPTIVE_FIELDS = {
 
 
 def test_the_adaptive_defaults_are_the_controllers_own() -> None:
-    text = (ROOT / "docs" / "adaptive.md").read_text()
-    table = {}
-    for row in text.splitlines():
-        cells = [cell.strip() for cell in row.strip("|").split("|")]
-        if len(cells) >= 3 and cells[0].startswith("`"):
-            keys = re.findall(r"`([A-Za-z]+)`", cells[0])
-            defaults = cells[1].split(" / ")
-            table |= dict(
-                zip(keys, defaults if len(defaults) == len(keys) else [cells[1]] * len(keys), strict=True)
-            )
+    table = _table_defaults("adaptive.md")
     rule = {"limit": ControllerSettings(), "breaker": BreakerSettings()}
     for key, (which, field) in ADAPTIVE_FIELDS.items():
         assert table[key] == _plain(getattr(rule[which], field)), key
