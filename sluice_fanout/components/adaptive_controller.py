@@ -29,6 +29,7 @@ from sluice_fanout.components.policies import (
 )
 from sluice_fanout.handlers import contract
 from sluice_fanout.handlers.controller import BreakerSettings
+from sluice_fanout.handlers.settings import config_key
 
 COMPONENT = "AdaptiveController"
 ARG = "adaptive"
@@ -54,10 +55,10 @@ class AdaptiveArgs(TypedDict):
     signal_delay_seconds: NotRequired[int]
     """EMF metrics reach CloudWatch some seconds after the call: each step reads the interval
     that ended this long ago. 0..59. Default 10."""
-    throttle_share: NotRequired[float]
+    throttle_threshold: NotRequired[float]
     """Share of calls refused with 429 above which the limit decreases, >= 0 and < 1. Default:
     the controller's (ControllerSettings.throttle_threshold)."""
-    error_share: NotRequired[float]
+    error_threshold: NotRequired[float]
     """Share of calls failing (5xx, timeouts) above which the limit decreases, >= 0 and < 1.
     Default: the controller's (ControllerSettings.error_threshold)."""
     latency_tolerance: NotRequired[float]
@@ -71,7 +72,7 @@ class AdaptiveArgs(TypedDict):
     controller's (ControllerSettings.probe_intervals)."""
     breaker: NotRequired[bool]
     """Pause the worker's event source mappings while the API is failing. Default true."""
-    breaker_error_share: NotRequired[float]
+    breaker_error_threshold: NotRequired[float]
     """Share of failing calls that opens the breaker, >= 0 and < 1. Default 0.5
     (BreakerSettings.error_threshold)."""
     breaker_open_seconds: NotRequired[int]
@@ -82,6 +83,12 @@ class AdaptiveArgs(TypedDict):
     breaker_min_calls: NotRequired[int]
     """The breaker opens only on an interval with at least this many calls, >= 1. Default 20
     (BreakerSettings.min_calls)."""
+    throttle_share: NotRequired[float]
+    """Deprecated: the old name of throttle_threshold, still read, with a warning."""
+    error_share: NotRequired[float]
+    """Deprecated: the old name of error_threshold, still read, with a warning."""
+    breaker_error_share: NotRequired[float]
+    """Deprecated: the old name of breaker_error_threshold, still read, with a warning."""
 
 
 @dataclass(frozen=True)
@@ -96,19 +103,38 @@ class AdaptiveSettings:
     tuning: dict[str, int | float]
     """ControllerSettings field name -> value, for the fields given."""
     breaker: bool
-    breaker_error_share: float
+    breaker_error_threshold: float
     breaker_open_seconds: int
     breaker_min_calls: int
 
 
-# AdaptiveArgs field -> ControllerSettings field, for the fields whose default is the controller's.
-TUNING_FIELDS = {
+RENAMED = {
     "throttle_share": "throttle_threshold",
     "error_share": "error_threshold",
-    "latency_tolerance": "latency_tolerance",
-    "min_calls": "min_calls",
-    "probe_intervals": "probe_intervals",
+    "breaker_error_share": "breaker_error_threshold",
 }
+"""Old AdaptiveArgs field -> its name since the settings took the controller's names; an old
+name keeps working, with a deprecation warning."""
+
+
+def _renamed(component: str, name: str, adaptive: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """`adaptive` under the current names, and current name -> the old name the user set (so an
+    error names the key the user wrote)."""
+    current = dict(adaptive)
+    given_as: dict[str, str] = {}
+    for old, new in RENAMED.items():
+        if old not in current:
+            continue
+        if new in current:
+            rule = f"is the old name of {ARG}.{new}; set only {config_key(f'{ARG}.{new}')}"
+            raise v.fail(component, name, f"{ARG}.{old}", rule, current[old])
+        pulumi.log.warn(
+            f"{component} {name!r}: {config_key(f'{ARG}.{old}')} is deprecated and will be removed; "
+            f"rename it {config_key(f'{ARG}.{new}')} (same meaning, same value)"
+        )
+        current[new] = current.pop(old)
+        given_as[new] = old
+    return current, given_as
 
 
 def check_adaptive_args(
@@ -134,14 +160,17 @@ def check_adaptive_args(
             sorted(adaptive),
         )
 
+    adaptive, given_as = _renamed(c, name, adaptive)
+
     def whole(field: str, default: int, low: int, high: int) -> int:
         return v.check_int(c, name, f"{ARG}.{field}", adaptive.get(field, default), low=low, high=high)
 
     def share(field: str, default: float) -> float:
         given = adaptive.get(field, default)
-        value = v.check_number(c, name, f"{ARG}.{field}", given, low=-math.inf)
+        label = f"{ARG}.{given_as.get(field, field)}"
+        value = v.check_number(c, name, label, given, low=-math.inf)
         if not 0 <= value < 1:
-            raise v.fail(c, name, f"{ARG}.{field}", "must be >= 0 and < 1", given)
+            raise v.fail(c, name, label, "must be >= 0 and < 1", given)
         return value
 
     minimum = whole("min_concurrency", 1, 1, contract.ESM_MAX_MAXIMUM_CONCURRENCY)
@@ -159,9 +188,9 @@ def check_adaptive_args(
         )
     delay = whole("signal_delay_seconds", 10, 0, SIGNAL_DELAY_MAX_SECONDS)
     tuning: dict[str, int | float] = {}
-    for field in ("throttle_share", "error_share"):
+    for field in ("throttle_threshold", "error_threshold"):
         if field in adaptive:
-            tuning[TUNING_FIELDS[field]] = share(field, 0.0)
+            tuning[field] = share(field, 0.0)
     if "latency_tolerance" in adaptive:
         given = adaptive["latency_tolerance"]
         tolerance = v.check_number(c, name, f"{ARG}.latency_tolerance", given, low=-math.inf)
@@ -176,7 +205,7 @@ def check_adaptive_args(
     breaker = v.check_bool(c, name, f"{ARG}.breaker", adaptive.get("breaker", True))
     # The breaker's defaults are the rule's own (handlers/controller.py), written once there.
     defaults = BreakerSettings()
-    error_share = share("breaker_error_share", defaults.error_threshold)
+    breaker_error = share("breaker_error_threshold", defaults.error_threshold)
     open_seconds = whole(
         "breaker_open_seconds", int(defaults.open_seconds), 0, contract.SFN_MAX_TIMEOUT_SECONDS
     )
@@ -203,7 +232,7 @@ def check_adaptive_args(
         signal_delay_seconds=delay,
         tuning=tuning,
         breaker=breaker,
-        breaker_error_share=error_share,
+        breaker_error_threshold=breaker_error,
         breaker_open_seconds=open_seconds,
         breaker_min_calls=breaker_min_calls,
     )
@@ -214,7 +243,7 @@ def build_controller_settings(settings: AdaptiveSettings) -> dict[str, Any]:
     is left out, so the controller's own defaults apply; so is the breaker's probe_limit."""
     breaker = (
         {
-            "error_threshold": settings.breaker_error_share,
+            "error_threshold": settings.breaker_error_threshold,
             "min_calls": settings.breaker_min_calls,
             "open_seconds": settings.breaker_open_seconds,
         }

@@ -155,13 +155,13 @@ def test_every_setting_reaches_the_controller() -> None:
                 "min_concurrency": 2,
                 "interval_seconds": 5,
                 "signal_delay_seconds": 0,
-                "throttle_share": 0.02,
-                "error_share": 0.1,
+                "throttle_threshold": 0.02,
+                "error_threshold": 0.1,
                 "latency_tolerance": 1.5,
                 "min_calls": 4,
                 "probe_intervals": 3,
                 "breaker": False,
-                "breaker_error_share": 0.9,  # checked, but with the breaker off it goes nowhere
+                "breaker_error_threshold": 0.9,  # checked, but with the breaker off it goes nowhere
             },
         }
     )
@@ -182,6 +182,41 @@ def test_every_setting_reaches_the_controller() -> None:
     assert json.loads(env[contract.ENV_CONTROLLER_MAPPINGS]) == [
         f"uuid-orders-worker-{p}-mapping" for p in ("high", "normal", "batch")
     ]
+
+
+def test_the_old_names_of_the_thresholds_still_work_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    warnings: list[str] = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda message, *_a, **_k: warnings.append(message))
+    old = {"throttle_share": 0.03, "error_share": 0.2, "breaker_error_share": 0.7}
+    settings = check_adaptive_args("T", "n", old, concurrency=4, callback_timeout_seconds=None)
+    new = {"throttle_threshold": 0.03, "error_threshold": 0.2, "breaker_error_threshold": 0.7}
+    assert settings == check_adaptive_args("T", "n", new, concurrency=4, callback_timeout_seconds=None)
+    assert warnings == [
+        f"T 'n': sluice:adaptive.{o} is deprecated and will be removed; rename it "
+        f"sluice:adaptive.{n} (same meaning, same value)"
+        for o, n in [
+            ("throttleShare", "throttleThreshold"),
+            ("errorShare", "errorThreshold"),
+            ("breakerErrorShare", "breakerErrorThreshold"),
+        ]
+    ]
+    # A bad value is reported under the name the user wrote.
+    with pytest.raises(
+        ValueError,
+        match=r"adaptive.error_share must be >= 0 and < 1, got 2 \(set sluice:adaptive.errorShare\)",
+    ):
+        check_adaptive_args("T", "n", {"error_share": 2}, concurrency=4, callback_timeout_seconds=None)
+    with pytest.raises(
+        ValueError,
+        match=r"is the old name of adaptive\.error_threshold; set only sluice:adaptive\.errorThreshold",
+    ):
+        check_adaptive_args(
+            "T",
+            "n",
+            {"error_share": 0.1, "error_threshold": 0.1},
+            concurrency=4,
+            callback_timeout_seconds=None,
+        )
 
 
 def test_the_schedule_invokes_the_controller(adaptive: tuple[Recorder, Any]) -> None:
@@ -356,7 +391,7 @@ def test_build_controller_settings_is_the_contract_shape() -> None:
         signal_delay_seconds=10,
         tuning={},
         breaker=True,
-        breaker_error_share=0.5,
+        breaker_error_threshold=0.5,
         breaker_open_seconds=0,
         breaker_min_calls=20,
     )

@@ -104,8 +104,8 @@ ADAPTIVE_FIELDS: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]
         st.one_of(st.integers().filter(lambda i: i not in (1, 5, 10, 30, 60)), junk),
     ),
     "signal_delay_seconds": whole(0, 59),
-    "throttle_share": SHARE,
-    "error_share": SHARE,
+    "throttle_threshold": SHARE,
+    "error_threshold": SHARE,
     "latency_tolerance": (
         st.floats(1, 100, exclude_min=True),
         st.one_of(
@@ -115,7 +115,7 @@ ADAPTIVE_FIELDS: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]
     "min_calls": whole(1, 1_000_000),
     "probe_intervals": whole(1, 1_000_000),
     "breaker": (st.booleans(), st.one_of(st.integers(), st.text(max_size=5), st.none())),
-    "breaker_error_share": SHARE,
+    "breaker_error_threshold": SHARE,
     "breaker_open_seconds": whole(0, 31_536_000),
     "breaker_min_calls": whole(1, 1_000_000),
 }
@@ -124,7 +124,7 @@ ADAPTIVE_DEFAULTS = {
     "interval_seconds": 10,
     "signal_delay_seconds": 10,
     "breaker": True,
-    "breaker_error_share": 0.5,
+    "breaker_error_threshold": 0.5,
     "breaker_open_seconds": 120,
     "breaker_min_calls": 20,
 }
@@ -338,7 +338,7 @@ MESSAGE = re.compile(r"ThrottledFanOut 'orders': ([\w.]+) (.+?), got (.*) \(set 
 )
 @example(
     (
-        {"concurrency": 2, "http_target": {"url": HTTP_URL}, "adaptive": {"breaker_error_share": 1.0}},
+        {"concurrency": 2, "http_target": {"url": HTTP_URL}, "adaptive": {"breaker_error_threshold": 1.0}},
         {"adaptive"},
     )
 )

@@ -204,7 +204,7 @@ def test_whole_numbers_from_other_languages_arrive_as_int() -> None:
             "concurrency": 4.0,
             "maxAttempts": 2.5,
             "httpTarget": {"url": "u", "timeoutSeconds": 3.0},
-            "adaptive": {"minConcurrency": 2.0, "throttleShare": 0.1},
+            "adaptive": {"minConcurrency": 2.0, "throttleThreshold": 0.1},
         },
         definition,
     )
@@ -212,7 +212,7 @@ def test_whole_numbers_from_other_languages_arrive_as_int() -> None:
         "concurrency": 4,
         "max_attempts": 2.5,
         "http_target": {"url": "u", "timeout_seconds": 3.0},
-        "adaptive": {"min_concurrency": 2, "throttle_share": 0.1},
+        "adaptive": {"min_concurrency": 2, "throttle_threshold": 0.1},
     }
     assert type(mapped["concurrency"]) is int
     assert type(mapped["adaptive"]["min_concurrency"]) is int

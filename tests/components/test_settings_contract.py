@@ -228,12 +228,12 @@ def test_the_configuration_table_states_the_settings_defaults() -> None:
 
 
 ADAPTIVE_FIELDS = {
-    "throttleShare": ("limit", "throttle_threshold"),
-    "errorShare": ("limit", "error_threshold"),
+    "throttleThreshold": ("limit", "throttle_threshold"),
+    "errorThreshold": ("limit", "error_threshold"),
     "latencyTolerance": ("limit", "latency_tolerance"),
     "minCalls": ("limit", "min_calls"),
     "probeIntervals": ("limit", "probe_intervals"),
-    "breakerErrorShare": ("breaker", "error_threshold"),
+    "breakerErrorThreshold": ("breaker", "error_threshold"),
     "breakerOpenSeconds": ("breaker", "open_seconds"),
     "breakerMinCalls": ("breaker", "min_calls"),
 }

@@ -116,11 +116,11 @@ def construct(args: dict[str, Any]) -> list[str]:
             "adaptive.signal_delay_seconds must be between 0 and 59",
         ),
         (
-            {"adaptive": {"throttle_share": 1}},
-            "adaptive.throttle_share must be >= 0 and < 1, got 1 (set sluice:adaptive.throttleShare)",
+            {"adaptive": {"throttle_threshold": 1}},
+            "adaptive.throttle_threshold must be >= 0 and < 1, got 1 (set sluice:adaptive.throttleThreshold)",
         ),
-        ({"adaptive": {"error_share": -0.1}}, "adaptive.error_share must be >= 0 and < 1, got -0.1"),
-        ({"adaptive": {"error_share": "0.1"}}, "adaptive.error_share must be a number, got '0.1'"),
+        ({"adaptive": {"error_threshold": -0.1}}, "adaptive.error_threshold must be >= 0 and < 1, got -0.1"),
+        ({"adaptive": {"error_threshold": "0.1"}}, "adaptive.error_threshold must be a number, got '0.1'"),
         (
             {"adaptive": {"latency_tolerance": 1}},
             "adaptive.latency_tolerance must be > 1 and at most 100, got 1 "
@@ -136,11 +136,14 @@ def construct(args: dict[str, Any]) -> list[str]:
             {"adaptive": {"breaker": "yes"}},
             "adaptive.breaker must be true or false, got 'yes' (set sluice:adaptive.breaker)",
         ),
-        ({"adaptive": {"breaker_error_share": 1.0}}, "adaptive.breaker_error_share must be >= 0 and < 1"),
+        (
+            {"adaptive": {"breaker_error_threshold": 1.0}},
+            "adaptive.breaker_error_threshold must be >= 0 and < 1",
+        ),
         (
             # Checked with the breaker off too: turning it on later must not reveal a bad value.
-            {"adaptive": {"breaker": False, "breaker_error_share": 2}},
-            "adaptive.breaker_error_share must be >= 0 and < 1, got 2",
+            {"adaptive": {"breaker": False, "breaker_error_threshold": 2}},
+            "adaptive.breaker_error_threshold must be >= 0 and < 1, got 2",
         ),
         ({"adaptive": {"breaker_min_calls": 0}}, "adaptive.breaker_min_calls must be between 1 and 1000000"),
         (
@@ -214,8 +217,8 @@ def test_config_key(arg: str, key: str) -> None:
     [
         {"min_concurrency": 4, "interval_seconds": 1, "signal_delay_seconds": 59},
         {
-            "throttle_share": 0,
-            "error_share": 0.99,
+            "throttle_threshold": 0,
+            "error_threshold": 0.99,
             "latency_tolerance": 100,
             "min_calls": 1,
             "probe_intervals": 1,

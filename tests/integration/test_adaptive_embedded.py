@@ -80,7 +80,7 @@ def test_the_breaker_pauses_the_mappings_while_the_api_fails_then_probes_and_res
             "sluice:retryBaseSeconds": "1",
             "sluice:retryMaxSeconds": "2",
             "sluice:adaptive": ADAPTIVE
-            | {"breaker_min_calls": 5, "breaker_open_seconds": 10, "breaker_error_share": 0.5},
+            | {"breaker_min_calls": 5, "breaker_open_seconds": 10, "breaker_error_threshold": 0.5},
         },
         deadline_s=150,
     )
