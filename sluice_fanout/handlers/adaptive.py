@@ -31,7 +31,6 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, fields
-from datetime import UTC, datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -39,15 +38,19 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import BotoCoreError, ClientError
 
 from sluice_fanout.handlers import contract
+from sluice_fanout.handlers.adapters import CloudWatchSignals, DynamoStore, LambdaControls
 from sluice_fanout.handlers.controller import (
     BreakerDecision,
-    BreakerMode,
     BreakerSettings,
     BreakerState,
     ControllerSettings,
     ControllerState,
     Decision,
+    Deployed,
     Signal,
+    StateConflict,
+    StateUnreadable,
+    Stored,
     next_breaker,
     next_limit,
 )
@@ -59,27 +62,12 @@ if TYPE_CHECKING:
 
 logger = Logger(service="sluice-controller")
 S = TypeVar("S", ControllerSettings, BreakerSettings)
-K = TypeVar("K", ControllerState, BreakerState)
 
 STOP_MARGIN_S = 5.0  # a step never starts this close to the invocation's timeout
-MAX_QUERIES = 500  # GetMetricData accepts at most 500 metric queries per request
 
 
 class AdaptiveConfigError(Exception):
     """The controller's environment is wrong; the deploy needs fixing."""
-
-
-class StateUnreadable(Exception):  # noqa: N818 - names the state, like StateConflict
-    """The state item exists but cannot be read (edited by hand, another release): start afresh
-    from what is deployed, writing over it (its version is kept for the conditional write)."""
-
-    def __init__(self, version: int, detail: str) -> None:
-        super().__init__(detail)
-        self.version = version
-
-
-class StateConflict(Exception):  # noqa: N818 - a control signal: another controller wrote first
-    """The state changed since it was read: another controller is acting."""
 
 
 @dataclass(frozen=True)
@@ -170,28 +158,6 @@ def _settings(kind: type[S], raw: Any, where: str) -> S:
         return kind(**raw)
     except (TypeError, ValueError) as exc:
         raise AdaptiveConfigError(f"{contract.ENV_CONTROLLER_SETTINGS}: {exc}") from exc
-
-
-@dataclass(frozen=True)
-class Stored:
-    """The controller's memory between steps (one DynamoDB item)."""
-
-    limit: int
-    controller: ControllerState
-    breaker: BreakerState
-    window_end: int
-    """End (epoch seconds) of the last window decided on: a window is never decided twice."""
-    version: int
-    """0: no item yet."""
-
-
-@dataclass(frozen=True)
-class Deployed:
-    """What the worker runs with now."""
-
-    reserved: int | None
-    mappings: dict[str, tuple[bool, int | None]]
-    """By UUID: (enabled, MaximumConcurrency)."""
 
 
 class Signals(Protocol):
@@ -319,235 +285,6 @@ def run(deps: AdaptiveDeps, remaining_ms: Callable[[], int]) -> list[Step]:
         window_end += interval
 
 
-class CloudWatchSignals:
-    """The worker's API metrics over a window, summed over its priorities."""
-
-    def __init__(
-        self,
-        client: Any,  # a boto3 CloudWatch client
-        worker: str,
-        priorities: tuple[str, ...],
-        *,
-        namespace: str = contract.METRICS_NAMESPACE,
-        service: str = contract.METRICS_SERVICE,
-    ) -> None:
-        self._client = client
-        self._queries: list[tuple[str, str, str]] = []  # (id, metric, stat)
-        self._specs: list[dict[str, Any]] = []
-        wanted = [(m, "Sum") for m in contract.API_SIGNAL_METRICS] + [
-            (contract.METRIC_API_LATENCY, "Sum"),
-            (contract.METRIC_API_LATENCY, "SampleCount"),
-        ]
-        for p_no, priority in enumerate(priorities):
-            dimensions = [
-                {"Name": contract.DIMENSION_FUNCTION, "Value": worker},
-                {"Name": contract.DIMENSION_PRIORITY, "Value": priority},
-                {"Name": contract.DIMENSION_SERVICE, "Value": service},
-            ]
-            for m_no, (metric, stat) in enumerate(wanted):
-                query_id = f"p{p_no}m{m_no}"
-                self._queries.append((query_id, metric, stat))
-                self._specs.append(
-                    {
-                        "Id": query_id,
-                        "MetricStat": {
-                            "Metric": {
-                                "Namespace": namespace,
-                                "MetricName": metric,
-                                "Dimensions": dimensions,
-                            },
-                            "Period": 0,  # set per read: the window's length
-                            "Stat": stat,
-                        },
-                        "ReturnData": True,
-                    }
-                )
-        if len(self._specs) > MAX_QUERIES:
-            raise AdaptiveConfigError(
-                f"{len(priorities)} priorities need more than {MAX_QUERIES} metric queries"
-            )
-
-    def read(self, start: int, end: int) -> Signal:
-        period = end - start
-        queries = [{**spec, "MetricStat": {**spec["MetricStat"], "Period": period}} for spec in self._specs]
-        totals: dict[str, float] = {}
-        request: dict[str, Any] = {
-            "MetricDataQueries": queries,
-            "StartTime": datetime.fromtimestamp(start, UTC),
-            "EndTime": datetime.fromtimestamp(end, UTC),
-        }
-        while True:
-            answer = self._client.get_metric_data(**request)
-            for result in answer.get("MetricDataResults", []):
-                totals[result["Id"]] = totals.get(result["Id"], 0.0) + sum(result.get("Values", []))
-            token = answer.get("NextToken")
-            if not token:
-                break
-            request["NextToken"] = token
-        sums: dict[tuple[str, str], float] = {}
-        for query_id, metric, stat in self._queries:
-            sums[(metric, stat)] = sums.get((metric, stat), 0.0) + totals.get(query_id, 0.0)
-        return signal_from(
-            calls=sums[(contract.METRIC_API_CALLS, "Sum")],
-            throttled=sums[(contract.METRIC_API_THROTTLED, "Sum")],
-            errors=sums[(contract.METRIC_API_ERRORS, "Sum")],
-            latency_sum_ms=sums[(contract.METRIC_API_LATENCY, "Sum")],
-            latency_count=sums[(contract.METRIC_API_LATENCY, "SampleCount")],
-            seconds=period,
-        )
-
-
-def signal_from(
-    *,
-    calls: float,
-    throttled: float,
-    errors: float,
-    latency_sum_ms: float,
-    latency_count: float,
-    seconds: float,
-) -> Signal:
-    """A Signal from metric sums. An invocation's EMF line carries its call and its outcome
-    together, so they land in the same window; the clamps only guard against a line split by
-    CloudWatch at a period boundary."""
-    n = round(calls)
-    t = min(round(throttled), n)
-    e = min(round(errors), n - t)
-    return Signal(
-        calls=n,
-        throttled=t,
-        errors=e,
-        latency_ms=latency_sum_ms / latency_count if latency_count else 0.0,
-        # Busy time of answered calls / window: the concurrency the API actually served.
-        in_flight=latency_sum_ms / 1000 / seconds,
-    )
-
-
-class LambdaControls:
-    """The worker's reserved concurrency and its mappings' MaximumConcurrency and state."""
-
-    def __init__(self, client: Any, worker: str, mappings: tuple[str, ...]) -> None:  # a boto3 Lambda client
-        self._client = client
-        self._worker = worker
-        self._mappings = mappings
-
-    def deployed(self) -> Deployed:
-        reserved = self._client.get_function_concurrency(FunctionName=self._worker).get(
-            "ReservedConcurrentExecutions"
-        )
-        mappings = {}
-        for uuid in self._mappings:
-            esm = self._client.get_event_source_mapping(UUID=uuid)
-            # Enabling/Disabling count as where they are heading. Updating/Creating count as
-            # enabled: a disabled mapping read then is disabled again by the next step.
-            enabled = esm.get("State") not in ("Disabled", "Disabling")
-            mappings[uuid] = (enabled, (esm.get("ScalingConfig") or {}).get("MaximumConcurrency"))
-        return Deployed(None if reserved is None else int(reserved), mappings)
-
-    def apply(self, limit: int, paused: bool, now: Deployed) -> list[str]:
-        changes: list[str] = []
-        pollers = max(contract.ESM_MIN_MAXIMUM_CONCURRENCY, limit)
-        updates = {}
-        for uuid, (enabled, maximum) in now.mappings.items():
-            update: dict[str, Any] = {}
-            if enabled == paused:
-                update["Enabled"] = not paused
-            if maximum != pollers:
-                update["ScalingConfig"] = {"MaximumConcurrency": pollers}
-            if update:
-                updates[uuid] = update
-        down = paused or now.reserved is None or limit < now.reserved
-        if not down:
-            self._reserve(limit, now, changes)
-        for uuid, update in updates.items():
-            self._call(
-                changes,
-                f"mapping {uuid} {update}",
-                self._client.update_event_source_mapping,
-                UUID=uuid,
-                **update,
-            )
-        if down:
-            self._reserve(limit, now, changes)
-        return changes
-
-    def _reserve(self, limit: int, now: Deployed, changes: list[str]) -> None:
-        if now.reserved != limit:
-            self._call(
-                changes,
-                f"reserved {now.reserved} -> {limit}",
-                self._client.put_function_concurrency,
-                FunctionName=self._worker,
-                ReservedConcurrentExecutions=limit,
-            )
-
-    @staticmethod
-    def _call(changes: list[str], what: str, call: Callable[..., Any], **kwargs: Any) -> None:
-        """One control-plane call; a failure is noted and the others still run (a mapping left
-        enabled while pausing is worse than one call failing twice)."""
-        try:
-            call(**kwargs)
-        except ClientError as exc:
-            # e.g. ResourceInUseException: still applying an earlier update; the next step retries.
-            changes.append(f"{what} failed: {exc.response.get('Error', {}).get('Code', 'unknown')}")
-            logger.warning("control call failed", extra={"what": what, "error": str(exc)})
-            return
-        changes.append(what)
-
-
-class DynamoStore:
-    """The state item `controller#<worker>` in the idempotency table, versioned."""
-
-    def __init__(self, client: Any, table: str, worker: str) -> None:  # a boto3 DynamoDB client
-        self._client = client
-        self._table = table
-        self._key = {contract.IDEMPOTENCY_KEY_ATTRIBUTE: {"S": contract.CONTROLLER_STATE_PREFIX + worker}}
-
-    def load(self) -> Stored | None:
-        item = self._client.get_item(TableName=self._table, Key=self._key, ConsistentRead=True).get("Item")
-        if item is None:
-            return None
-        version = int(item["version"]["N"])
-        try:
-            body = json.loads(item["state"]["S"])
-            breaker = body.get("breaker", {})
-            return Stored(
-                limit=int(body["limit"]),
-                controller=_known(ControllerState, body.get("controller", {})),
-                breaker=BreakerState(BreakerMode(breaker.get("mode", "closed")), breaker.get("opened_at")),
-                window_end=int(body.get("window_end", 0)),
-                version=version,
-            )
-        except (AttributeError, KeyError, TypeError, ValueError) as exc:
-            raise StateUnreadable(version, f"{self._key}: {exc!r}") from exc
-
-    def save(self, state: Stored) -> None:
-        body = {
-            "limit": state.limit,
-            "controller": asdict(state.controller),
-            "breaker": {"mode": str(state.breaker.mode), "opened_at": state.breaker.opened_at},
-            "window_end": state.window_end,
-        }
-        item = self._key | {"state": {"S": json.dumps(body)}, "version": {"N": str(state.version)}}
-        condition: dict[str, Any] = (
-            {"ConditionExpression": f"attribute_not_exists({contract.IDEMPOTENCY_KEY_ATTRIBUTE})"}
-            if state.version == 1
-            else {
-                "ConditionExpression": "version = :read",
-                "ExpressionAttributeValues": {":read": {"N": str(state.version - 1)}},
-            }
-        )
-        try:
-            self._client.put_item(TableName=self._table, Item=item, **condition)
-        except self._client.exceptions.ConditionalCheckFailedException as exc:
-            raise StateConflict(f"state version {state.version - 1} was replaced") from exc
-
-
-def _known(kind: type[K], raw: dict[str, Any]) -> K:
-    """A dataclass from stored fields, ignoring ones a newer or older release wrote."""
-    names = {f.name for f in fields(kind)}
-    return kind(**{k: v for k, v in raw.items() if k in names})
-
-
 @lru_cache(maxsize=1)
 def _deps() -> AdaptiveDeps:
     """Built on the first invocation, not at import, and reused while the sandbox lives."""
@@ -561,7 +298,9 @@ def _deps() -> AdaptiveDeps:
         signals=CloudWatchSignals(
             boto3.client("cloudwatch", config=client_config), config.worker, config.priorities
         ),
-        controls=LambdaControls(boto3.client("lambda", config=client_config), config.worker, config.mappings),
+        controls=LambdaControls(
+            boto3.client("lambda", config=client_config), config.worker, config.mappings, logger
+        ),
         store=DynamoStore(boto3.client("dynamodb", config=client_config), config.table, config.worker),
     )
 

@@ -434,3 +434,38 @@ def _after_probe(
     if signal.calls == 0:
         return BreakerDecision(state, False, s.probe_limit, "probe: no calls yet")
     return BreakerDecision(BreakerState(), False, None, "closed: probe healthy")
+
+
+@dataclass(frozen=True)
+class Stored:
+    """The controller's memory between steps (one DynamoDB item)."""
+
+    limit: int
+    controller: ControllerState
+    breaker: BreakerState
+    window_end: int
+    """End (epoch seconds) of the last window decided on: a window is never decided twice."""
+    version: int
+    """0: no item yet."""
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """What the worker runs with now."""
+
+    reserved: int | None
+    mappings: dict[str, tuple[bool, int | None]]
+    """By UUID: (enabled, MaximumConcurrency)."""
+
+
+class StateUnreadable(Exception):  # noqa: N818 - names the state, like StateConflict
+    """The state item exists but cannot be read (edited by hand, another release): start afresh
+    from what is deployed, writing over it (its version is kept for the conditional write)."""
+
+    def __init__(self, version: int, detail: str) -> None:
+        super().__init__(detail)
+        self.version = version
+
+
+class StateConflict(Exception):  # noqa: N818 - a control signal: another controller wrote first
+    """The state changed since it was read: another controller is acting."""

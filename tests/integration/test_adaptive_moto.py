@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import zipfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -20,15 +21,16 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from sluice_fanout.handlers import contract
-from sluice_fanout.handlers.adaptive import (
-    CloudWatchSignals,
+from sluice_fanout.handlers.adapters import CloudWatchSignals, DynamoStore, LambdaControls
+from sluice_fanout.handlers.controller import (
+    BreakerMode,
+    BreakerState,
+    ControllerState,
     Deployed,
-    DynamoStore,
-    LambdaControls,
+    Signal,
     StateConflict,
     Stored,
 )
-from sluice_fanout.handlers.controller import BreakerMode, BreakerState, ControllerState, Signal
 from tests.support.idempotency import create_idempotency_table
 
 REGION = "us-east-1"
@@ -138,7 +140,7 @@ def deploy_worker(reserved: int, maximum: int) -> tuple[Any, list[str]]:
 
 def test_controls_set_the_limit_and_pause_and_resume_every_mapping(aws: None) -> None:
     lam, uuids = deploy_worker(reserved=8, maximum=8)
-    controls = LambdaControls(lam, WORKER, tuple(uuids))
+    controls = LambdaControls(lam, WORKER, tuple(uuids), logging.getLogger("test"))
     now = controls.deployed()
     assert now == Deployed(8, dict.fromkeys(uuids, (True, 8)))
 
@@ -176,7 +178,7 @@ class BusyMapping:
 def test_a_failed_control_call_is_noted_and_the_others_still_run(aws: None) -> None:
     lam, uuids = deploy_worker(reserved=8, maximum=8)
     busy, free = uuids
-    controls = LambdaControls(BusyMapping(lam, busy), WORKER, tuple(uuids))
+    controls = LambdaControls(BusyMapping(lam, busy), WORKER, tuple(uuids), logging.getLogger("test"))
     changes = controls.apply(4, paused=True, now=controls.deployed())
     assert [c for c in changes if "failed" in c] == [
         f"mapping {busy} {{'Enabled': False, 'ScalingConfig': {{'MaximumConcurrency': 4}}}} "

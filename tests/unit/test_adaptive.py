@@ -11,23 +11,23 @@ import pytest
 from botocore.exceptions import ClientError
 
 from sluice_fanout.handlers import contract
+from sluice_fanout.handlers.adapters import signal_from
 from sluice_fanout.handlers.adaptive import (
     AdaptiveConfig,
     AdaptiveConfigError,
     AdaptiveDeps,
-    Deployed,
-    StateConflict,
-    StateUnreadable,
-    Stored,
     run,
-    signal_from,
     step,
 )
 from sluice_fanout.handlers.controller import (
     BreakerMode,
     BreakerSettings,
     ControllerSettings,
+    Deployed,
     Signal,
+    StateConflict,
+    StateUnreadable,
+    Stored,
 )
 
 HEALTHY = Signal(calls=100, throttled=0, errors=0, latency_ms=500.0, in_flight=8.0)
