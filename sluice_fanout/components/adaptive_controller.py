@@ -27,7 +27,7 @@ from sluice_fanout.components.policies import (
     build_controller_policy,
     event_source_mapping_arn,
 )
-from sluice_fanout.handlers import contract
+from sluice_fanout.handlers import contract, limits
 from sluice_fanout.handlers.controller import BreakerSettings
 from sluice_fanout.handlers.settings import config_key
 
@@ -173,7 +173,7 @@ def check_adaptive_args(
             raise v.fail(c, name, label, "must be >= 0 and < 1", given)
         return value
 
-    minimum = whole("min_concurrency", 1, 1, contract.ESM_MAX_MAXIMUM_CONCURRENCY)
+    minimum = whole("min_concurrency", 1, 1, limits.ESM_MAX_MAXIMUM_CONCURRENCY)
     if minimum > concurrency:
         rule = f"must be at most concurrency ({concurrency})"
         raise v.fail(c, name, f"{ARG}.min_concurrency", rule, minimum)
@@ -207,7 +207,7 @@ def check_adaptive_args(
     defaults = BreakerSettings()
     breaker_error = share("breaker_error_threshold", defaults.error_threshold)
     open_seconds = whole(
-        "breaker_open_seconds", int(defaults.open_seconds), 0, contract.SFN_MAX_TIMEOUT_SECONDS
+        "breaker_open_seconds", int(defaults.open_seconds), 0, limits.SFN_MAX_TIMEOUT_SECONDS
     )
     breaker_min_calls = whole("breaker_min_calls", defaults.min_calls, 1, 1_000_000)
     if breaker and callback_timeout_seconds is not None:
@@ -306,7 +306,7 @@ class AdaptiveController(pulumi.ComponentResource):
                 "callback_timeout_seconds",
                 args.get("callback_timeout_seconds", 86_400),
                 low=1,
-                high=contract.SFN_MAX_TIMEOUT_SECONDS,
+                high=limits.SFN_MAX_TIMEOUT_SECONDS,
             ),
         )
         priorities = v.check_priorities(COMPONENT, name, args["priorities"])

@@ -20,7 +20,7 @@ from sluice_fanout.components.policies import (
     build_order_policy,
     build_state_machine_policy,
 )
-from sluice_fanout.handlers import contract
+from sluice_fanout.handlers import contract, limits
 
 COMPONENT = "FanOutWorkflow"
 DISTRIBUTED_MAP_MAX_CONCURRENCY = 10_000  # child executions a Distributed Map runs at once
@@ -266,7 +266,7 @@ def check_workflow_args(name: str, args: Mapping[str, Any], component: str = COM
         "callback_timeout_seconds",
         args.get("callback_timeout_seconds", 86_400),
         low=1,
-        high=contract.SFN_MAX_TIMEOUT_SECONDS,
+        high=limits.SFN_MAX_TIMEOUT_SECONDS,
     )
     map_max_concurrency = v.check_int(
         c,

@@ -15,7 +15,8 @@ from sluice_fanout.components.policies import (
     build_redrive_policy,
     build_tls_only_queue_policy,
 )
-from sluice_fanout.handlers.contract import DEFAULT_PRIORITIES, SQS_MAX_MAX_RECEIVE_COUNT
+from sluice_fanout.handlers.limits import SQS_MAX_MAX_RECEIVE_COUNT
+from sluice_fanout.handlers.settings import DEFAULT_PRIORITIES
 
 TICKET_ROLE = "dispatch-tickets"
 """Resource-name role of the ticket queue; the hyphen keeps it apart from any priority name."""

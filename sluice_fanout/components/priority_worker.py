@@ -33,7 +33,8 @@ import pulumi_aws as aws
 from sluice_fanout.components import validation as v
 from sluice_fanout.components.function import sluice_function
 from sluice_fanout.components.policies import build_worker_policy
-from sluice_fanout.handlers import contract
+from sluice_fanout.handlers import contract, limits
+from sluice_fanout.handlers.rate import RATE_MAX_WAIT_SHARE, RATE_WINDOW_ALLOWANCE_S
 from sluice_fanout.handlers.settings import HttpTargetSettings, WorkerSettings
 
 COMPONENT = "PriorityWorker"
@@ -323,8 +324,8 @@ def _check_rate_fits(c: str, name: str, rate: float, concurrency: int, timeout_s
     # At most `concurrency` invocations hold a reserved slot, so a call waits at most that many
     # intervals; the worker waits at most half its remaining time (the rest is for the call,
     # a second for what comes before the reservation). Beyond that items would bounce.
-    longest_wait = concurrency * (1 + contract.RATE_WINDOW_ALLOWANCE_S) / rate
-    allowed = timeout_seconds * contract.RATE_MAX_WAIT_SHARE - 1
+    longest_wait = concurrency * (1 + RATE_WINDOW_ALLOWANCE_S) / rate
+    allowed = timeout_seconds * RATE_MAX_WAIT_SHARE - 1
     if longest_wait > allowed:
         raise v.fail(
             c,
@@ -396,7 +397,7 @@ def check_worker_args(name: str, args: Mapping[str, Any], component: str = COMPO
         throttle_hold_seconds=runtime("throttle_hold_seconds"),
         target=target,
     )
-    max_receive_count = whole("max_receive_count", 10, 1, contract.SQS_MAX_MAX_RECEIVE_COUNT)
+    max_receive_count = whole("max_receive_count", 10, 1, limits.SQS_MAX_MAX_RECEIVE_COUNT)
     budget = settings.force_after_receives - 1 + settings.max_attempts
     if max_receive_count <= budget:
         raise v.fail(
@@ -418,9 +419,9 @@ def check_worker_args(name: str, args: Mapping[str, Any], component: str = COMPO
         batch_size=whole("batch_size", 1, 1, SQS_MAX_BATCH),
         esm_maximum_concurrency=whole(
             "esm_maximum_concurrency",
-            max(contract.ESM_MIN_MAXIMUM_CONCURRENCY, concurrency),
-            contract.ESM_MIN_MAXIMUM_CONCURRENCY,
-            contract.ESM_MAX_MAXIMUM_CONCURRENCY,
+            max(limits.ESM_MIN_MAXIMUM_CONCURRENCY, concurrency),
+            limits.ESM_MIN_MAXIMUM_CONCURRENCY,
+            limits.ESM_MAX_MAXIMUM_CONCURRENCY,
         ),
         log_retention_days=v.check_log_retention_days(c, name, args.get("log_retention_days", 14)),
         kms_key_arn=v.check_kms_key_arn(c, name, "queue_kms_key_arn", args.get("queue_kms_key_arn")),

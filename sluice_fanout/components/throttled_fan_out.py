@@ -30,9 +30,9 @@ from sluice_fanout.components.priority_worker import (
     PriorityWorkerArgs,
     check_worker_args,
 )
-from sluice_fanout.handlers import contract
-from sluice_fanout.handlers.contract import DEFAULT_PRIORITIES, DISPATCH_TICKET
-from sluice_fanout.handlers.settings import WorkerSettings
+from sluice_fanout.handlers import limits
+from sluice_fanout.handlers.contract import DISPATCH_TICKET
+from sluice_fanout.handlers.settings import DEFAULT_PRIORITIES, WorkerSettings
 
 COMPONENT = "ThrottledFanOut"
 # An alarm on the age of urgent work: from a minute (SQS's metric period) to 14 days (the
@@ -214,7 +214,7 @@ class ThrottledFanOut(pulumi.ComponentResource):
         waits = (
             isinstance(callback_timeout, int)
             and not isinstance(callback_timeout, bool)
-            and 1 <= callback_timeout <= contract.SFN_MAX_TIMEOUT_SECONDS
+            and 1 <= callback_timeout <= limits.SFN_MAX_TIMEOUT_SECONDS
         )
         ttl = args.get("idempotency_ttl_seconds", max(345_600, callback_timeout) if waits else 345_600)
         if waits and isinstance(ttl, int) and ttl < callback_timeout:

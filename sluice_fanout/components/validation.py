@@ -6,8 +6,7 @@ import math
 import re
 from typing import TYPE_CHECKING, Any
 
-from sluice_fanout.handlers.contract import invalid_priorities
-from sluice_fanout.handlers.settings import EnvSettings, bounds, config_key, within
+from sluice_fanout.handlers.settings import EnvSettings, bounds, config_key, invalid_priorities, within
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence

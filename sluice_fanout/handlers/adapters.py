@@ -11,14 +11,11 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from botocore.exceptions import ClientError
 
-from sluice_fanout.handlers import contract
+from sluice_fanout.handlers import contract, limits
 from sluice_fanout.handlers.contract import (
     ATTR_DEAD_LETTER_REASON,
     IDEMPOTENCY_EXPIRY_ATTRIBUTE,
     IDEMPOTENCY_KEY_ATTRIBUTE,
-    RATE_RESERVATION_LEAD_S,
-    SFN_MAX_CAUSE_CHARS,
-    SFN_MAX_ERROR_CHARS,
 )
 from sluice_fanout.handlers.controller import (
     BreakerMode,
@@ -30,7 +27,8 @@ from sluice_fanout.handlers.controller import (
     StateUnreadable,
     Stored,
 )
-from sluice_fanout.handlers.rate import Denied, Grant, RateLimiterContended, reserve
+from sluice_fanout.handlers.limits import SFN_MAX_CAUSE_CHARS, SFN_MAX_ERROR_CHARS
+from sluice_fanout.handlers.rate import RATE_RESERVATION_LEAD_S, Denied, Grant, RateLimiterContended, reserve
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -239,7 +237,6 @@ class DynamoRateLimiter:
 
 
 # The adaptive controller's adapters (handlers/adaptive.py).
-MAX_QUERIES = 500  # GetMetricData accepts at most 500 metric queries per request
 K = TypeVar("K", ControllerState, BreakerState)
 
 
@@ -286,8 +283,10 @@ class CloudWatchSignals:
                         "ReturnData": True,
                     }
                 )
-        if len(self._specs) > MAX_QUERIES:
-            raise ValueError(f"{len(priorities)} priorities need more than {MAX_QUERIES} metric queries")
+        if len(self._specs) > limits.CW_MAX_METRIC_QUERIES:
+            raise ValueError(
+                f"{len(priorities)} priorities need more than {limits.CW_MAX_METRIC_QUERIES} metric queries"
+            )
 
     def read(self, start: int, end: int) -> Signal:
         period = end - start
@@ -374,7 +373,7 @@ class LambdaControls:
 
     def apply(self, limit: int, paused: bool, now: Deployed) -> list[str]:
         changes: list[str] = []
-        pollers = max(contract.ESM_MIN_MAXIMUM_CONCURRENCY, limit)
+        pollers = max(limits.ESM_MIN_MAXIMUM_CONCURRENCY, limit)
         updates = {}
         for uuid, (enabled, maximum) in now.mappings.items():
             update: dict[str, Any] = {}

@@ -20,10 +20,10 @@ from sluice_fanout.handlers.contract import (
     ERROR_CHILD_FAILED,
     ERROR_RESULT_MISSING,
     RESULT_POINTER_FIELD,
-    SFN_MAX_OUTPUT_BYTES,
     STATUS_FAILED,
     STATUS_SUCCEEDED,
 )
+from sluice_fanout.handlers.limits import SFN_MAX_OUTPUT_BYTES
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence

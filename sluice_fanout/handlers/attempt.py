@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from sluice_fanout.handlers import contract, priority
 from sluice_fanout.handlers.completion import complete
 from sluice_fanout.handlers.once import ItemInProgress, Outcome, task_output
-from sluice_fanout.handlers.rate import Denied
+from sluice_fanout.handlers.rate import RATE_MAX_WAIT_SHARE, Denied
 from sluice_fanout.handlers.target import PermanentFailure, RetryLater, TargetContext
 from sluice_fanout.handlers.worker_config import logger
 
@@ -180,7 +180,7 @@ def _hold_slot(deps: WorkerDeps, retry_after_s: float, remaining_ms: float) -> N
     Retry-After, which keeps the 429 share of a capacity drop low. It costs billed time only
     while the API is refusing.
     """
-    budget = remaining_ms / 1000 * contract.RATE_MAX_WAIT_SHARE
+    budget = remaining_ms / 1000 * RATE_MAX_WAIT_SHARE
     wanted = max(min(retry_after_s, THROTTLE_HOLD_MAX_S), deps.config.throttle_hold_seconds or 0.0)
     hold = min(wanted, budget)
     if hold > 0:
@@ -200,7 +200,7 @@ def _wait_for_slot(deps: WorkerDeps, remaining_ms: int, log: dict[str, Any]) -> 
     """
     if deps.limiter is None:
         return
-    decision = deps.limiter.reserve(max_wait=remaining_ms / 1000 * contract.RATE_MAX_WAIT_SHARE)
+    decision = deps.limiter.reserve(max_wait=remaining_ms / 1000 * RATE_MAX_WAIT_SHARE)
     if isinstance(decision, Denied):
         logger.warning("rate limit slot too far away", extra=log | {"wait_s": round(decision.wait, 3)})
         raise RetryLater(math.ceil(decision.wait), "calls-per-second limit: next slot too far away")

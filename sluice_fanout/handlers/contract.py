@@ -1,21 +1,7 @@
-"""Names and limits shared by the components (deploy time) and the handlers (run time).
-
-Pure Python only: the components import this module, so it must never import boto3.
-"""
+"""Names shared by the components (deploy time) and the handlers (run time): environment
+variables, message fields, metrics, errors, entry points. Standard library only."""
 
 from __future__ import annotations
-
-import re
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-DEFAULT_PRIORITIES: tuple[str, ...] = ("HIGH", "NORMAL", "BATCH")
-"""Highest first."""
-
-# Priority names become resource names, queue names and ASL state names.
-PRIORITY_PATTERN = re.compile(r"^[A-Z][A-Z0-9_]{0,19}$")
 
 # Environment variables of the worker function.
 ENV_QUEUES = "SLUICE_QUEUES"
@@ -43,19 +29,7 @@ ENV_THROTTLE_HOLD_SECONDS = "SLUICE_THROTTLE_HOLD_SECONDS"
 """Least seconds the worker keeps a slot the API refused (429); set with the adaptive controller."""
 ENV_CALLS_PER_SECOND = "SLUICE_CALLS_PER_SECOND"
 """The API's published rate; set only when the stack sets one."""
-RATE_WINDOW_ALLOWANCE_S = 0.05
-"""Slack added to every second of spacing: calls are spaced (1 s + 50 ms) / rate apart, so the
-(rate+1)-th call starts at least 50 ms after the first one's one-second window closed. It absorbs
-what happens between the granted slot and the API seeing the request (waking from sleep,
-connecting, clocks of different hosts) and costs 5% of the published rate."""
-RATE_RESERVATION_LEAD_S = 0.05
-"""A slot that is due at once is granted this far ahead: the conditional write that reserves it
-takes time, and a call that starts after its slot crowds the window of the ones after it. It
-adds this much latency to a call the limit does not hold back, nothing to throughput."""
-RATE_MAX_WAIT_SHARE = 0.5
-"""The longest a call waits for its rate-limit slot, as a share of the invocation's remaining
-time: the other half is for the call itself."""
-MAX_CALLS_PER_SECOND = 1_000.0  # one DynamoDB item takes at most 1000 writes a second (partition limit)
+
 
 # CloudWatch metrics the worker emits (EMF lines in its log, so no PutMetricData permission) and
 # the dashboard and alarms read. Every metric carries all three dimensions: CloudWatch matches a
@@ -183,30 +157,3 @@ STATUS_SUCCEEDED = "SUCCEEDED"
 STATUS_FAILED = "FAILED"
 DIRECT_PATH = "DIRECT"
 """The pseudo-priority under which items that skip the queues are counted."""
-
-# AWS limits.
-SFN_MAX_TIMEOUT_SECONDS = 31_536_000  # a task's TimeoutSeconds may be at most one year
-SFN_MAX_OUTPUT_BYTES = 262_144  # a state's output (and a task's) may be at most 256 KiB
-SFN_MAX_ERROR_CHARS = 256  # SendTaskFailure `error` maximum length
-SFN_MAX_CAUSE_CHARS = 32_768  # SendTaskFailure `cause` maximum length
-SQS_MAX_VISIBILITY_SECONDS = 43_200  # ChangeMessageVisibility maximum (12 hours)
-SQS_MAX_MAX_RECEIVE_COUNT = 1_000  # RedrivePolicy maxReceiveCount range is 1..1000
-ESM_MIN_MAXIMUM_CONCURRENCY = 2  # ScalingConfig.MaximumConcurrency range is 2..1000
-ESM_MAX_MAXIMUM_CONCURRENCY = 1_000
-
-
-def invalid_priorities(priorities: Sequence[str]) -> str | None:
-    """Return why `priorities` is unusable, or None when it is fine."""
-    if isinstance(priorities, str):
-        return "must be a list of names, not a single string"
-    if not isinstance(priorities, list | tuple):
-        return "must be a list of names"
-    if not priorities:
-        return "must name at least one priority"
-    # fullmatch: `$` alone also matches before a trailing newline.
-    bad = [p for p in priorities if not isinstance(p, str) or not PRIORITY_PATTERN.fullmatch(p)]
-    if bad:
-        return f"names must match {PRIORITY_PATTERN.pattern} (upper case), not {bad!r}"
-    if len(set(priorities)) != len(priorities):
-        return "names must be unique"
-    return None

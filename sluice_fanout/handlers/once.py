@@ -23,7 +23,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyPersistenceLayerError,
 )
 
-from sluice_fanout.handlers import contract
+from sluice_fanout.handlers import limits
 from sluice_fanout.handlers.contract import ERROR_PERMANENT, RESULT_POINTER_FIELD, RESULTS_PREFIX
 
 if TYPE_CHECKING:
@@ -139,7 +139,7 @@ def task_output(
         return Outcome(error=ERROR_PERMANENT, cause=f"target returned a value that is not JSON: {exc}")
     size = len(output.encode())
     item_size = len(json.dumps(item).encode())
-    if size + item_size + CHILD_STATE_HEADROOM_BYTES <= contract.SFN_MAX_OUTPUT_BYTES:
+    if size + item_size + CHILD_STATE_HEADROOM_BYTES <= limits.SFN_MAX_OUTPUT_BYTES:
         return Outcome(output=output)
     if spill is None:
         return Outcome(

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sluice_fanout.handlers.contract import SQS_MAX_VISIBILITY_SECONDS
+from sluice_fanout.handlers.limits import SQS_MAX_VISIBILITY_SECONDS
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence

@@ -15,7 +15,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from sluice_fanout.handlers.contract import RATE_WINDOW_ALLOWANCE_S
+RATE_WINDOW_ALLOWANCE_S = 0.05
+"""Slack added to every second of spacing: calls are spaced (1 s + 50 ms) / rate apart, so the
+(rate+1)-th call starts at least 50 ms after the first one's one-second window closed. It absorbs
+what happens between the granted slot and the API seeing the request (waking from sleep,
+connecting, clocks of different hosts) and costs 5% of the published rate."""
+RATE_RESERVATION_LEAD_S = 0.05
+"""A slot that is due at once is granted this far ahead: the conditional write that reserves it
+takes time, and a call that starts after its slot crowds the window of the ones after it. It
+adds this much latency to a call the limit does not hold back, nothing to throughput."""
+RATE_MAX_WAIT_SHARE = 0.5
+"""The longest a call waits for its rate-limit slot, as a share of the invocation's remaining
+time: the other half is for the call itself."""
 
 
 def interval_for(calls_per_second: float) -> float:

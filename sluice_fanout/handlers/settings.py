@@ -7,13 +7,14 @@ handlers read them back (`from_env`). Standard library only: both sides import t
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import MISSING, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Self
 
-from sluice_fanout.handlers import contract
+from sluice_fanout.handlers import contract, limits
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
 SPEC = "sluice_setting"
 
@@ -189,7 +190,7 @@ class WorkerSettings(EnvSettings):
         contract.ENV_YIELD_DELAY_SECONDS,
         "yield only: how long a yielded message stays invisible.",
         low=0,
-        high=contract.SQS_MAX_VISIBILITY_SECONDS,
+        high=limits.SQS_MAX_VISIBILITY_SECONDS,
         arg="yield_delay_seconds",
     )
     retry_base_seconds: float = setting(
@@ -197,7 +198,7 @@ class WorkerSettings(EnvSettings):
         contract.ENV_RETRY_BASE_SECONDS,
         "First backoff after a retryable error; doubles per receive.",
         low=0,
-        high=contract.SQS_MAX_VISIBILITY_SECONDS,
+        high=limits.SQS_MAX_VISIBILITY_SECONDS,
         arg="retry_base_seconds",
     )
     retry_max_seconds: float = setting(
@@ -205,7 +206,7 @@ class WorkerSettings(EnvSettings):
         contract.ENV_RETRY_MAX_SECONDS,
         "Backoff cap.",
         low=0,
-        high=contract.SQS_MAX_VISIBILITY_SECONDS,
+        high=limits.SQS_MAX_VISIBILITY_SECONDS,
         arg="retry_max_seconds",
     )
     calls_per_second: float | None = setting(
@@ -216,7 +217,7 @@ class WorkerSettings(EnvSettings):
         kind=float,
         low=0,
         above=True,
-        high=contract.MAX_CALLS_PER_SECOND,
+        high=limits.MAX_CALLS_PER_SECOND,
         arg="calls_per_second",
     )
     idempotency_ttl_seconds: int = setting(
@@ -266,3 +267,27 @@ class HttpTargetSettings(EnvSettings):
     ssm_parameter: str = setting(
         "", contract.ENV_HTTP_SSM_PARAMETER, "SSM parameter (SecureString) whose value is the credential."
     )
+
+
+DEFAULT_PRIORITIES: tuple[str, ...] = ("HIGH", "NORMAL", "BATCH")
+"""Highest first."""
+
+# Priority names become resource names, queue names and ASL state names.
+PRIORITY_PATTERN = re.compile(r"^[A-Z][A-Z0-9_]{0,19}$")
+
+
+def invalid_priorities(priorities: Sequence[str]) -> str | None:
+    """Return why `priorities` is unusable, or None when it is fine."""
+    if isinstance(priorities, str):
+        return "must be a list of names, not a single string"
+    if not isinstance(priorities, list | tuple):
+        return "must be a list of names"
+    if not priorities:
+        return "must name at least one priority"
+    # fullmatch: `$` alone also matches before a trailing newline.
+    bad = [p for p in priorities if not isinstance(p, str) or not PRIORITY_PATTERN.fullmatch(p)]
+    if bad:
+        return f"names must match {PRIORITY_PATTERN.pattern} (upper case), not {bad!r}"
+    if len(set(priorities)) != len(priorities):
+        return "names must be unique"
+    return None

@@ -15,8 +15,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sluice_fanout.components.validation import LOG_RETENTION_DAYS, SluiceConfigError
-from sluice_fanout.handlers.contract import DEFAULT_PRIORITIES
-from sluice_fanout.handlers.settings import config_key
+from sluice_fanout.handlers.settings import DEFAULT_PRIORITIES, config_key
 from tests.support.mocks import ACCOUNT, REGION, run_program
 
 HTTP_URL = "https://erp.example.internal/api"

@@ -28,14 +28,10 @@ from localcloud.moto_fixes import atomic_dynamodb_writes, aws_like_heartbeats
 from sluice_fanout.components.definition import DEFAULT_THROTTLE_RULE, build_item_processor
 from sluice_fanout.handlers.adapters import DynamoRateLimiter, SqsQueues, TaskTokens
 from sluice_fanout.handlers.attempt import THROTTLE_HOLD_MAX_S
-from sluice_fanout.handlers.contract import (
-    ATTR_DEAD_LETTER_REASON,
-    RATE_WINDOW_ALLOWANCE_S,
-    RESULT_POINTER_FIELD,
-)
+from sluice_fanout.handlers.contract import ATTR_DEAD_LETTER_REASON, RESULT_POINTER_FIELD
 from sluice_fanout.handlers.metrics import WorkerMetrics
 from sluice_fanout.handlers.once import OncePerItem, ResultSpill
-from sluice_fanout.handlers.rate import Denied, Grant, interval_for
+from sluice_fanout.handlers.rate import RATE_WINDOW_ALLOWANCE_S, Denied, Grant, interval_for
 from sluice_fanout.handlers.target import PermanentFailure, RetryLater, TargetContext
 from sluice_fanout.handlers.worker import handle_batch
 from sluice_fanout.handlers.worker_config import QueueRef, WorkerConfig, WorkerDeps, logger

@@ -4,6 +4,7 @@ embedded AWS never imports the handlers it runs, and no modules import each othe
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,32 @@ def test_the_circle_finder_finds_a_type_only_circle(tmp_path: Path) -> None:
     (package / "c.py").write_text("import localcloud.a\n")
     (tmp_path / "sluice_fanout").mkdir()
     assert circles(import_graph(tmp_path)) == [["localcloud.a", "localcloud.b"]]
+
+
+PURE_HANDLERS = {"contract", "settings", "limits", "rate", "controller"}
+"""The handler modules the components may import: standard library only, so deploy time never
+pulls in boto3 or Powertools (docs/architecture.md)."""
+
+
+def test_components_import_only_the_pure_handler_modules() -> None:
+    graph = import_graph()
+    prefix = "sluice_fanout.handlers."
+    pure = {prefix + m for m in PURE_HANDLERS}
+    reached = {
+        module: sorted(m for m in imports if m.startswith(prefix) and m not in pure)
+        for module, imports in graph.items()
+        if module.startswith(("sluice_fanout.components", *pure))
+    }
+    assert {k: v for k, v in reached.items() if v} == {}
+    outside = {
+        module: sorted(
+            m
+            for path in [ROOT / (module.replace(".", "/") + ".py")]
+            for m in imported_modules(path)
+            if m.split(".")[0] not in sys.stdlib_module_names
+            and not m.startswith(prefix)
+            and m != "sluice_fanout.handlers"
+        )
+        for module in pure
+    }
+    assert {k: v for k, v in outside.items() if v} == {}
