@@ -1,24 +1,4 @@
-"""Where moto's DynamoDB (5.2.5) parses the same expression again on every request, and the fix.
-
-Sluice's worker writes two items per throttled item through Powertools' idempotency: a PutItem
-whose ConditionExpression and an UpdateItem whose UpdateExpression are the same text every
-time, with new values. moto lexed the condition with a list of regular expressions per token
-and parsed each update expression twice per request (once to check it, once to apply it): about
-a quarter of the emulator's DynamoDB time. Now each distinct text is lexed or parsed once:
-
-- UpdateExpressionParser.make: the tree it returns is only read (`find_clauses`) or deep-copied
-  before anything changes it (moto's `Validator` copies it first), so one tree serves every
-  request with that text;
-- a condition's tokens depend only on its text; names and values are substituted after lexing,
-  from the request's own, so each request still gets its own tree and its own errors.
-
-An expression that does not parse raises every time, as before: only successes are kept.
-
-Then moto checks and applies an update in about ten passes over its tree, and each pass asked
-its processor for its (fixed) map of node types at every node, building a dict and a tuple
-each time; each pass now builds them once. And the tree is copied before the passes change it
-with a copy that knows its shape (nodes, their children, text) instead of `copy.deepcopy`.
-"""
+"""Where moto's DynamoDB (5.2.5) parses the same expression again on every request, and the fix."""
 
 from __future__ import annotations
 
@@ -47,6 +27,12 @@ CACHED_EXPRESSIONS = 1024
 
 
 def _cached_make(make: Any) -> Any:
+    """UpdateExpressionParser.make, once per distinct text; a failure raises every time, as before.
+
+    moto parsed each update expression twice per request (check, then apply). The tree returned is
+    only read (`find_clauses`) or deep-copied before anything changes it (moto's `Validator` copies
+    it first), so one tree serves every request with that text.
+    """
     cached = functools.lru_cache(maxsize=CACHED_EXPRESSIONS)(make)
 
     def make_once(expression: str) -> Any:
@@ -57,6 +43,11 @@ def _cached_make(make: Any) -> Any:
 
 
 def _cached_lexing(lex: Any) -> Any:
+    """A condition lexed once per distinct text (moto used a list of regular expressions per token).
+
+    Tokens depend only on the text; names and values are substituted after lexing, from the
+    request's own, so each request still gets its own tree and its own errors. Only successes are kept.
+    """
     tokens: dict[str, tuple[Any, ...]] = {}
     lock = threading.Lock()
 
@@ -82,6 +73,8 @@ _PLAN = "_sluice_processing_plan"
 """A traverser's attribute holding (node types, (type, processor) pairs): its fixed map."""
 
 
+# moto checks and applies an update in about ten passes over its tree, and each pass asked its
+# processor for its (fixed) map of node types at every node, building a dict and a tuple each time.
 def _plan(self: Any) -> tuple[tuple[type, ...], tuple[tuple[type, Any], ...]]:
     plan = self.__dict__.get(_PLAN)
     if plan is None:
@@ -144,7 +137,12 @@ def check_moto_version(version: str | None = None) -> None:
 
 @contextmanager
 def lean_dynamodb_expressions() -> Iterator[None]:
-    """Each distinct update expression parsed, and condition expression lexed, once."""
+    """Each distinct update expression parsed, and condition expression lexed, once.
+
+    Sluice's worker writes two items per throttled item through Powertools' idempotency: a PutItem
+    and an UpdateItem whose expressions are the same text every time, with new values. Lexing and
+    parsing them was about a quarter of the emulator's DynamoDB time.
+    """
     check_moto_version()
     with ExitStack() as patches:
         patches.enter_context(

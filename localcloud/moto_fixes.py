@@ -1,40 +1,4 @@
-"""Where moto differs from AWS in a way Sluice's worker can see, and the fix.
-
-DynamoDB: moto checks a write's condition and applies the write as separate steps with no lock,
-so two threads (two Lambda sandboxes, or the threaded moto server) can both pass `tat = :old`.
-DynamoDB applies each conditional write atomically; the rate limiter and the idempotency
-records rely on it, so the embedded AWS serializes DynamoDB writes.
-
-Step Functions:
-
-moto answers SendTaskHeartbeat only for tasks that declare HeartbeatSeconds and only while the
-execution runs; anything else is InvalidToken. AWS accepts a heartbeat for any callback task
-still waiting (HeartbeatSeconds only sets how often one is required) and says TaskTimedOut or
-TaskDoesNotExist once it has ended. The worker asks before calling the API, so the embedded AWS
-must answer like AWS.
-
-moto sets a finished execution's status before its output (or error and cause), so a
-DescribeExecution in between sees SUCCEEDED with no output (seen by a test polling a Map of
-300 items). AWS shows an execution's outcome with its status; the embedded AWS sets the status
-last.
-
-CloudWatch: moto matches a GetMetricData query's dimensions to stored data by sorting both
-lists, but its `Dimension.__lt__` compares a value with a name, so the sort depends on the input
-order and a query that lists the same dimensions in another order finds nothing. CloudWatch
-identifies a metric by its set of dimensions, whatever their order; the embedded AWS sorts by
-(name, value).
-
-CloudWatch's backend changes its alarms and metrics with no lock while other requests iterate
-them: DescribeAlarms during a deploy's PutMetricAlarm raised "dictionary changed size during
-iteration" (seen once as a 100,000-item benchmark deployed). CloudWatch answers each request
-whole; the embedded AWS runs one CloudWatch call at a time.
-
-Memory: moto appends every model instance it ever creates to a class-level list
-(`BaseModel.instances_tracked`, read only by its dashboard and by S3's reset, which closes the
-files behind S3 keys), and never removes one. Every SQS message sent, deleted or not, stayed in
-memory: two per throttled item, the main process's largest growth per item at 100,000 items.
-The embedded AWS tracks only S3's instances, which its reset needs.
-"""
+"""Where moto differs from AWS in a way Sluice's worker can see, and the fix."""
 
 from __future__ import annotations
 
@@ -96,6 +60,14 @@ def _heartbeat(self: StepFunctionsParserBackend, task_token: str) -> SendTaskHea
 
 
 def aws_like_heartbeats() -> AbstractContextManager[Any]:
+    """SendTaskHeartbeat answers as AWS does.
+
+    moto answers only for tasks that declare HeartbeatSeconds and only while the execution runs;
+    anything else is InvalidToken. AWS accepts a heartbeat for any callback task still waiting
+    (HeartbeatSeconds only sets how often one is required) and says TaskTimedOut or
+    TaskDoesNotExist once it has ended. The worker asks before calling the API, so the embedded
+    AWS must answer like AWS.
+    """
     return mock.patch.object(StepFunctionsParserBackend, "send_task_heartbeat", _heartbeat)
 
 
@@ -113,7 +85,13 @@ def _serialized(original: Any, lock: threading.RLock = _dynamodb_lock) -> Any:
 
 @contextmanager
 def atomic_dynamodb_writes() -> Iterator[None]:
-    """Each DynamoDB write (condition check and update) happens as one step, as in AWS."""
+    """Each DynamoDB write (condition check and update) happens as one step, as in AWS.
+
+    moto checks a write's condition and applies the write as separate steps with no lock, so two
+    threads (two Lambda sandboxes, or the threaded moto server) can both pass `tat = :old`.
+    DynamoDB applies each conditional write atomically; the rate limiter and the idempotency
+    records rely on it.
+    """
     with ExitStack() as patches:
         for name in _DYNAMODB_WRITES:
             serialized = _serialized(getattr(DynamoDBBackend, name))
@@ -146,7 +124,11 @@ def _reflect_execution_status(self: BaseExecutionWorkerCommunication) -> None:
 
 
 def outcome_before_status() -> AbstractContextManager[Any]:
-    """A finished execution's output, error and cause are in place before its status says so."""
+    """A finished execution's output, error and cause are in place before its status says so.
+
+    moto sets the status first, so a DescribeExecution in between sees SUCCEEDED with no output
+    (seen by a test polling a Map of 300 items). AWS shows an execution's outcome with its status.
+    """
     return mock.patch.object(
         BaseExecutionWorkerCommunication, "_reflect_execution_status", _reflect_execution_status
     )
@@ -157,7 +139,12 @@ _cloudwatch_lock = threading.RLock()
 
 @contextmanager
 def serialized_cloudwatch() -> Iterator[None]:
-    """One CloudWatch backend call at a time (each reads or changes alarms and metrics whole)."""
+    """One CloudWatch backend call at a time (each reads or changes alarms and metrics whole).
+
+    moto's backend changes its alarms and metrics with no lock while other requests iterate them:
+    DescribeAlarms during a deploy's PutMetricAlarm raised "dictionary changed size during
+    iteration" (seen once as a 100,000-item benchmark deployed). CloudWatch answers each request whole.
+    """
     with ExitStack() as patches:
         for name, member in vars(CloudWatchBackend).items():
             if not name.startswith("_") and callable(member):
@@ -172,7 +159,12 @@ def _dimension_lt(self: Dimension, other: Dimension) -> bool:
 
 
 def order_free_metric_dimensions() -> AbstractContextManager[Any]:
-    """GetMetricData finds a metric whatever order its dimensions are listed in, as in AWS."""
+    """GetMetricData finds a metric whatever order its dimensions are listed in, as in AWS.
+
+    moto matches a query's dimensions to stored data by sorting both lists, but its
+    `Dimension.__lt__` compares a value with a name, so the sort depends on the input order.
+    CloudWatch identifies a metric by its set of dimensions; this sorts by (name, value).
+    """
     return mock.patch.object(Dimension, "__lt__", _dimension_lt)
 
 
@@ -188,5 +180,11 @@ def _untracked_new(cls: type[BaseModel], *args: Any, **kwargs: Any) -> BaseModel
 
 
 def untracked_model_instances() -> AbstractContextManager[Any]:
-    """moto keeps no reference to a model instance its backends have dropped (S3's aside)."""
+    """moto keeps no reference to a model instance its backends have dropped (S3's aside).
+
+    moto appends every model instance it creates to `BaseModel.instances_tracked` (read only by
+    its dashboard and by S3's reset, which closes the files behind S3 keys) and never removes one:
+    every SQS message sent, deleted or not, stayed in memory, two per throttled item, the main
+    process's largest growth per item at 100,000 items.
+    """
     return mock.patch.object(BaseModel, "__new__", _untracked_new)

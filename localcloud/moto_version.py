@@ -1,15 +1,12 @@
-"""The one moto the embedded AWS's patches are written against.
-
-Every module that patches moto (moto_sqs, moto_sfn, moto_dynamodb, moto_results) replaces or
-wraps functions of this version, and refuses to patch any other: a new moto may have fixed,
-moved or changed what a patch assumes. requirements-local.txt pins the same version.
-"""
+"""The one moto the embedded AWS's patches are written against."""
 
 from __future__ import annotations
 
 import moto
 
 MOTO_VERSION = "5.2.5"
+"""Every module that patches moto (moto_sqs, moto_sfn, moto_dynamodb, moto_results) replaces or wraps
+functions of this version; requirements-local.txt pins the same version."""
 
 
 class UnsupportedMotoError(RuntimeError):
@@ -17,7 +14,10 @@ class UnsupportedMotoError(RuntimeError):
 
 
 def require_moto(patcher: str, check: str, version: str | None = None) -> None:
-    """Refuse to patch any moto but MOTO_VERSION; `check` says what to compare in a new one."""
+    """Refuse to patch any moto but MOTO_VERSION; `check` says what to compare in a new one.
+
+    A new moto may have fixed, moved or changed what a patch assumes.
+    """
     installed = moto.__version__ if version is None else version
     if installed != MOTO_VERSION:
         raise UnsupportedMotoError(
