@@ -76,15 +76,20 @@ def check_setting(
     and range (sluice_fanout/handlers/settings.py); its default when the arg is not given."""
     spec = settings.specs()[field]
     arg = spec.arg or field
-    value = args.get(arg, settings.defaults()[field])
-    if value is None:
-        return None
+    default = settings.defaults()[field]
+    value = args.get(arg, default)
+    if value is None and default is None:
+        return None  # an optional setting left unset (e.g. no calls-per-second limit)
     if spec.choices:
         return check_choice(component, name, arg, value, spec.choices)
     if spec.kind is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise fail(component, name, arg, "must be a whole number", value)
     if spec.kind is float:
         value = check_number(component, name, arg, value, low=-math.inf)
+    if spec.kind is bool:
+        return check_bool(component, name, arg, value)
+    if spec.kind is str and not isinstance(value, str):
+        raise fail(component, name, arg, "must be text", value)
     if not within(spec, value):
         raise fail(component, name, arg, f"must be {bounds(spec)}", value)
     return value

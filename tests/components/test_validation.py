@@ -55,6 +55,9 @@ def construct(args: dict[str, Any]) -> list[str]:
         ),
         ({"max_receive_count": 5}, "must exceed force_after_receives - 1 + max_attempts = 5"),
         ({"force_after_receives": 0}, "force_after_receives must be between 1 and 100, got 0"),
+        # None is not "use the default": an explicit null is refused, naming the key.
+        ({"force_after_receives": None}, "force_after_receives must be a whole number, got None"),
+        ({"dispatch": None}, "dispatch must be one of"),
         ({"batch_size": 11}, "batch_size must be between 1 and 10, got 11 (set sluice:batchSize)"),
         ({"esm_maximum_concurrency": 1}, "esm_maximum_concurrency must be between 2 and 1000, got 1"),
         ({"retry_base_seconds": float("nan")}, "retry_base_seconds must be a number"),
