@@ -136,6 +136,8 @@ BENCH_COLUMNS: tuple[tuple[str, Callable[[Figures], Any]], ...] = (
     ("invokes/item", lambda f: f["invocations_per_item"]),
     ("transitions/item", lambda f: f["transitions_per_item"]),
     ("USD/M items", lambda f: f["usd_per_million_items"]),
+    ("billed transitions/item", lambda f: f["billed_transitions_per_item"]),
+    ("billed USD/M items", lambda f: f["billed_usd_per_million_items"]),
 )
 
 

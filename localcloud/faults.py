@@ -37,9 +37,10 @@ class ServiceUnavailableError(AWSError):
 
 
 def _item_id(output: Any) -> Any:
+    """The item a SendTaskSuccess is for: the legacy API's answer is the worker's `result`."""
     try:
-        return json.loads(output).get("accepted")
-    except (TypeError, ValueError, AttributeError):
+        return json.loads(output)["result"].get("accepted")
+    except (TypeError, ValueError, AttributeError, KeyError):
         return None
 
 

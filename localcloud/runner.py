@@ -7,8 +7,12 @@ import json
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from unittest import mock
+
+from moto.sqs.models import SQSBackend
 
 from localcloud.cloud import EmbeddedAws, embedded_aws
 from localcloud.control_plane import ControlPlaneSync
@@ -22,7 +26,7 @@ from localcloud.scenario import FIFO_QUEUE, SOURCE_AUTO, SOURCE_INLINE, SOURCE_S
 from localcloud.scheduler import Fired, Schedules
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from localcloud.scenario import Scenario
 
@@ -167,16 +171,32 @@ def start_batch(
     return arn, chosen
 
 
+@contextmanager
+def observed_sends(observers: list[Callable[[str], None]]) -> Iterator[None]:
+    """Tell each observer the body of every SQS message sent while it is in the list."""
+    send_message = SQSBackend.send_message
+
+    def observed(self: SQSBackend, queue_name: str, message_body: str, *args: Any, **kwargs: Any) -> Any:
+        message = send_message(self, queue_name, message_body, *args, **kwargs)
+        for observer in observers:
+            observer(message_body)
+        return message
+
+    with mock.patch.object(SQSBackend, "send_message", observed):
+        yield
+
+
 def run_scenario(
     scenario: Scenario, on_tick: Callable[[LegacyApi, list[ExecutionRecord]], None] | None = None
 ) -> RunResult:
     # A hang must outlast the worker's timeout to kill it mid-item, and stay bounded.
     worker_timeout = float(stack_config(scenario, "")["sluice:workerTimeoutSeconds"])
     faults = CompletionFaults(scenario.completion_faults, hang_s=worker_timeout + 2)
-    with embedded_aws() as aws, faults.installed():
+    sends: list[Callable[[str], None]] = []
+    with embedded_aws() as aws, faults.installed(), observed_sends(sends):
         api = LegacyApi(scenario.api).start()
         try:
-            result = _run(aws, api, scenario, on_tick)
+            result = _run(aws, api, scenario, on_tick, sends)
         finally:
             api.stop()
     result.completion_calls = dict(faults.calls)
@@ -188,6 +208,7 @@ def _run(
     api: LegacyApi,
     scenario: Scenario,
     on_tick: Callable[[LegacyApi, list[ExecutionRecord]], None] | None,
+    sends: list[Callable[[str], None]],
 ) -> RunResult:
     stack = deploy(aws, stack_config(scenario, api.url))
     before = aws.snapshot()
@@ -195,19 +216,20 @@ def _run(
     enqueued_at: dict[str, float] = {}
     lock = threading.Lock()
 
-    def on_receive(message: dict[str, Any]) -> None:
-        key = message_key(message["Body"])
-        if key is None:
-            return
-        sent = int(message.get("Attributes", {}).get("SentTimestamp", "0")) / 1000
-        with lock:
-            enqueued_at.setdefault(f"{key[0]}#{key[1]}", sent)
+    def on_send(body: str) -> None:
+        # Every send, whoever makes it: the worker takes tickets and payloads itself (not only
+        # through the mappings), so a receive hook would miss items. An item's ticket comes first.
+        key = message_key(body)
+        if key is not None:
+            with lock:
+                enqueued_at.setdefault(f"{key[0]}#{key[1]}", time.time())
 
     for url in stack.outputs["queueUrls"].values():
         for n in range(scenario.malformed_payloads):
             # Alternately not JSON and JSON without a token: neither names an execution to tell.
             sqs.send_message(QueueUrl=url, MessageBody="{not json" if n % 2 else json.dumps({"item": n}))
-    mappings = EventSourceMappings(stack.mappings, aws.runner, sqs, on_receive)
+    sends.append(on_send)
+    mappings = EventSourceMappings(stack.mappings, aws.runner, sqs)
     mappings.start()
     worker = stack.outputs["workerFunctionName"]
     control = _Control(aws, stack, mappings) if stack.schedules else None

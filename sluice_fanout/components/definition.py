@@ -95,29 +95,37 @@ def build_item_processor(
     the highest-priority waiting payload.
 
     Input: `{"item": ..., "index": n, "execution": parent ARN}` (the Map's ItemSelector).
-    Output: `{"status": "SUCCEEDED"|"FAILED", "index", "priority"?, "path"?, "result"|"error"}`.
+    Output: `{"status": "SUCCEEDED"|"FAILED", "index", "priority"?, "path"?, "result"|"error"}`
+    (`index` left out by a direct function's result; the aggregate has it from the input).
+    States entered (each a billed transition, besides the child's start): direct 2, queued 2
+    (`yield`) or 3 (`ticket`), one more for a failure.
     """
     first_step = "Ticket" if ticket_queue_url is not None else "Enqueue"
+
+    def throttled(rule: Mapping[str, Any]) -> dict[str, Any]:
+        return {"And": [dict(throttle_rule), dict(rule)]}
+
     states: dict[str, Any] = {
+        # One Choice on throttled-or-not and priority at once: every state entered is a billed
+        # transition, and a second Choice would cost one per throttled item.
         "Route": {
             "Type": "Choice",
-            "Comment": "Throttled items wait in a priority queue; the rest go direct.",
-            "Choices": [{**throttle_rule, "Next": "ByPriority"}],
-            "Default": "Direct",
-        },
-        "ByPriority": {
-            "Type": "Choice",
+            "Comment": "Throttled items wait in their priority's queue; the rest go direct.",
             "Choices": [
-                {
-                    "Not": {"Variable": "$.item.priority", "IsPresent": True},
-                    "Next": f"{first_step}{default_priority}",
-                },
                 *(
-                    {"Variable": "$.item.priority", "StringEquals": p, "Next": f"{first_step}{p}"}
+                    {
+                        **throttled({"Variable": "$.item.priority", "StringEquals": p}),
+                        "Next": f"{first_step}{p}",
+                    }
                     for p in priorities
                 ),
+                {
+                    **throttled({"Not": {"Variable": "$.item.priority", "IsPresent": True}}),
+                    "Next": f"{first_step}{default_priority}",
+                },
+                {**throttle_rule, "Next": "UnknownPriority"},
             ],
-            "Default": "UnknownPriority",
+            "Default": "Direct",
         },
         "UnknownPriority": {
             "Type": "Pass",
@@ -153,7 +161,7 @@ def build_item_processor(
             }
         states[f"Enqueue{p}"] = {
             "Type": "Task",
-            "Comment": "Waits, using no compute, until the worker completes the token.",
+            "Comment": "Waits, using no compute, until the worker sends the item's final result.",
             "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
             "Parameters": {
                 "QueueUrl": queue_urls[p],
@@ -167,38 +175,26 @@ def build_item_processor(
             },
             # No HeartbeatSeconds: it would fire while the message merely waits its turn.
             "TimeoutSeconds": callback_timeout_seconds,
-            "ResultPath": "$.result",
+            # The worker sends the whole structured result ({status, index, priority, result}),
+            # so the child ends here: a Pass to shape it would be one more billed transition.
             "Retry": [{"ErrorEquals": WORKER_VERDICTS, "MaxAttempts": 0}, _transient_retry()],
             "Catch": _catch_to(f"Failed{p}"),
-            "Next": f"Succeeded{p}",
-        }
-        states[f"Succeeded{p}"] = {
-            "Type": "Pass",
-            "Parameters": {
-                "status": STATUS_SUCCEEDED,
-                "index.$": "$.index",
-                "priority": p,
-                "result.$": "$.result",
-            },
             "End": True,
         }
         states[f"Failed{p}"] = _failed(p)
 
-    def direct_succeeded(result_path: str) -> dict[str, Any]:
-        return {
+    if direct_function_arn is None:
+        # No direct function configured: the item passes through as its own result.
+        states["Direct"] = {
             "Type": "Pass",
             "Parameters": {
                 "status": STATUS_SUCCEEDED,
                 "index.$": "$.index",
                 "path": DIRECT_PATH,
-                "result.$": result_path,
+                "result.$": "$.item",
             },
             "End": True,
         }
-
-    if direct_function_arn is None:
-        # No direct function configured: the item passes through as its own result.
-        states["Direct"] = direct_succeeded("$.item")
     else:
         states["Direct"] = {
             "Type": "Task",
@@ -207,13 +203,14 @@ def build_item_processor(
                 "FunctionName": direct_function_arn,
                 "Payload": {"item.$": "$.item", "index.$": "$.index", "execution.$": "$.execution"},
             },
-            "ResultSelector": {"value.$": "$.Payload"},
-            "ResultPath": "$.result",
+            # The result without `index` (a selector sees only the task's result): the aggregate
+            # takes it from the child's input, which the ResultWriter keeps beside each output.
+            # A Pass to add it would be one more billed transition per direct item.
+            "ResultSelector": {"status": STATUS_SUCCEEDED, "path": DIRECT_PATH, "result.$": "$.Payload"},
             "Retry": _lambda_retry(3),
             "Catch": _catch_to("DirectFailed"),
-            "Next": "DirectSucceeded",
+            "End": True,
         }
-        states["DirectSucceeded"] = direct_succeeded("$.result.value")
         states["DirectFailed"] = _failed(None)
     return {
         "ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},

@@ -350,9 +350,12 @@ class WorkerPlan:
     esm_maximum_concurrency: int
     log_retention_days: int
     kms_key_arn: str | None
-    controlled: bool
     runtime: WorkerSettings
     """What the handler reads back from the environment (sluice_fanout/handlers/settings.py)."""
+
+    @property
+    def controlled(self) -> bool:
+        return self.runtime.controlled
 
 
 def check_worker_args(name: str, args: Mapping[str, Any], component: str = COMPONENT) -> WorkerPlan:
@@ -395,6 +398,7 @@ def check_worker_args(name: str, args: Mapping[str, Any], component: str = COMPO
     settings = WorkerSettings(
         **{field: runtime(field) for field, spec in WorkerSettings.specs().items() if spec.arg},
         throttle_hold_seconds=runtime("throttle_hold_seconds"),
+        controlled=v.check_bool(c, name, "controlled", args.get("controlled", False)),
         target=target,
     )
     max_receive_count = whole("max_receive_count", 10, 1, limits.SQS_MAX_MAX_RECEIVE_COUNT)
@@ -425,6 +429,5 @@ def check_worker_args(name: str, args: Mapping[str, Any], component: str = COMPO
         ),
         log_retention_days=v.check_log_retention_days(c, name, args.get("log_retention_days", 14)),
         kms_key_arn=v.check_kms_key_arn(c, name, "queue_kms_key_arn", args.get("queue_kms_key_arn")),
-        controlled=v.check_bool(c, name, "controlled", args.get("controlled", False)),
         runtime=settings,
     )

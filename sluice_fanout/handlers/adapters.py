@@ -473,3 +473,38 @@ def _known_fields(kind: type[K], raw: dict[str, Any]) -> K:
     """A dataclass from stored fields, ignoring ones a newer or older release wrote."""
     names = {f.name for f in fields(kind)}
     return kind(**{k: v for k, v in raw.items() if k in names})
+
+
+class ControllerGrant:
+    """Whether the adaptive controller still grants the slot a worker invocation holds.
+
+    A worker that keeps its slot for more items (ticket dispatch) must give it back as soon as
+    the controller lowers the limit or opens the breaker, as one that works a single item does.
+    It cannot tell which slot it is, so every such invocation stops after its current item; the
+    event source mapping then starts only as many as the new limit allows.
+    """
+
+    def __init__(self, store: DynamoStore) -> None:
+        self._store = store
+        self._limit: int | None = None
+
+    def _limit_now(self) -> int | None:
+        """The limit the controller grants now: 0 while its breaker is not closed or its state
+        cannot be read (nothing is assumed granted), None before its first step."""
+        try:
+            state = self._store.load()
+        except (StateUnreadable, ClientError):
+            return 0
+        if state is None:
+            return None
+        return state.limit if state.breaker.mode is BreakerMode.CLOSED else 0
+
+    def start(self) -> None:
+        """Note the limit when the invocation starts: later reads compare with it."""
+        self._limit = self._limit_now()
+
+    def granted(self) -> bool:
+        now = self._limit_now()
+        if now is None:
+            return True  # no step stored yet: the deployed limit holds
+        return now > 0 and (self._limit is None or now >= self._limit)

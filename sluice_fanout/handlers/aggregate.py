@@ -40,7 +40,9 @@ OUTPUT_HEADROOM_BYTES = 16_384  # room for the summary around the inline results
 def normalise(entry: Any, position: int) -> dict[str, Any]:
     """One child's result in the structured form; anything else is a recorded failure."""
     if isinstance(entry, dict) and entry.get("status") in (STATUS_SUCCEEDED, STATUS_FAILED):
-        return entry
+        # A direct function's result carries no index (its state cannot see the input); the
+        # ResultWriter keeps the child's input, and the caller's position comes from it.
+        return entry if "index" in entry else {**entry, "index": position}
     # A Distributed Map child that failed outright comes back as null (or, from a
     # ResultWriter, as a FAILED record): the item must still be counted, never dropped.
     return {

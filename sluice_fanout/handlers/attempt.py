@@ -116,7 +116,7 @@ def work_item(
             metrics.count(contract.METRIC_API_ERRORS, message.priority)
             raise
         answered(started)
-        return task_output(result=result, item=message.item, spill=spill)
+        return task_output(result=result, spill=spill)
 
     def answered(started: float) -> None:
         latency_ms = (deps.timer() - started) * 1000

@@ -3,6 +3,7 @@ can never be worked failed (token known) or dead-lettered with the reason (no to
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from sluice_fanout.handlers import contract
@@ -20,9 +21,20 @@ def complete(message: WorkMessage, outcome: Outcome, deps: WorkerDeps, log: dict
         deps.metrics.count(contract.METRIC_FAILED, message.priority)
         logger.info("permanent failure", extra=log | {"error": outcome.error})
         return
-    deps.tokens.succeed(message.token, outcome.output)
+    deps.tokens.succeed(message.token, final_result(message, outcome.output))
     deps.metrics.count(contract.METRIC_PROCESSED, message.priority)
     logger.info("processed", extra=log)
+
+
+def final_result(message: WorkMessage, output: str) -> str:
+    """The item's structured result around the target's output (JSON text): the wait state ends
+    the child execution with it, so no state after it has to shape it (one transition less)."""
+    # Composed as text: the output may be up to 256 KiB, and parsing it only to write it again
+    # would cost the worker time on every item.
+    head = json.dumps(
+        {"status": contract.STATUS_SUCCEEDED, "index": message.index, "priority": message.priority}
+    )
+    return f'{head[:-1]}, "result": {output}}}'
 
 
 def handle_malformed(

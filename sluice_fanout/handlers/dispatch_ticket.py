@@ -4,6 +4,8 @@ Which queue comes first for a ticket is `priority.ticket_order`."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from sluice_fanout.handlers import contract, priority
@@ -25,6 +27,48 @@ MAX_EMPTY_TICKET_DELAY_S = 60
 MAX_DROPPED_PER_QUEUE = 10
 TICKET_PAYLOAD_WAIT_S = 1
 """How long a ticket that found nothing waits for its own payload (SQS long polling, whole s)."""
+NEXT_ITEM_ALLOWANCE = 2.0
+"""A further item is started only with this many times the slowest item so far still left."""
+RETURN_MARGIN_S = 2.0
+"""Time kept to return the batch response after the last item."""
+
+
+@dataclass(frozen=True)
+class Ticket:
+    body: str
+    receipt_handle: str
+    receive_count: int
+    sent_timestamp_ms: int
+
+    @classmethod
+    def of_record(cls, record: SQSRecord) -> Ticket:
+        """A ticket the event source mapping delivered."""
+        return cls(
+            record.body,
+            record.receipt_handle,
+            int(record.attributes.approximate_receive_count),
+            int(record.attributes.sent_timestamp),
+        )
+
+    @classmethod
+    def of_message(cls, message: dict[str, Any]) -> Ticket:
+        """A ticket the worker received itself (SqsQueues.receive_one)."""
+        attributes = message.get("Attributes", {})
+        return cls(
+            message["Body"],
+            message["ReceiptHandle"],
+            int(attributes.get("ApproximateReceiveCount", "1")),
+            int(attributes.get("SentTimestamp", "0")),
+        )
+
+
+class TicketEnd(Enum):
+    WORKED = "worked"
+    """Its payload is finished: the ticket is used up (deleted)."""
+    ORPHAN = "orphan"
+    """No payload will ever need it: deleted."""
+    RETURNED = "returned"
+    """It goes back to the queue, visibility already set (its payload retries, or none waited)."""
 
 
 def record_handler(deps: WorkerDeps) -> Callable[[SQSRecord, int], None]:
@@ -33,21 +77,78 @@ def record_handler(deps: WorkerDeps) -> Callable[[SQSRecord, int], None]:
 
 
 def handle_ticket(record: SQSRecord, deps: WorkerDeps, remaining_ms: int) -> None:
-    """Ticket dispatch: a ticket is a slot; pull the highest-priority waiting payload and work it.
+    """Work the delivered ticket, then keep the slot busy with the next ones (`keep_working`)."""
+    deadline = deps.timer() + remaining_ms / 1000
+    if deps.grant is not None:
+        deps.grant.start()
+    started = deps.timer()
+    end = work_ticket(Ticket.of_record(record), deps, remaining_ms)
+    if end is TicketEnd.RETURNED:
+        raise MessageReturned("ticket returned to its queue")
+    if end is TicketEnd.WORKED:
+        keep_working(deps, deadline, deps.timer() - started)
 
-    The ticket is consumed only with a finished payload, so tickets and payloads stay one to
+
+def keep_working(deps: WorkerDeps, deadline: float, longest_s: float) -> int:
+    """Work further tickets while one waits, the slot is still granted and time is left; return
+    how many were worked.
+
+    Each item otherwise costs a whole event source mapping round (poll, invoke, delete) of idle
+    slot; here the next call is one ticket receive and its payload pull away. A ticket is taken
+    for each payload, so tickets and payloads stay one to one, and each pick follows the same
+    priority order as a delivered ticket's. It stops at the first item that does not finish
+    (a 429, a retry, an empty ticket): a refused slot is not sent straight back into a full API.
+    """
+    config = deps.config
+    worked = 0
+    while True:
+        remaining_s = deadline - deps.timer()
+        # The next item may take longer than the slowest so far; the rest returns the batch.
+        if remaining_s < NEXT_ITEM_ALLOWANCE * longest_s + RETURN_MARGIN_S:
+            break
+        if deps.grant is not None and not deps.grant.granted():
+            logger.info("slot no longer granted", extra={contract.LOG_EVENT: contract.EVENT_SLOT_RETURNED})
+            break
+        message = deps.queues.receive_one(config.ticket_queue_url)
+        if message is None:
+            break
+        ticket = Ticket.of_message(message)
+        started = deps.timer()
+        try:
+            end = work_ticket(ticket, deps, int(remaining_s * 1000))
+        except Exception:  # noqa: BLE001 - a further item's failure ends the loop, never the delivered ticket's success
+            # The delivered ticket's item is done; this one comes back after its visibility
+            # timeout, as it would from a crashed invocation, and its payload with it.
+            logger.exception("further ticket failed; slot returned")
+            break
+        finally:
+            # Per item, as a one-item invocation would: the controller reads these in windows
+            # of seconds, and a line printed at the end of a long loop lands in the wrong one.
+            deps.metrics.flush()
+        if end is not TicketEnd.RETURNED:
+            deps.queues.delete(config.ticket_queue_url, ticket.receipt_handle)
+        if end is not TicketEnd.WORKED:
+            break
+        worked += 1
+        longest_s = max(longest_s, deps.timer() - started)
+    return worked
+
+
+def work_ticket(ticket: Ticket, deps: WorkerDeps, remaining_ms: int) -> TicketEnd:
+    """Pull the highest-priority waiting payload for `ticket` and work it.
+
+    The ticket is used up only with a finished payload, so tickets and payloads stay one to
     one; when the payload goes back for a retry, its ticket goes back with the same delay.
     """
     config = deps.config
-    ticket_receives = int(record.attributes.approximate_receive_count)
-    index = _ticket_index(record.body)
+    index = _ticket_index(ticket.body)
     order = priority.ticket_order(
-        config.priorities, priority.ticket_slot(index, config.share_period, ticket_receives)
+        config.priorities, priority.ticket_slot(index, config.share_period, ticket.receive_count)
     )
     # The state machine sends the ticket just before its payload, so a ticket that finds every
     # queue empty usually beat its own payload by milliseconds: it waits briefly on its own
     # priority's queue rather than going back for a second or more of back-off.
-    own = _ticket_priority(record.body)
+    own = _ticket_priority(ticket.body)
     pulls = [(name, 0) for name in order]
     if own in order and remaining_ms > (TICKET_PAYLOAD_WAIT_S + 1) * 1000:
         pulls.append((own, TICKET_PAYLOAD_WAIT_S))
@@ -68,12 +169,12 @@ def handle_ticket(record: SQSRecord, deps: WorkerDeps, remaining_ms: int) -> Non
                 continue
             if delay is None:
                 deps.queues.delete(queue.url, payload["ReceiptHandle"])
-                return
-            deps.queues.change_visibility(config.ticket_queue_url, record.receipt_handle, delay)
-            raise MessageReturned(f"payload retries in {delay}s")
-    age_s = deps.clock() - int(record.attributes.sent_timestamp) / 1000
+                return TicketEnd.WORKED
+            deps.queues.change_visibility(config.ticket_queue_url, ticket.receipt_handle, delay)
+            return TicketEnd.RETURNED
+    age_s = deps.clock() - ticket.sent_timestamp_ms / 1000
     if (
-        ticket_receives >= config.orphan_ticket_receives
+        ticket.receive_count >= config.orphan_ticket_receives
         and age_s >= config.orphan_ticket_age_seconds
         and not any(deps.queues.holds_anything(q.url) for q in config.queues)
     ):
@@ -85,27 +186,27 @@ def handle_ticket(record: SQSRecord, deps: WorkerDeps, remaining_ms: int) -> Non
             "orphan ticket dropped",
             extra={
                 contract.LOG_EVENT: contract.EVENT_ORPHAN_TICKET,
-                "ticket_receives": ticket_receives,
+                "ticket_receives": ticket.receive_count,
                 "index": index,
             },
         )
-        return
+        return TicketEnd.ORPHAN
     # Doubling: a ticket that came just ahead of its payload finds it at the next try, while a
     # surplus one (its payload's task ended, a duplicate delivery) slows down instead of
     # burning through the ticket queue's receive limit into its DLQ while other work is slow.
     delay = min(
-        config.empty_ticket_delay_seconds * 2 ** min(ticket_receives - 1, 16), MAX_EMPTY_TICKET_DELAY_S
+        config.empty_ticket_delay_seconds * 2 ** min(ticket.receive_count - 1, 16), MAX_EMPTY_TICKET_DELAY_S
     )
-    deps.queues.change_visibility(config.ticket_queue_url, record.receipt_handle, delay)
+    deps.queues.change_visibility(config.ticket_queue_url, ticket.receipt_handle, delay)
     logger.info(
         "empty ticket returned",
         extra={
             contract.LOG_EVENT: contract.EVENT_EMPTY_TICKET,
-            "ticket_receives": ticket_receives,
+            "ticket_receives": ticket.receive_count,
             "delay_s": delay,
         },
     )
-    raise MessageReturned("no waiting payload")
+    return TicketEnd.RETURNED
 
 
 def _ticket_priority(body: str) -> str | None:

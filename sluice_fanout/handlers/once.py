@@ -35,8 +35,8 @@ if TYPE_CHECKING:
 KEY_PREFIX = "sluice-item"
 """Fixed, so renaming the function or module keeps the records of items still in flight."""
 
-# Step Functions accepts at most 256 KiB of task output, and the child state keeps the item
-# beside the result (ResultPath $.result), so both must fit with room for the other fields.
+# Step Functions accepts at most 256 KiB of task output; the worker wraps the result in the
+# item's structured result (status, index, priority), which must fit too.
 CHILD_STATE_HEADROOM_BYTES = 8_192
 
 
@@ -126,26 +126,20 @@ class OncePerItem:
         return Outcome.from_record(record), not produced
 
 
-def task_output(
-    *,
-    result: Any,
-    item: Any,
-    spill: Callable[[bytes], dict[str, Any]] | None,
-) -> Outcome:
+def task_output(*, result: Any, spill: Callable[[bytes], dict[str, Any]] | None) -> Outcome:
     """The task output for a target's result: inline, or a pointer when it would not fit."""
     try:
         output = json.dumps(result)
     except (TypeError, ValueError) as exc:
         return Outcome(error=ERROR_PERMANENT, cause=f"target returned a value that is not JSON: {exc}")
     size = len(output.encode())
-    item_size = len(json.dumps(item).encode())
-    if size + item_size + CHILD_STATE_HEADROOM_BYTES <= limits.SFN_MAX_OUTPUT_BYTES:
+    if size + CHILD_STATE_HEADROOM_BYTES <= limits.SFN_MAX_OUTPUT_BYTES:
         return Outcome(output=output)
     if spill is None:
         return Outcome(
             error=ERROR_PERMANENT,
-            cause=f"target result is {size} bytes, too large for Step Functions beside the item "
-            f"({item_size} bytes), and no results bucket is configured",
+            cause=f"target result is {size} bytes, too large for Step Functions, and no results "
+            "bucket is configured",
         )
     return Outcome(output=json.dumps({RESULT_POINTER_FIELD: spill(output.encode())}))
 

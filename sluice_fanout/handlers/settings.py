@@ -89,7 +89,9 @@ class EnvSettings:
             value = getattr(self, name)
             if value is None or value == "":
                 continue
-            env[spec.env] = repr(value) if spec.kind is float else str(value)
+            env[spec.env] = (
+                repr(value) if spec.kind is float else str(value).lower() if spec.kind is bool else str(value)
+            )
         return env
 
     @classmethod
@@ -110,6 +112,10 @@ class EnvSettings:
 def parse(spec: Spec, raw: str, error: type[Exception] = SettingsError) -> Any:
     """One setting's text as its value, checked against its range; `error` names the variable."""
     where = f"{spec.env}" + (f" (set {config_key(spec.arg)})" if spec.arg else "")
+    if spec.kind is bool:
+        if raw not in ("true", "false"):
+            raise error(f"{where} must be true or false, got {raw!r}")
+        return raw == "true"
     if spec.kind is str:
         if spec.choices and raw not in spec.choices:
             raise error(f"{where} must be one of {', '.join(spec.choices)}, got {raw!r}")
@@ -237,6 +243,12 @@ class WorkerSettings(EnvSettings):
         "reaction time. None: the Retry-After alone, at most a few seconds.",
         kind=float,
         low=0,
+    )
+    controlled: bool = setting(
+        False,
+        contract.ENV_CONTROLLED,
+        "The adaptive controller moves the limit: an invocation that keeps its slot for more items "
+        "asks it, between items, whether the slot is still granted.",
     )
     target: str = setting(
         contract.HTTP_TARGET,

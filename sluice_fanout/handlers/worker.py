@@ -21,7 +21,13 @@ from aws_lambda_powertools.utilities.batch import (
 )
 
 from sluice_fanout.handlers import contract, dispatch_ticket, dispatch_yield
-from sluice_fanout.handlers.adapters import DynamoRateLimiter, SqsQueues, TaskTokens
+from sluice_fanout.handlers.adapters import (
+    ControllerGrant,
+    DynamoRateLimiter,
+    DynamoStore,
+    SqsQueues,
+    TaskTokens,
+)
 from sluice_fanout.handlers.metrics import WorkerMetrics
 from sluice_fanout.handlers.once import OncePerItem, ResultSpill
 from sluice_fanout.handlers.rate import interval_for
@@ -98,6 +104,10 @@ def _deps() -> WorkerDeps:
             ddb, config.idempotency_table, function_name, interval_for(config.calls_per_second)
         )
         if config.calls_per_second
+        else None,
+        # The controller's state item sits in the same table, under the worker's name.
+        grant=ControllerGrant(DynamoStore(ddb, config.idempotency_table, function_name))
+        if config.controlled
         else None,
     )
 

@@ -17,7 +17,7 @@ from sluice_fanout.handlers.settings import SettingsError, WorkerSettings
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from sluice_fanout.handlers.adapters import SqsQueues, TaskTokens
+    from sluice_fanout.handlers.adapters import ControllerGrant, SqsQueues, TaskTokens
     from sluice_fanout.handlers.once import OncePerItem, ResultSpill
     from sluice_fanout.handlers.rate import RateLimiter
     from sluice_fanout.handlers.target import Target
@@ -122,3 +122,6 @@ class WorkerDeps:
     """Where each real call reserves its slot under the calls-per-second limit; None: no limit."""
     sleep: Callable[[float], None] = time.sleep
     """How the worker waits for its slot."""
+    grant: ControllerGrant | None = None
+    """Whether the adaptive controller still grants this invocation's slot; None: no controller,
+    the deployed limit is fixed."""

@@ -415,6 +415,7 @@ WORKER_ENV = {
     contract.ENV_RETRY_BASE_SECONDS,
     contract.ENV_RETRY_MAX_SECONDS,
     contract.ENV_DISPATCH,
+    contract.ENV_CONTROLLED,
     contract.ENV_HTTP_URL,
     contract.ENV_HTTP_TIMEOUT_SECONDS,
     contract.ENV_HTTP_AUTH_HEADER,

@@ -69,6 +69,8 @@ def test_the_handler_reads_back_exactly_what_the_component_set(kind: str) -> Non
         arg = WorkerSettings.specs()[field].arg
         if arg in given:
             assert getattr(config, field) == given[arg], field
+        elif field == "controlled":
+            assert config.controlled == ("adaptive" in given)
         elif field not in ("throttle_hold_seconds", "target", "idempotency_ttl_seconds"):
             assert getattr(config, field) == WorkerSettings.defaults()[field], field
     assert http.timeout_seconds == given["http_target"].get("timeout_seconds", 10.0)
@@ -109,7 +111,7 @@ def test_the_component_and_the_handler_default_alike() -> None:
     [(f, s) for f, s in sorted(WorkerSettings.specs().items()) if s.kind is not str or s.choices],
 )
 def test_the_component_and_the_handler_refuse_the_same_values(field: str, spec: Any) -> None:
-    outside = ["unknown"] if spec.choices else _just_outside(spec)
+    outside = ["unknown"] if spec.choices else ["yes"] if spec.kind is bool else _just_outside(spec)
     for value in outside:
         env = {
             contract.ENV_QUEUES: '[{"priority": "HIGH", "url": "u", "arn": "a", "dlq_url": "d"}]',

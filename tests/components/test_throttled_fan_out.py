@@ -253,7 +253,20 @@ def test_state_machine_structure(default: Recorder) -> None:
         assert "HeartbeatSeconds" not in enqueue
         assert enqueue["Catch"][0]["Next"] == f"Inline-Failed{p}"
     # Items selected but without a priority go to the lowest queue by default.
-    assert states["Inline-ByPriority"]["Choices"][0]["Next"] == "Inline-EnqueueBATCH"
+    assert route_next(states, "Inline-", None) == "Inline-EnqueueBATCH"
+    assert route_next(states, "Inline-", "HIGH") == "Inline-EnqueueHIGH"
+
+
+def route_next(states: dict[str, Any], prefix: str, priority: str | None) -> str:
+    """Where the child's Route sends a throttled item of `priority` (None: without one)."""
+    wanted = (
+        {"Not": {"Variable": "$.item.priority", "IsPresent": True}}
+        if priority is None
+        else {"Variable": "$.item.priority", "StringEquals": priority}
+    )
+    routes = [c["Next"] for c in states[prefix + "Route"]["Choices"] if c.get("And", [None])[-1] == wanted]
+    assert len(routes) == 1, routes
+    return str(routes[0])
 
 
 def test_order_function_reads_batches_and_writes_only_its_copies(default: Recorder) -> None:
@@ -314,7 +327,7 @@ def test_custom_priorities_and_user_code(tmp_path: Path) -> None:
     states = json.loads(rec.named("erp-workflow-state-machine").inputs["definition"])["States"]
     processor = states["FanOutInline"]["ItemProcessor"]["States"]
     assert {s for s in processor if "Enqueue" in s} == {"Inline-EnqueueURGENT", "Inline-EnqueueLATER"}
-    assert processor["Inline-ByPriority"]["Choices"][0]["Next"] == "Inline-EnqueueURGENT"
+    assert route_next(processor, "Inline-", None) == "Inline-EnqueueURGENT"
 
 
 def test_stack_program_from_config() -> None:
@@ -372,7 +385,7 @@ def test_ticket_dispatch_is_the_default() -> None:
     assert arn(ticket) in enqueue["Resource"]
     states = json.loads(rec.named("orders-workflow-state-machine").inputs["definition"])["States"]
     processor = states["FanOutInline"]["ItemProcessor"]["States"]
-    assert processor["Inline-ByPriority"]["Choices"][1]["Next"] == "Inline-TicketHIGH"
+    assert route_next(processor, "Inline-", "HIGH") == "Inline-TicketHIGH"
     ticket_state = processor["Inline-TicketHIGH"]
     assert ticket_state["Resource"] == "arn:aws:states:::sqs:sendMessage"
     assert ticket_state["Parameters"]["QueueUrl"] == url(ticket)

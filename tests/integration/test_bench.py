@@ -20,9 +20,14 @@ def test_every_mode_runs_a_small_scenario() -> None:
     for mode, f in figures.items():
         assert (f["lost"], f["over_limit"]) == (0, 0), mode
         assert 0 < f["utilization"] <= 1
-        assert f["invocations_per_item"] >= 1
+        assert f["invocations_per_item"] > 0
         assert f["usd_per_million_items"] > 0
+        # AWS bills one more transition per child a Distributed Map starts: one per item.
+        assert f["billed_transitions_per_item"] == pytest.approx(f["transitions_per_item"] + 1, abs=0.011)
+        assert f["billed_usd_per_million_items"] > f["usd_per_million_items"]
     # Only the ticket dispatch sends a ticket: one more state per throttled item.
     assert figures["ticket"]["transitions_per_item"] > figures["yield"]["transitions_per_item"]
+    # A ticket invocation keeps its slot for the next waiting item: fewer invocations than items.
+    assert figures["ticket"]["invocations_per_item"] < 1 < figures["yield"]["invocations_per_item"]
     # Only the yield dispatch yields.
     assert figures["ticket"]["wasted"]["yields"] == figures["fifo"]["wasted"]["yields"] == 0

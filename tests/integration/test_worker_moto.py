@@ -18,6 +18,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import boto3
@@ -410,21 +411,74 @@ def wait_visible(rig: Rig, priority: str, count: int) -> None:
         time.sleep(0.1)
 
 
-def test_a_ticket_pulls_the_highest_priority_payload(ticket_rig: Rig) -> None:
+def test_a_ticket_pulls_the_highest_priority_payload_and_the_slot_keeps_working(ticket_rig: Rig) -> None:
     rig = ticket_rig
     batch = rig.start({"id": "bulk", "priority": "BATCH"}, index=5)
     wait_visible(rig, "BATCH", 1)
     high = rig.start({"id": "urgent", "priority": "HIGH"}, index=6)
     wait_visible(rig, "HIGH", 1)
-    deps = rig.deps(ok)
-    # Whichever ticket comes first, the HIGH payload is worked first.
-    assert handle_batch(receive_ticket(rig), None, deps) == {"batchItemFailures": []}
-    assert [item["id"] for item, _ in rig.target_calls] == ["urgent"]
+    # Whichever ticket comes first, the HIGH payload is worked first; the invocation then takes
+    # the other ticket itself and works the BATCH payload in the same slot.
+    assert handle_batch(receive_ticket(rig), None, rig.deps(ok)) == {"batchItemFailures": []}
+    assert [item["id"] for item, _ in rig.target_calls] == ["urgent", "bulk"]
     assert rig.output(high)["status"] == "SUCCEEDED"
-    assert handle_batch(receive_ticket(rig), None, deps) == {"batchItemFailures": []}
     assert rig.output(batch)["status"] == "SUCCEEDED"
     assert rig.visible("HIGH") + rig.visible("BATCH") == 0
     assert receive_ticket(rig, wait_s=0.5) == {"Records": []}  # both tickets consumed
+
+
+class WithdrawnGrant:
+    """The adaptive controller's grant, withdrawn after `for_items` checks."""
+
+    def __init__(self, for_items: int) -> None:
+        self.left = for_items
+        self.started = 0
+
+    def start(self) -> None:
+        self.started += 1
+
+    def granted(self) -> bool:
+        self.left -= 1
+        return self.left >= 0
+
+
+def start_items(rig: Rig, count: int) -> list[str]:
+    executions = [rig.start({"id": f"i{n}", "priority": "NORMAL"}, index=n) for n in range(1, count + 1)]
+    wait_visible(rig, "NORMAL", count)
+    return executions
+
+
+def test_the_slot_goes_back_when_the_controller_takes_it(ticket_rig: Rig) -> None:
+    rig = ticket_rig
+    start_items(rig, 4)
+    grant = WithdrawnGrant(for_items=1)
+    deps = dataclasses.replace(rig.deps(ok), grant=grant)
+    assert handle_batch(receive_ticket(rig), None, deps) == {"batchItemFailures": []}
+    # The delivered ticket, one further one while granted, then the slot is given back.
+    assert len(rig.target_calls) == 2
+    assert grant.started == 1
+    assert rig.visible("NORMAL") == 2
+
+
+def test_the_slot_goes_back_after_a_refused_call(ticket_rig: Rig) -> None:
+    rig = ticket_rig
+    start_items(rig, 3)
+
+    def full_after_one(item: Any, ctx: TargetContext) -> Any:
+        if len(rig.target_calls) > 1:
+            raise RetryLater(0, "HTTP 429")
+        return {"ok": True}
+
+    assert handle_batch(receive_ticket(rig), None, rig.deps(full_after_one)) == {"batchItemFailures": []}
+    assert len(rig.target_calls) == 2  # the refused slot is not sent straight back into the full API
+
+
+def test_no_further_item_without_the_time_for_it(ticket_rig: Rig) -> None:
+    rig = ticket_rig
+    start_items(rig, 3)
+    context = SimpleNamespace(get_remaining_time_in_millis=lambda: 1_500)
+    assert handle_batch(receive_ticket(rig), context, rig.deps(ok)) == {"batchItemFailures": []}
+    assert len(rig.target_calls) == 1
 
 
 def test_a_share_slot_ticket_serves_the_lower_queue_first(ticket_rig: Rig) -> None:

@@ -66,6 +66,17 @@ def test_aggregate_counts_by_status_and_priority() -> None:
     }
 
 
+def test_a_direct_functions_result_takes_its_index_from_its_position() -> None:
+    # The direct function's state cannot see the child's input: its result has no index, and
+    # the ResultWriter's record of the child gives it.
+    direct = {"status": "SUCCEEDED", "path": "DIRECT", "result": {"v": 1}}
+    manifest = {"ResultFiles": {"SUCCEEDED": [{"Key": "k"}]}}
+    records = [{"Status": "SUCCEEDED", "Input": json.dumps({"index": 7}), "Output": json.dumps(direct)}]
+    entries = list(result_writer_entries(manifest, lambda _key: records))
+    tally = Tally()
+    assert [tally.add(index, entry) for index, entry in entries] == [direct | {"index": 7}]
+
+
 def test_handle_inline_keeps_results_and_execution() -> None:
     out = handle({"map_output": [SUCCESS_HIGH], "execution": "arn:exec"}, s3=None)
     assert out["results"] == [SUCCESS_HIGH]

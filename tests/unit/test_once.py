@@ -101,22 +101,26 @@ def test_a_store_outage_refuses_to_call_blind() -> None:
         assert calls == []
 
 
-def test_task_output_spills_only_what_would_not_fit_beside_the_item() -> None:
+def test_task_output_spills_only_what_would_not_fit_in_the_structured_result() -> None:
     spilled: list[bytes] = []
 
     def spill(body: bytes) -> dict[str, Any]:
         spilled.append(body)
         return {"bucket": "b", "key": "k", "bytes": len(body)}
 
-    small = task_output(result={"ok": True}, item={"id": 1}, spill=spill)
+    small = task_output(result={"ok": True}, spill=spill)
     assert small == Outcome(output='{"ok": true}')
-    # Fits alone under 256 KiB, but not beside a large item in the child's state.
-    near = task_output(result={"blob": "x" * 200_000}, item={"blob": "y" * 60_000}, spill=spill)
+    # The item is no longer beside the result (the worker's result ends the child), so a result
+    # that fits under 256 KiB with room for its wrapper stays inline.
+    fits = task_output(result={"blob": "x" * 250_000}, spill=spill)
+    assert fits.output is not None
+    assert RESULT_POINTER_FIELD not in fits.output
+    near = task_output(result={"blob": "x" * 260_000}, spill=spill)
     assert near.output is not None
     assert RESULT_POINTER_FIELD in near.output
     assert len(spilled) == 1
-    refused = task_output(result={"blob": "x" * 300_000}, item={}, spill=None)
+    refused = task_output(result={"blob": "x" * 300_000}, spill=None)
     assert (refused.output, refused.error) == (None, ERROR_PERMANENT)
     assert "bucket" in refused.cause
-    not_json = task_output(result={1, 2}, item={}, spill=spill)
+    not_json = task_output(result={1, 2}, spill=spill)
     assert not_json.error == ERROR_PERMANENT

@@ -179,3 +179,11 @@ def test_the_reports_event_names_are_the_workers() -> None:
     assert report.YIELD_EVENT == contract.EVENT_YIELDED
     assert report.FORCED_EVENT == contract.EVENT_FORCED
     assert set(report.EMPTY_TICKET_EVENTS) == {contract.EVENT_EMPTY_TICKET, contract.EVENT_ORPHAN_TICKET}
+
+
+def test_the_benchmarks_result_names_are_the_contracts() -> None:
+    from localcloud import bench
+    from sluice_fanout.handlers import contract
+
+    assert bench.DIRECT_PATH == contract.DIRECT_PATH
+    assert bench.ERROR_UNKNOWN_PRIORITY == contract.ERROR_UNKNOWN_PRIORITY
