@@ -1,15 +1,4 @@
-"""Step Functions' size limits and Distributed Map result files, which moto 5.2.5 leaves out.
-
-- ResultWriter: moto writes only `manifest.json`, with empty `ResultFiles`, so nothing that
-  reads a Map Run's results (Sluice's aggregate) can be tried locally. AWS writes the child
-  executions' records, grouped by status, to `<Prefix>/<map run id>/SUCCEEDED_n.json`,
-  `FAILED_n.json` and `PENDING_n.json` (each a JSON array) and lists them in the manifest.
-- StartExecution: moto accepts any input size; AWS refuses an input over 256 KiB (the API's
-  length constraint on `input`, counted in UTF-8 bytes) before the execution exists.
-
-Each patch replaces one function of moto 5.2.5 (`MOTO_VERSION`); `aws_results_and_limits()`
-checks the version before installing them.
-"""
+"""Step Functions' size limits and Distributed Map result files, which moto 5.2.5 leaves out."""
 
 from __future__ import annotations
 
@@ -301,7 +290,13 @@ def _s3_store(map_run_arn: str) -> Any:
 
 
 def _handle_put_object(env: Any, resource_runtime_part: Any, state_credentials: Any) -> None:
-    """moto's ResultWriter (s3:putObject), with the result files written."""
+    """moto's ResultWriter (s3:putObject), with the result files written.
+
+    moto writes only `manifest.json`, with empty `ResultFiles`, so nothing that reads a Map Run's
+    results (Sluice's aggregate) can be tried locally. AWS writes the child executions' records,
+    grouped by status, to `<Prefix>/<map run id>/SUCCEEDED_n.json`, `FAILED_n.json` and
+    `PENDING_n.json` (each a JSON array) and lists them in the manifest.
+    """
     parameters = env.stack.pop()
     outputs = env.stack.pop()  # the Map's outputs in item order (moto: None for a failed child)
     s3 = resource_eval_s3.ResourceEvalS3._get_s3_client(
@@ -348,6 +343,9 @@ def input_too_large_message(size: int) -> str:
 
 
 def _limited(original: Any) -> Any:
+    """StartExecution refusing an input over 256 KiB before the execution exists, as AWS does (the
+    API's length constraint on `input`, counted in UTF-8 bytes); moto accepts any input size."""
+
     def start_execution(
         self: Any, state_machine_arn: str, name: Any = None, execution_input: Any = None, **kw: Any
     ) -> Any:
@@ -361,7 +359,11 @@ def _limited(original: Any) -> Any:
 
 @contextmanager
 def aws_results_and_limits() -> Iterator[None]:
-    """Result files from ResultWriter and AWS's 256 KiB StartExecution input limit."""
+    """Result files from ResultWriter and AWS's 256 KiB StartExecution input limit.
+
+    Each patch replaces one function of moto 5.2.5 (`MOTO_VERSION`); the version is checked before
+    installing them.
+    """
     require_moto("moto_results", "compare each patch with the new moto's Step Functions result writer")
     with ExitStack() as patches:
         # Why: moto's ResultWriter writes an empty manifest and no result files.

@@ -1,27 +1,4 @@
-"""Where moto's Step Functions interpreter (5.2.5) costs more than AWS's per item, and the fix.
-
-Each patch keeps what the state machine does: every child still runs the real definition in
-moto's interpreter, every service integration is still a real request to moto's backends, and
-every task token is still completed by SendTaskSuccess/Failure. What goes is work that grows
-with the batch or the number of waiting children:
-
-- service integrations (SQS SendMessage, Lambda Invoke, S3) made a new boto3 client per call
-  and an HTTP request back into this same process; they now reuse one client per service and
-  reach the backends in-process (localcloud/front.py `InProcess`: botocore still serializes
-  and parses every request, as it does on the wire), except SQS SendMessage, which calls the
-  SQS backend as moto's own SendMessage handler does (localcloud/moto_sqs.py `DirectSqs`);
-- each Distributed Map item deep-copied the whole map input (all N items) before evaluating
-  its ItemSelector: O(N) per item, O(N^2) per batch;
-- every Task state and every program (each child) ran on a thread of its own, even with no
-  timeout to enforce (a callback task's wait enforces its own), and moto kept every thread
-  it ever started in a list;
-- a Map worker took its next item by calling itself: its stack grew with the batch;
-- a Distributed Map run kept every child's every event in one history behind one lock, which
-  nothing reads;
-- a Map's end deep-copied every child's output before using them once;
-- every finished callback task's endpoint stayed in memory, with the output sent to it, until
-  the execution ended.
-"""
+"""Where moto's Step Functions interpreter (5.2.5) costs more than AWS's per item, and the fix."""
 
 from __future__ import annotations
 
@@ -115,9 +92,11 @@ def in_process_integrations(
     route: InProcess, endpoint: str, count: Callable[[str], None] = lambda _key: None
 ) -> Iterator[None]:
     """The interpreter's service integrations reach moto's backends in-process (`route`), one
-    client per service, instead of over HTTP with a new client per call (about 5 ms each);
-    SQS's SendMessage skips the wire format too (`DirectSqs`). `count` hears each request
-    that does not pass moto's `call_action`."""
+    client per service, instead of over HTTP back into this same process with a new boto3 client
+    per call (about 5 ms each). botocore still serializes and parses every request, as it does on
+    the wire, except SQS's SendMessage, which skips the wire format (`DirectSqs`: it calls the SQS
+    backend as moto's own SendMessage handler does). `count` hears each request that does not pass
+    moto's `call_action`."""
     clients: dict[tuple[str, str], Any] = {}
     lock = threading.Lock()
     # boto3's stubs type clients per literal service name; moto asks for any service.
@@ -168,8 +147,9 @@ def _cached_parse(parse: Any) -> Any:
 def _eval_input(self: Any, env_frame: Any) -> None:
     if not self._parameters and not self._item_selector:
         return
-    # moto deep-copied the whole map input here, once per item. The selector only reads it
-    # (every path extraction copies what it returns), so the frame may share it.
+    # moto deep-copied the whole map input (all N items) here, once per item: O(N) per item,
+    # O(N^2) per batch. The selector only reads it (every path extraction copies what it
+    # returns), so the frame may share it.
     map_state_input = self._env.stack[-1]
     env_frame.states._states_data["input"] = map_state_input
     env_frame.stack.append(map_state_input)
@@ -187,7 +167,7 @@ _inline = threading.local()
 
 class _MaybeInlineThread(threading.Thread):
     """moto's watchdog thread for a state's timeout; runs its target on the caller's thread
-    when the state has no timeout to watch."""
+    when the state has no timeout to watch (moto gave every Task state a thread of its own)."""
 
     def start(self) -> None:
         if getattr(_inline, "active", False):
@@ -395,7 +375,13 @@ def lean_interpreter() -> Iterator[None]:
 
 @contextmanager
 def fast_step_functions(route: InProcess, endpoint: str, count: Callable[[str], None]) -> Iterator[None]:
-    """Every patch of this module, after checking moto's version."""
+    """Every patch of this module, after checking moto's version.
+
+    Each patch keeps what the state machine does: every child still runs the real definition in
+    moto's interpreter, every service integration is still a real request to moto's backends, and
+    every task token is still completed by SendTaskSuccess/Failure. What goes is work that grows
+    with the batch or the number of waiting children.
+    """
     require_moto_version()
     with in_process_integrations(route, endpoint, count), lean_interpreter():
         yield

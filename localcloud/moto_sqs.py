@@ -1,35 +1,4 @@
-"""moto's SQS made safe under concurrency and O(1) per message, without changing what SQS does.
-
-Written against moto 5.2.5 (`moto/sqs/models.py`); `safe_sqs_queues` refuses any other version,
-because each replacement below is moto's own function with a few lines changed.
-
-Races (moto's threaded server runs requests for one queue at once):
-- `Queue.delete_message` rebuilt the message list without the queue's lock, so a message sent
-  meanwhile was dropped from the new list: lost, and the child waiting for it waited for ever.
-- `receive_message` walked the pending-message set while other requests added to it and removed
-  from it ("Set changed size during iteration"), and moved messages to the dead-letter queue with
-  an unlocked `list.remove` that a concurrent delete could make fail.
-Every change to a queue's messages now happens under the queue's own lock (`_messages_lock`, an
-RLock-backed Condition that moto already uses for sends and long polls).
-
-Costs that grew with queue depth:
-- `Queue.attributes` computes every attribute, the message counts included (a walk of every
-  message, two clock reads each). SendMessage read one attribute through it, ReceiveMessage read
-  one per message it looked at (its retention check goes through GetQueueAttributes), which
-  computed the whole set three times per attribute named. They now read the one attribute.
-- DeleteMessage and ChangeMessageVisibility looked for the receipt handle in every message; a
-  per-queue index from receipt handle to message now finds it.
-- ReceiveMessage and long polls listed every visible message before taking the first few; they
-  now look at messages in queue order only until they have enough.
-What stays O(depth): counting messages for GetQueueAttributes (moto derives the counts from each
-message's times), deduplication on FIFO queues, skipping in-flight or delayed messages that sit
-ahead of visible ones in ReceiveMessage (no clock read each), and the list copy on delete (C code,
-no Python per message).
-
-`DirectSqs` is this process's SQS client (Step Functions' sends, the event source mappings'
-receives and deletes): those calls reach the backend without botocore serializing a request
-that moto parses back, and answer and fail as the wire does.
-"""
+"""moto's SQS made safe under concurrency and O(1) per message, without changing what SQS does."""
 
 from __future__ import annotations
 
@@ -87,7 +56,10 @@ _state: dict[str, object] = {"generation": object()}
 
 
 def _index(queue: Queue) -> dict[str, Message]:
-    """Receipt handle (current and earlier ones) -> message, for one queue; hold its lock."""
+    """Receipt handle (current and earlier ones) -> message, for one queue; hold its lock.
+
+    DeleteMessage and ChangeMessageVisibility looked for the receipt handle in every message.
+    """
     generation, index = queue.__dict__.get(_INDEX, (None, None))
     if generation is not _state["generation"] or index is None:
         index = {h: m for m in queue._messages for h in m.all_receipt_handles if h is not None}
@@ -109,6 +81,7 @@ def _forget(queue: Queue, message: Message) -> None:
         if handle is not None:
             index.pop(handle, None)
     # Copy, then swap: readers that do not take the lock (message counts) see a whole list.
+    # The copy stays O(depth), but is C code, no Python per message.
     remaining = queue._messages.copy()
     remaining.remove(message)
     queue._messages = remaining
@@ -128,7 +101,11 @@ def _setting(queue: Queue, attribute: str) -> Any:
 
 
 def _attribute(queue: Queue, name: str) -> tuple[bool, Any]:
-    """(present, value) of one entry of `Queue.attributes`, computed alone, as moto computes it."""
+    """(present, value) of one entry of `Queue.attributes`, computed alone, as moto computes it.
+
+    `Queue.attributes` computes every attribute, the message counts included (a walk of every
+    message, two clock reads each).
+    """
     if name in Queue.FIFO_ATTRIBUTES and not queue.fifo_queue:
         return False, None
     if name in Queue.KMS_ATTRIBUTES and not _setting(queue, "kms_master_key_id"):
@@ -147,6 +124,10 @@ def _content_based_deduplication(queue: Queue) -> bool:
 
 
 def _add_message(self: Queue, message: Message) -> None:
+    """moto's, appending under the lock and indexing the message's receipt handles.
+
+    Deduplication on FIFO queues stays O(depth).
+    """
     if self.fifo_queue and (_content_based_deduplication(self) or message.deduplication_id):
         for m in self._messages:
             if m.deduplication_id == message.deduplication_id:
@@ -180,6 +161,11 @@ def _add_message(self: Queue, message: Message) -> None:
 
 
 def _delete_message(self: Queue, receipt_handle: str) -> None:
+    """moto's, under the queue's lock, finding the message by the receipt handle index.
+
+    moto rebuilt the message list without the queue's lock, so a message sent meanwhile was
+    dropped from the new list: lost, and the child waiting for it waited for ever.
+    """
     with self._messages_lock:
         if receipt_handle in self.deleted_messages:
             return  # already deleted: SQS accepts deleting again
@@ -200,6 +186,13 @@ def _wait_for_messages(self: Queue, timeout: int) -> None:
 
 
 def _get_queue_attributes(self: SQSBackend, queue_name: str, attribute_names: list[str]) -> dict[str, Any]:
+    """moto's, reading only the attributes named.
+
+    moto read them through `Queue.attributes`, which computed the whole set three times per
+    attribute named; ReceiveMessage reads one per message it looks at (its retention check goes
+    through GetQueueAttributes). Counting messages stays O(depth): moto derives the counts from
+    each message's times.
+    """
     queue = self.get_queue(queue_name)
     if not attribute_names:
         return {}
@@ -260,6 +253,7 @@ def _send_message(  # noqa: PLR0917 - moto's signature, called positionally by m
     system_attributes: dict[str, Any] | None = None,
     validate_group_id: bool = True,
 ) -> Message:
+    """moto's; SendMessage read one attribute through `Queue.attributes`, now that one alone."""
     queue = self.get_queue(queue_name)
     self._validate_message(
         queue,
@@ -299,6 +293,14 @@ def _receive_message(  # noqa: PLR0912, PLR0917 - moto's loop kept line for line
     visibility_timeout: int,
     message_attribute_names: list[str] | None = None,
 ) -> list[Message]:
+    """moto's, under the queue's lock, looking at messages in queue order only until it has enough.
+
+    moto walked the pending-message set while other requests added to it and removed from it
+    ("Set changed size during iteration"), and moved messages to the dead-letter queue with an
+    unlocked `list.remove` that a concurrent delete could make fail. It and long polls listed
+    every visible message before taking the first few. Skipping in-flight or delayed messages that
+    sit ahead of visible ones stays O(depth) (no clock read each).
+    """
     if message_attribute_names is None:
         message_attribute_names = []
     queue = self.get_queue(queue_name)
@@ -362,7 +364,9 @@ def _change_message_visibility(
         message = _index(queue).get(receipt_handle)
         if message is None:
             raise ReceiptHandleIsInvalid
-        given_visibility_timeout = models.unix_time_millis()  # type: ignore[attr-defined]  # moto's import; tests count it there + int(visibility_timeout) * 1000
+        # moto's own check, kept: unix_time_millis through moto's import, where tests count it.
+        now_ms = models.unix_time_millis()  # type: ignore[attr-defined]
+        given_visibility_timeout = now_ms + int(visibility_timeout) * 1000
         if given_visibility_timeout - message.sent_timestamp > 43200 * 1000:  # type: ignore[operator]
             raise InvalidParameterValue(
                 f"Value {visibility_timeout} for parameter VisibilityTimeout is invalid. Reason: Total "
@@ -418,7 +422,13 @@ def check_moto_version(version: str | None = None) -> None:
 
 @contextmanager
 def safe_sqs_queues() -> Iterator[None]:
-    """Every SQS queue change under the queue's lock; sends, receives and deletes O(1) in depth."""
+    """Every SQS queue change under the queue's lock; sends, receives and deletes O(1) in depth.
+
+    moto's threaded server runs requests for one queue at once. The lock is the queue's own
+    `_messages_lock`, an RLock-backed Condition that moto already uses for sends and long polls.
+    Written against moto 5.2.5 (`moto/sqs/models.py`); any other version is refused, because each
+    replacement is moto's own function with a few lines changed.
+    """
     check_moto_version()
     _state["generation"] = object()
     with ExitStack() as patches:

@@ -1,12 +1,5 @@
-"""AdaptiveController: a scheduled function that moves the worker's concurrency limit within
-[min_concurrency, concurrency] from the worker's API metrics, and pauses its event source
-mappings while the API is failing (the circuit breaker).
-
-Every minute EventBridge starts one run (contract.CONTROLLER_SCHEDULE, the shortest rate it
-offers); the run steps every interval_seconds for contract.CONTROLLER_RUN_SECONDS, so the limit
-moves faster than the schedule alone allows. Reserved concurrency 1: a run that overlaps the next
-scheduled one would otherwise step the same limit twice per interval.
-"""
+"""AdaptiveController: a scheduled function that moves the worker's concurrency limit from its
+API metrics, and pauses its event source mappings while the API is failing (the circuit breaker)."""
 
 # No `from __future__ import annotations` here: AdaptiveArgs is part of ThrottledFanOut's schema
 # for other languages, and Pulumi's analyzer reads its annotations as objects, not strings
@@ -282,7 +275,13 @@ class AdaptiveControllerArgs(TypedDict):
 
 
 class AdaptiveController(pulumi.ComponentResource):
-    """The controller function, its role, log group and one-minute schedule."""
+    """The controller function, its role, log group and one-minute schedule.
+
+    The controller moves the worker's concurrency limit within [min_concurrency, concurrency].
+    Every minute EventBridge starts one run (contract.CONTROLLER_SCHEDULE, the shortest rate it
+    offers); the run steps every interval_seconds for contract.CONTROLLER_RUN_SECONDS, so the limit
+    moves faster than the schedule alone allows.
+    """
 
     function_name: pulumi.Output[str]
     """Name of the controller Lambda function (its logs show every step and decision)."""
@@ -351,7 +350,8 @@ class AdaptiveController(pulumi.ComponentResource):
             timeout_seconds=CONTROLLER_TIMEOUT_SECONDS,
             memory_mb=CONTROLLER_MEMORY_MB,
             environment=env,
-            # One run at a time: two would each step the same limit every interval.
+            # One run at a time: a run that overlaps the next scheduled one would otherwise step
+            # the same limit twice per interval.
             reserved_concurrency=1,
         ).function
         aws.lambda_.FunctionEventInvokeConfig(

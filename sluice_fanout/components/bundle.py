@@ -1,9 +1,4 @@
-"""The Lambda deployment archive: Sluice's handlers, their dependencies, and the user's target.
-
-Powertools is bundled from the environment running the Pulumi program, which installs the
-version pinned in requirements.txt: the deployed code is exactly what the tests ran against,
-with no dependency on a public layer's version numbering per region.
-"""
+"""The Lambda deployment archive: Sluice's handlers, their dependencies, and the user's target."""
 
 from __future__ import annotations
 
@@ -20,6 +15,9 @@ PACKAGE = "sluice_fanout"
 PACKAGE_INIT = '"""Sluice\'s Lambda handlers (sluice_fanout.handlers)."""\n'
 
 # Pure-Python packages the handlers import that the Lambda Python runtime does not promise.
+# Powertools is bundled from the environment running the Pulumi program, which installs the
+# version pinned in requirements.txt: the deployed code is exactly what the tests ran against,
+# with no dependency on a public layer's version numbering per region.
 BUNDLED_PACKAGES = ("aws_lambda_powertools", "jmespath", "typing_extensions")
 SKIPPED_NAMES = {"__pycache__", ".DS_Store"}
 

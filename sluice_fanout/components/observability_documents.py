@@ -1,8 +1,6 @@
 """Pure builders for the CloudWatch dashboard body and the alarm settings.
 
-Plain values in (names, not Outputs), plain dicts out, so tests assert them exactly. Every metric
-is queried with the exact dimension set it is published with: CloudWatch matches no subset.
-"""
+Plain values in (names, not Outputs), plain dicts out, so tests assert them exactly."""
 
 from __future__ import annotations
 
@@ -70,7 +68,11 @@ def _sqs(metric: str, names: Mapping[str, str]) -> list[list[Any]]:
 
 
 def _sluice(metric: str, function_name: str, priorities: Sequence[str]) -> list[list[Any]]:
-    """A worker EMF metric by priority, with every dimension the worker publishes it with."""
+    """A worker EMF metric by priority, with every dimension the worker publishes it with.
+
+    Every metric is queried with the exact dimension set it is published with: CloudWatch matches
+    no subset.
+    """
     return [
         [
             METRICS_NAMESPACE,

@@ -1,21 +1,5 @@
 """PriorityWorker: the worker Lambda, its role, and its event source mappings: one on the ticket
-queue (`ticket` dispatch), or one per priority queue (`yield` dispatch).
-
-With `ticket`, reserved concurrency = `concurrency` and the single mapping's MaximumConcurrency =
-max(2, concurrency): at a limit of 1 the second poller's invokes are throttled and retried, but
-they carry only tickets, so no payload's receive count moves.
-
-How concurrency is capped with `yield`:
-- reserved concurrency = `concurrency` is the hard cap: never more invocations, hence never
-  more calls in flight to the legacy API, than its limit;
-- each mapping's ScalingConfig.MaximumConcurrency = max(2, concurrency) (AWS's minimum is 2),
-  so no single queue's pollers scale far past what the function can take.
-The overpull trap: with N queues, the mappings together may try N x MaximumConcurrency
-invocations while reserved concurrency admits `concurrency`. The excess is throttled, the
-throttled messages return to their queue with a higher receive count, and receive counts feed
-both the force rule and the DLQ's maxReceiveCount. Keep max_receive_count well above
-force_after_receives - 1 + max_attempts (validated) to leave room for such receives.
-"""
+queue (`ticket` dispatch), or one per priority queue (`yield` dispatch)."""
 
 # No `from __future__ import annotations` here: HttpTargetArgs is part of ThrottledFanOut's
 # schema for other languages, and Pulumi's analyzer reads its annotations as objects, not strings
@@ -130,7 +114,21 @@ class PriorityWorkerArgs(TypedDict):
 
 
 class PriorityWorker(pulumi.ComponentResource):
-    """The worker function that works the priority queues within the API's limit."""
+    """The worker function that works the priority queues within the API's limit.
+
+    Reserved concurrency = `concurrency` is the hard cap: never more invocations, hence never more
+    calls in flight to the legacy API, than its limit. Each mapping's ScalingConfig.MaximumConcurrency
+    = max(2, concurrency) (AWS's minimum is 2):
+    - with `ticket`, at a limit of 1 the single mapping's second poller's invokes are throttled and
+      retried, but they carry only tickets, so no payload's receive count moves;
+    - with `yield`, no single queue's pollers scale far past what the function can take.
+
+    The overpull trap (`yield`): with N queues, the mappings together may try N x MaximumConcurrency
+    invocations while reserved concurrency admits `concurrency`. The excess is throttled, the
+    throttled messages return to their queue with a higher receive count, and receive counts feed
+    both the force rule and the DLQ's maxReceiveCount. Keep max_receive_count well above
+    force_after_receives - 1 + max_attempts (validated) to leave room for such receives.
+    """
 
     function_name: pulumi.Output[str]
     function_arn: pulumi.Output[str]
@@ -402,6 +400,7 @@ def check_worker_args(name: str, args: Mapping[str, Any], component: str = COMPO
         target=target,
     )
     max_receive_count = whole("max_receive_count", 10, 1, limits.SQS_MAX_MAX_RECEIVE_COUNT)
+    # Throttled invokes also raise receive counts (the overpull trap, see PriorityWorker).
     budget = settings.force_after_receives - 1 + settings.max_attempts
     if max_receive_count <= budget:
         raise v.fail(

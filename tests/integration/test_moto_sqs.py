@@ -22,7 +22,7 @@ from botocore.exceptions import ClientError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moto.sqs import models
-from moto.sqs.exceptions import PurgeQueueInProgress, ReceiptHandleIsInvalid
+from moto.sqs.exceptions import InvalidParameterValue, PurgeQueueInProgress, ReceiptHandleIsInvalid
 from moto.sqs.models import Message, Queue, SQSBackend, sqs_backends
 
 from localcloud import moto_sqs
@@ -176,6 +176,19 @@ def test_a_receive_survives_a_delete_of_a_pending_message(backend: SQSBackend, s
 
 
 @pytest.mark.slow
+def test_a_visibility_beyond_twelve_hours_is_refused_as_moto_and_aws_do(
+    backend: SQSBackend, safe: None
+) -> None:
+    """The patched ChangeMessageVisibility keeps moto's check: the message's total visibility may
+    not pass 12 hours, counting the new timeout (a line once lost it to a comment)."""
+    name = new_queue(backend)
+    backend.send_message(name, "m")
+    (message,) = backend.receive_message(name, 1, 0, 30)
+    backend.change_message_visibility(name, message.receipt_handle, 43_200 - 60)
+    with pytest.raises(InvalidParameterValue, match="beyond the limit"):
+        backend.change_message_visibility(name, message.receipt_handle, 43_200 + 1)
+
+
 def test_concurrent_sends_receives_and_deletes_lose_nothing(backend: SQSBackend, safe: None) -> None:
     """Bounded stress: 4 senders and 4 consumers on one queue, every message deleted once."""
     name = new_queue(backend)
