@@ -1,19 +1,4 @@
-"""The embedded AWS's data plane following its control plane.
-
-A controller changes concurrency through the Lambda API (PutFunctionConcurrency,
-UpdateEventSourceMapping), which here lands in moto and nothing more: moto stores the values, but
-the functions run in `LambdaRunner` and the SQS mappings in `EventSourceMappings`.
-`ControlPlaneSync` reads moto every `interval_s` and pushes what changed into both, and keeps a
-timeline of what it saw, so a report can plot limits against throughput.
-
-The local mappings are not moto's (moto's mapping invokes inside SendMessage and never retries),
-so a controller needs a moto mapping to update: `mirror_mappings` creates one per local mapping
-and detaches it from moto's SQS delivery, leaving only its settings.
-
-What this cannot prove: how long AWS takes to apply an update (here at most `interval_s`),
-AWS's Enabling/Disabling/Updating states (moto reports Enabled/Disabled at once), IAM on these
-calls, and the account's concurrency pool, which reserved concurrency is carved from.
-"""
+"""The embedded AWS's data plane following its control plane (the Lambda settings stored in moto)."""
 
 from __future__ import annotations
 
@@ -68,12 +53,27 @@ def create_detached_mapping(lam: Any, spec: MappingSpec) -> str:
 
 
 def mirror_mappings(lam: Any, specs: Iterable[MappingSpec]) -> dict[str, str]:
-    """`create_detached_mapping` for each local mapping; returns {moto UUID: local uuid}."""
+    """`create_detached_mapping` for each local mapping; returns {moto UUID: local uuid}.
+
+    The local mappings are not moto's (moto's mapping invokes inside SendMessage and never
+    retries), so a controller needs a moto mapping to update: this leaves it only its settings.
+    """
     return {create_detached_mapping(lam, spec): spec.uuid for spec in specs}
 
 
 class ControlPlaneSync(Ticker):
-    """A thread that makes the runner and the mappings follow moto's Lambda settings."""
+    """A thread that makes the runner and the mappings follow moto's Lambda settings.
+
+    A controller changes concurrency through the Lambda API (PutFunctionConcurrency,
+    UpdateEventSourceMapping), which here lands in moto and nothing more: moto stores the values,
+    but the functions run in `LambdaRunner` and the SQS mappings in `EventSourceMappings`. This
+    reads moto every `interval_s`, pushes what changed into both, and keeps a timeline of what it
+    saw, so a report can plot limits against throughput.
+
+    What this cannot prove: how long AWS takes to apply an update (here at most `interval_s`),
+    AWS's Enabling/Disabling/Updating states (moto reports Enabled/Disabled at once), and the
+    account's concurrency pool, which reserved concurrency is carved from.
+    """
 
     def __init__(
         self,

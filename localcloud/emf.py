@@ -1,20 +1,4 @@
-"""Embedded Metric Format extraction: function log lines become CloudWatch metrics in moto.
-
-In AWS, CloudWatch Logs turns each EMF record a function prints (a JSON object whose
-`_aws.CloudWatchMetrics` lists namespace, dimension sets and metrics) into metric data. Here the
-sandboxes print to `runner.log_path(name)`; `EmfForwarder` tails those files and calls
-PutMetricData on moto, so GetMetricData sees what a controller or dashboard would see in AWS:
-- one metric per (directive, dimension set, metric), dimension values from the record's fields;
-- a metric value is a number or a list of numbers (Powertools writes lists), each a sample:
-  Sum adds them, SampleCount counts them;
-- Unit and StorageResolution from the metric's definition; Timestamp from `_aws.Timestamp` (ms).
-A record that is not valid EMF is skipped, as CloudWatch Logs keeps it as a log line only.
-
-What this cannot prove: CloudWatch's delay before extracted metrics are queryable (here at most
-`interval_s`), its EMF validation limits (100 values per metric, 30 dimensions, 100 metrics per
-directive) and its statistics beyond what moto computes (moto's periods start at StartTime, not
-on period boundaries).
-"""
+"""Embedded Metric Format extraction: function log lines become CloudWatch metrics in moto."""
 
 from __future__ import annotations
 
@@ -100,7 +84,23 @@ def metric_data(record: Any) -> list[tuple[str, dict[str, Any]]]:
 
 
 class EmfForwarder(Ticker):
-    """A thread that forwards the EMF records new in some functions' logs to CloudWatch."""
+    """A thread that forwards the EMF records new in some functions' logs to CloudWatch.
+
+    In AWS, CloudWatch Logs turns each EMF record a function prints (a JSON object whose
+    `_aws.CloudWatchMetrics` lists namespace, dimension sets and metrics) into metric data. Here
+    the sandboxes print to `runner.log_path(name)`; this tails those files and calls PutMetricData
+    on moto, so GetMetricData sees what a controller or dashboard would see in AWS:
+    - one metric per (directive, dimension set, metric), dimension values from the record's fields;
+    - a metric value is a number or a list of numbers (Powertools writes lists), each a sample:
+      Sum adds them, SampleCount counts them;
+    - Unit and StorageResolution from the metric's definition; Timestamp from `_aws.Timestamp` (ms).
+    A record that is not valid EMF is skipped, as CloudWatch Logs keeps it as a log line only.
+
+    What this cannot prove: CloudWatch's delay before extracted metrics are queryable (here at
+    most `interval_s`), its EMF validation limits (100 values per metric, 30 dimensions, 100
+    metrics per directive) and its statistics beyond what moto computes (moto's periods start at
+    StartTime, not on period boundaries).
+    """
 
     def __init__(
         self,

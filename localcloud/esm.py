@@ -1,25 +1,4 @@
-"""SQS event source mappings with AWS semantics, driven by real ReceiveMessage calls.
-
-Per mapping, up to MaximumConcurrency pollers each receive a batch and invoke the function.
-MaximumConcurrency and Enabled can change at run time (`configure`, as UpdateEventSourceMapping):
-a mapping starts `max_pollers` pollers (default its deployed MaximumConcurrency) and poller n
-receives only while n < the current MaximumConcurrency and the mapping is enabled. A change
-reaches a poller before its next ReceiveMessage, so a receive already waiting (up to LONG_POLL_S)
-may still deliver one batch, as AWS's pollers finish theirs while a mapping is Disabling; a
-batch in flight always finishes normally.
-- Success: the poller deletes the batch, except the messages listed in batchItemFailures
-  (with ReportBatchItemFailures), which SQS delivers again when their visibility lapses.
-- Function error: nothing is deleted; the batch comes back after its visibility timeout.
-- Throttled (the function's reserved concurrency is busy): like Lambda's poller, the mapping
-  keeps the batch and retries the invoke with backoff while the batch's visibility lasts. If it
-  cannot get a slot in time the batch simply reappears in the queue and its next receive raises
-  its receive count: the overpull AWS users meet. Meanwhile the held messages are invisible, so
-  a worker checking for higher-priority work does not see them.
-
-What this cannot prove: AWS's poller scaling (it adds pollers gradually, up to 5 at first, and
-may run fewer than MaximumConcurrency), the delay before AWS applies an update, or its
-Enabling/Disabling states (here a change is applied at once).
-"""
+"""SQS event source mappings with AWS semantics, driven by real ReceiveMessage calls."""
 
 from __future__ import annotations
 
@@ -89,7 +68,21 @@ def to_record(message: dict[str, Any], queue_arn: str) -> dict[str, Any]:
 
 
 class EventSourceMappings:
-    """Runs every deployed mapping until stopped."""
+    """Runs every deployed mapping until stopped: up to MaximumConcurrency pollers per mapping,
+    each receiving a batch and invoking the function.
+
+    - Success: the poller deletes the batch, except the messages listed in batchItemFailures
+      (with ReportBatchItemFailures), which SQS delivers again when their visibility lapses.
+    - Function error: nothing is deleted; the batch comes back after its visibility timeout.
+    - Throttled (the function's reserved concurrency is busy): like Lambda's poller, the mapping
+      keeps the batch and retries the invoke with backoff while the batch's visibility lasts. If
+      it cannot get a slot in time the batch simply reappears in the queue and its next receive
+      raises its receive count: the overpull AWS users meet. Meanwhile the held messages are
+      invisible, so a worker checking for higher-priority work does not see them.
+
+    What this cannot prove: AWS's poller scaling (it adds pollers gradually, up to 5 at first,
+    and may run fewer than MaximumConcurrency).
+    """
 
     def __init__(
         self,
@@ -132,8 +125,17 @@ class EventSourceMappings:
     def configure(
         self, uuid: str, *, maximum_concurrency: int | None = None, enabled: bool | None = None
     ) -> MappingState:
-        """Change a mapping's MaximumConcurrency and/or Enabled (None: unchanged); returns the
-        new state. Pollers beyond `max_pollers` do not exist, so a higher value caps there."""
+        """Change a mapping's MaximumConcurrency and/or Enabled (None: unchanged), as
+        UpdateEventSourceMapping; returns the new state.
+
+        A mapping starts `max_pollers` pollers (default its deployed MaximumConcurrency); poller n
+        receives only while n < the current MaximumConcurrency and the mapping is enabled, so a
+        higher value caps at `max_pollers`. A change reaches a poller before its next
+        ReceiveMessage, so a receive already waiting (up to LONG_POLL_S) may still deliver one
+        batch, as AWS's pollers finish theirs while a mapping is Disabling; a batch in flight
+        always finishes normally. What this cannot prove: the delay before AWS applies an update,
+        or its Enabling/Disabling states (here a change is applied at once).
+        """
         if maximum_concurrency is not None and maximum_concurrency < 1:
             raise ValueError(
                 f"EventSourceMappings '{uuid}': maximum_concurrency must be >= 1, got {maximum_concurrency}"

@@ -1,15 +1,4 @@
-"""The embedded AWS's HTTP endpoint: a lean server on 127.0.0.1 in front of moto's backends.
-
-moto's own server (werkzeug, Flask and a dispatcher that lists moto's modules on disk for each
-request) spent about 60% of the emulator's time on the way to the backends at 1,000 items,
-and the Lambda sandboxes' requests (heartbeat, idempotency, SendTaskSuccess, SQS) queued
-behind it. This server reads each request once and hands it to moto's in-process request
-router (the one `mock_aws` uses), which finds the backend from the host name: the service and
-region come from the request's SigV4 credential scope, as AWS's endpoints know them from the
-host. Backends, wire formats and errors are moto's; only the front door is new.
-
-What this cannot prove: AWS's endpoints, TLS, signature checks (moto checks none either way).
-"""
+"""The embedded AWS's HTTP endpoint: a lean server on 127.0.0.1 in front of moto's backends."""
 
 from __future__ import annotations
 
@@ -56,7 +45,12 @@ def aws_url(authorization: str, path: str, default_region: str) -> str:
 
 
 def dispatch(request: AWSPreparedRequest, region: str) -> tuple[int, Any, Any]:
-    """Hand one request to the backend moto would answer it with: (status, headers, body)."""
+    """Hand one request to the backend moto would answer it with: (status, headers, body).
+
+    moto's in-process request router (the one `mock_aws` uses) finds the backend from the host
+    name: the service and region come from the request's SigV4 credential scope, as AWS's
+    endpoints know them from the host. Backends, wire formats and errors are moto's.
+    """
     path = request.url.split("://", 1)[-1]
     path = path[path.index("/") :] if "/" in path else "/"
     try:
@@ -178,6 +172,15 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class FrontServer(ThreadingHTTPServer):
+    """Reads each request once and hands it to `dispatch`: only the front door is new.
+
+    moto's own server (werkzeug, Flask and a dispatcher that lists moto's modules on disk for
+    each request) spent about 60% of the emulator's time on the way to the backends at 1,000
+    items, and the Lambda sandboxes' requests (heartbeat, idempotency, SendTaskSuccess, SQS)
+    queued behind it. What this cannot prove: AWS's endpoints, TLS, signature checks (moto
+    checks none either way).
+    """
+
     daemon_threads = True
 
     def __init__(self, region: str) -> None:

@@ -1,14 +1,4 @@
-"""Runs deployed Lambda functions in-process-tree: each from its own zip, in warm sandboxes.
-
-Concurrency follows Lambda: at most `reserved` sandboxes busy at once per function; an event
-source mapping's invoke beyond that is throttled (the caller decides what that means for its
-messages), a synchronous invoke (Step Functions) waits for a slot (at most `SLOT_WAIT_MAX_S`).
-
-The reserved limit can change while invokes run (`set_reserved`), as PutFunctionConcurrency does:
-a lower limit stops nothing already running and admits nothing new until in-flight is below it;
-a higher one admits waiting invokes at once. What this cannot prove: how quickly the real Lambda
-service applies a new limit (here: at once), and account-level concurrency, which is not modelled.
-"""
+"""Runs deployed Lambda functions in-process-tree: each from its own zip, in warm sandboxes."""
 
 from __future__ import annotations
 
@@ -165,8 +155,13 @@ class LambdaRunner:
         self._functions[name] = _Function(spec, reserved if reserved is not None and reserved >= 0 else None)
 
     def set_reserved(self, name: str, reserved: int | None) -> None:
-        """Change the function's reserved concurrency (None: unreserved) without stopping any
-        invoke in flight; waiting synchronous invokes re-check at once."""
+        """Change the function's reserved concurrency (None: unreserved), as PutFunctionConcurrency
+        does, without stopping any invoke in flight: a lower limit admits nothing new until
+        in-flight is below it; a higher one admits waiting synchronous invokes at once.
+
+        What this cannot prove: how quickly the real Lambda service applies a new limit (here: at
+        once), and account-level concurrency, which is not modelled.
+        """
         if reserved is not None and reserved < 0:
             raise ValueError(
                 f"LambdaRunner '{name}': reserved concurrency must be >= 0 or None, got {reserved}"
@@ -209,6 +204,12 @@ class LambdaRunner:
             return list(fn.pids)
 
     def invoke(self, name: str, event: Any, *, wait_for_slot: bool) -> Invocation:
+        """Run one invoke, as Lambda: at most `reserved` sandboxes busy at once per function.
+
+        Beyond that, an event source mapping's invoke (`wait_for_slot=False`) is throttled (the
+        caller decides what that means for its messages); a synchronous invoke (Step Functions)
+        waits for a slot (at most `SLOT_WAIT_MAX_S`).
+        """
         fn = self._functions[name]
         with fn.lock:
             if not self._admit(fn, wait_for_slot=wait_for_slot):

@@ -1,29 +1,5 @@
-"""A legacy-API simulator: a real HTTP server on 127.0.0.1 that enforces a concurrency limit and
-an optional calls-per-second limit, answers 429 (with Retry-After) beyond them, injects faults,
-and records every call.
-
-Besides the profile's random fault rates, an item can ask for its own faults, counted per
-Idempotency-Key so they are deterministic whatever the order of calls:
-- `fail_first: n`: its first n calls answer 500 (nothing done);
-- `hang_first: n`: its first n calls hang for `timeout_s`, then answer 504 (nothing done);
-- `throttle_first: n`: its first n calls answer 429 with Retry-After `retry_after` (default the
-  profile's);
-- `result_bytes: n`: the success body carries n bytes of padding;
-- `reject: true` (the profile's `reject_field`): answered 400.
-Like an API that honours Idempotency-Key, a key that already succeeded gets its stored answer
-back without the work being done again; such calls are recorded as `replayed`.
-
-The concurrency limit (the API's capacity) starts at the profile's and can change while calls
-run (`set_concurrency_limit`), like a backend losing or gaining servers: calls already admitted
-finish normally, new calls see the new limit. Each change is kept in `capacity` as (epoch s,
-limit), on the same clock as `Call.start`, so a report can draw capacity under the calls.
-
-The server runs in a process of its own (`python -m localcloud.legacy_api`), as a legacy API
-runs on machines of its own: in the embedded AWS's process its answers waited for that
-process's busy interpreter (a 5 ms call took about 150 ms at 2,000 items) and its work took
-CPU from the emulator. `LegacyApi` is its handle here: it streams the calls back, and forwards
-limit changes and questions over the child's stdin and stdout, one JSON line each.
-"""
+"""A legacy-API simulator: an HTTP server on 127.0.0.1 with a concurrency limit, an optional
+calls-per-second limit (429 with Retry-After beyond them), injected faults, and a record of every call."""
 
 from __future__ import annotations
 
@@ -166,6 +142,19 @@ class _Simulator:
             return self._in_flight
 
     def handle(self, item: Any, key: str) -> tuple[int, Any, dict[str, str]]:
+        """Answer one call: the profile's random faults, plus those the item asks for itself.
+
+        An item's own faults are counted per Idempotency-Key, so they are deterministic whatever
+        the order of calls:
+        - `fail_first: n`: its first n calls answer 500 (nothing done);
+        - `hang_first: n`: its first n calls hang for `timeout_s`, then answer 504 (nothing done);
+        - `throttle_first: n`: its first n calls answer 429 with Retry-After `retry_after`
+          (default the profile's);
+        - `result_bytes: n`: the success body carries n bytes of padding;
+        - `reject: true` (the profile's `reject_field`): answered 400.
+        Like an API that honours Idempotency-Key, a key that already succeeded gets its stored
+        answer back without the work being done again; such calls are recorded as `replayed`.
+        """
         start = time.time()
         item_id = item.get("id") if isinstance(item, dict) else None
         # The class an item was submitted with (the fifo baseline sends no priority).
@@ -228,7 +217,14 @@ class _Simulator:
 
 
 class LegacyApi:
-    """The simulator, started in a process of its own; its calls are kept here as they end."""
+    """The simulator, started in a process of its own; its calls are kept here as they end.
+
+    The server runs as `python -m localcloud.legacy_api`, as a legacy API runs on machines of its
+    own: in the embedded AWS's process its answers waited for that process's busy interpreter (a
+    5 ms call took about 150 ms at 2,000 items) and its work took CPU from the emulator. This handle
+    streams the calls back, and forwards limit changes and questions over the child's stdin and
+    stdout, one JSON line each.
+    """
 
     def __init__(self, profile: ApiProfile) -> None:
         self.profile = profile
@@ -237,7 +233,8 @@ class LegacyApi:
         self._lock = threading.Lock()
         self._limit = profile.concurrency_limit
         self.capacity: list[tuple[float, int]] = [(time.time(), self._limit)]
-        """(time.time(), concurrency limit) at start and at each change."""
+        """(time.time(), concurrency limit) at start and at each change: the clock of `Call.start`,
+        so a report can draw capacity under the calls."""
         self._process: subprocess.Popen[str] | None = None
         self._answered = threading.Condition(self._lock)
         self._writing = threading.Lock()
@@ -327,7 +324,9 @@ class LegacyApi:
         return int(self._ask("in_flight")) if self._process is not None else 0
 
     def set_concurrency_limit(self, limit: int) -> None:
-        """Change how many calls may be in flight at once; admitted calls are unaffected."""
+        """Change how many calls may be in flight at once (the API's capacity, starting at the
+        profile's), like a backend losing or gaining servers: calls already admitted finish
+        normally, new calls see the new limit. Each change is kept in `capacity`."""
         if limit < 0:
             raise ValueError(f"LegacyApi: concurrency limit must be >= 0, got {limit}")
         self._ask("limit", limit)

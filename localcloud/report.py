@@ -1,25 +1,4 @@
-"""The run report: a stable JSON document that tests and benchmarks read.
-
-Format (version 1), all times in seconds:
-    items.{total, throttled, direct, succeeded, failed, lost}
-    by_priority.<P>.{count, succeeded, failed, wait_s.{p50, p95, max}}
-        P is the item's class: its priority (in the fifo baseline, the priority it would have had)
-        wait: from the item's message being sent to its queue to the start of its first API call
-    by_priority.<P>.latency_s.{p50, p95, max}
-        latency: from its batch's StartExecution to the start of the item's first API call (wait
-        plus the time before the Map opened the item's child, which a batch larger than the
-        Map's concurrency makes long)
-    downstream.{limit, max_in_flight, over_limit, calls, calls_ok, duplicate_calls, utilization}
-        over_limit: calls the API refused because Sluice exceeded its limits (must be 0)
-        utilization: busy call-time / (limit x time from first call start to last call end)
-    worker.{invocations, yields, forced, empty_tickets, throttled}
-        throttled: invokes refused for lack of reserved concurrency (the mapping retries them)
-    execution.{status, wall_s, executions}
-
-Per-item outcomes (succeeded/failed by priority) come from each execution's Map Run result
-files in S3 (`ExecutionRecord.results`, read once when the execution ends), for inline and
-S3-source batches alike.
-"""
+"""The run report: a stable JSON document that tests and benchmarks read."""
 
 from __future__ import annotations
 
@@ -89,6 +68,28 @@ def _spread(values: Sequence[float]) -> dict[str, float | None]:
 
 
 def build_report(result: RunResult) -> dict[str, Any]:
+    """The run report.
+
+    Format (version 1), all times in seconds:
+        items.{total, throttled, direct, succeeded, failed, lost}
+        by_priority.<P>.{count, succeeded, failed, wait_s.{p50, p95, max}}
+            P is the item's class: its priority (in the fifo baseline, the priority it would have had)
+            wait: from the item's message being sent to its queue to the start of its first API call
+        by_priority.<P>.latency_s.{p50, p95, max}
+            latency: from its batch's StartExecution to the start of the item's first API call (wait
+            plus the time before the Map opened the item's child, which a batch larger than the
+            Map's concurrency makes long)
+        downstream.{limit, max_in_flight, over_limit, calls, calls_ok, duplicate_calls, utilization}
+            over_limit: calls the API refused because Sluice exceeded its limits (must be 0)
+            utilization: busy call-time / (limit x time from first call start to last call end)
+        worker.{invocations, yields, forced, empty_tickets, throttled}
+            throttled: invokes refused for lack of reserved concurrency (the mapping retries them)
+        execution.{status, wall_s, executions}
+
+    Per-item outcomes (succeeded/failed by priority) come from each execution's Map Run result
+    files in S3 (`ExecutionRecord.results`, read once when the execution ends), for inline and
+    S3-source batches alike.
+    """
     limit = result.scenario.api.concurrency_limit
     submitted = [(r, item) for r in result.executions for item in r.items]
     priority_of_key = {

@@ -1,19 +1,5 @@
 """The scale benchmark: one execution each of 1,000, 10,000 and 100,000 items from S3.
-
-Each size is one batch started with `{"source": {bucket, key}}` (half direct, half throttled:
-10% HIGH, 30% NORMAL, 60% BATCH), against an API of limit 16 at 5 ms a call. Reported per size:
-wall time from StartExecution to the parent's end, items/s, the report's outcome counts, peak
-RSS of the process tree and of the main process, the main process's peak thread count, the
-API's utilization, cold starts per function, and CPU per item split into Sluice's functions
-(their sandbox processes), the emulator (the main process: moto, the front, the runner) and
-the simulated API (its own process). Then how time grows with size, against the physical
-limit of the API alone.
-`python -m localcloud scale` runs it (`make bench-scale`; BENCHMARKS.md).
-
-What this cannot prove: AWS's own times (every service here is Python on the same 2 cores);
-CPU is sampled every `SAMPLE_PERIOD_S`, so a sandbox that ends between samples loses at most
-that much of its CPU figure.
-"""
+`python -m localcloud scale` runs it (`make bench-scale`; BENCHMARKS.md)."""
 
 from __future__ import annotations
 
@@ -42,6 +28,7 @@ SIZES = (1_000, 10_000, 100_000)
 PRIORITY_SHARES = (("HIGH", 0.1), ("NORMAL", 0.3), ("BATCH", 0.6))
 """Shares of the throttled half; BATCH takes what rounding leaves."""
 API = ApiProfile(concurrency_limit=16, service_time_s=0.005)
+"""The API every size runs against: limit 16, 5 ms a call."""
 SAMPLE_PERIOD_S = 0.5
 PSS_EVERY = 4
 """Proportional set sizes are read every 4th sample (2 s): smaps_rollup walks the page tables,
@@ -61,7 +48,8 @@ def default_deadline_s(size: int) -> float:
 
 
 def scenario(size: int, dispatch: str = "ticket", deadline_s: float | None = None) -> Scenario:
-    """One batch of `size` items: half direct, half throttled across the priorities."""
+    """One batch of `size` items started with `{"source": {bucket, key}}`: half direct, half
+    throttled across the priorities (10% HIGH, 30% NORMAL, 60% BATCH)."""
     throttled = size // 2
     counts = {p: round(throttled * share) for p, share in PRIORITY_SHARES[:-1]}
     counts[PRIORITY_SHARES[-1][0]] = throttled - sum(counts.values())
@@ -205,7 +193,8 @@ def own_cpu_s() -> float:
 class TreeSampler:
     """Samples RSS and threads of this process tree every `period_s` in a thread, and the CPU
     of every Lambda sandbox between `begin_cpu` and `end_cpu` (keeping the last value per
-    sandbox, so one that ends early keeps what it used until its last sample)."""
+    sandbox, so one that ends early keeps what it used until its last sample: it loses at most
+    `period_s` of its CPU figure)."""
 
     def __init__(
         self,
@@ -331,7 +320,15 @@ def function_role(name: str, worker: str) -> str:
 
 
 def figures(result: RunResult, samples: Samples, report: dict[str, Any]) -> dict[str, Any]:
-    """One size's figures from its run, what the sampler saw, and the run's report."""
+    """One size's figures from its run, what the sampler saw, and the run's report.
+
+    Wall time from StartExecution to the parent's end, items/s, the report's outcome counts, peak
+    RSS of the process tree and of the main process, the main process's peak thread count, the
+    API's utilization, cold starts per function, and CPU per item split into Sluice's functions
+    (their sandbox processes), the emulator (the main process: moto, the front, the runner) and
+    the simulated API (its own process). `run` adds how time grows with size, against the
+    physical limit of the API alone.
+    """
     record = result.executions[0] if result.executions else None
     size = result.scenario.items_total
     finished = record is not None and record.status != "RUNNING" and record.stopped is not None
