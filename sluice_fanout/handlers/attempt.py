@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from sluice_fanout.handlers import contract, priority
 from sluice_fanout.handlers.completion import complete
 from sluice_fanout.handlers.once import ItemInProgress, Outcome, task_output
-from sluice_fanout.handlers.rate import RATE_MAX_WAIT_SHARE, Denied
+from sluice_fanout.handlers.rate import RATE_LATE_S, RATE_LATE_TRIES, RATE_MAX_WAIT_SHARE, Denied
 from sluice_fanout.handlers.target import PermanentFailure, RetryLater, TargetContext
 from sluice_fanout.handlers.worker_config import logger
 
@@ -197,15 +197,26 @@ def _wait_for_slot(deps: WorkerDeps, remaining_ms: int, log: dict[str, Any]) -> 
     (RetryLater) to come again when the slot would be free. Validation keeps that from happening
     in a sound stack: at most `concurrency` slots are ever reserved ahead, and concurrency /
     calls_per_second must fit in half the worker timeout.
+
+    A call that wakes later than RATE_LATE_S after its slot (a descheduled host, a slow
+    reservation) does not go: started late, it would share a one-second window with `rate` calls
+    after it, and the API would refuse one. It reserves the next free slot instead; the late
+    slot goes unused, which costs throughput, never a refusal.
     """
     if deps.limiter is None:
         return
-    decision = deps.limiter.reserve(max_wait=remaining_ms / 1000 * RATE_MAX_WAIT_SHARE)
-    if isinstance(decision, Denied):
-        logger.warning("rate limit slot too far away", extra=log | {"wait_s": round(decision.wait, 3)})
-        raise RetryLater(math.ceil(decision.wait), "calls-per-second limit: next slot too far away")
-    # Until the slot itself, not for `wait`: the reservation's own round trip is already spent,
-    # and a call that starts late crowds the next second's window.
-    delay = decision.at - deps.clock()
-    if delay > 0:
-        deps.sleep(delay)
+    for _ in range(RATE_LATE_TRIES):
+        decision = deps.limiter.reserve(max_wait=remaining_ms / 1000 * RATE_MAX_WAIT_SHARE)
+        if isinstance(decision, Denied):
+            logger.warning("rate limit slot too far away", extra=log | {"wait_s": round(decision.wait, 3)})
+            raise RetryLater(math.ceil(decision.wait), "calls-per-second limit: next slot too far away")
+        # Until the slot itself, not for `wait`: the reservation's own round trip is already spent,
+        # and a call that starts late crowds the next second's window.
+        delay = decision.at - deps.clock()
+        if delay > 0:
+            deps.sleep(delay)
+        late = deps.clock() - decision.at
+        if late <= RATE_LATE_S:
+            return
+        logger.info("late for its rate-limit slot; reserving another", extra=log | {"late_s": round(late, 3)})
+    raise RetryLater(1, f"calls-per-second limit: late for {RATE_LATE_TRIES} slots in a row")

@@ -1,13 +1,6 @@
 """A calls-per-second limit shared by every invocation of the worker: GCRA without burst.
 
-The generic cell rate algorithm keeps one number, the theoretical arrival time (TAT): the
-earliest moment the next call may start. A call that arrives at `now` is granted the slot
-`max(TAT, now)` and moves the TAT one interval past it, so granted slots are at least one
-interval apart whatever the arrival pattern. With no burst allowance, any window shorter than
-`rate` intervals holds at most `rate` slots.
-
-This module decides; it does not store, sleep or read the clock (adapters.DynamoRateLimiter
-keeps the TAT in DynamoDB, the worker sleeps).
+Decides only: adapters.DynamoRateLimiter keeps the TAT in DynamoDB, the worker sleeps.
 """
 
 from __future__ import annotations
@@ -24,6 +17,11 @@ RATE_RESERVATION_LEAD_S = 0.05
 """A slot that is due at once is granted this far ahead: the conditional write that reserves it
 takes time, and a call that starts after its slot crowds the window of the ones after it. It
 adds this much latency to a call the limit does not hold back, nothing to throughput."""
+RATE_LATE_S = RATE_WINDOW_ALLOWANCE_S / 2
+"""Latest a call may start after its slot: the other half of the allowance is for the request's
+way to the API."""
+RATE_LATE_TRIES = 3
+"""Slots a call may wake late for before it goes back to its queue (a host too busy to keep time)."""
 RATE_MAX_WAIT_SHARE = 0.5
 """The longest a call waits for its rate-limit slot, as a share of the invocation's remaining
 time: the other half is for the call itself."""
@@ -57,7 +55,11 @@ def reserve(
 ) -> Grant | Denied:
     """Reserve the next slot at or after `now + lead`, unless it is more than `max_wait` away.
 
-    `tat` is the stored theoretical arrival time (None: never used, or expired). A slot in the
+    The generic cell rate algorithm: `tat`, the theoretical arrival time, is the earliest moment
+    the next call may start (None: never used, or expired). A call arriving at `now` is granted
+    `max(tat, now)` and moves the TAT one interval past it, so granted slots are at least one
+    interval apart whatever the arrival pattern; with no burst allowance, any window shorter than
+    `rate` intervals holds at most `rate` slots. A slot in the
     past is not kept: idle time does not bank calls for a later burst. `lead` is how long the
     reservation itself may take: a slot that is due at once is set that far ahead, so the call
     does not start late against the slots after it.

@@ -32,7 +32,14 @@ from sluice_fanout.handlers.attempt import THROTTLE_HOLD_MAX_S
 from sluice_fanout.handlers.contract import ATTR_DEAD_LETTER_REASON, RESULT_POINTER_FIELD
 from sluice_fanout.handlers.metrics import WorkerMetrics
 from sluice_fanout.handlers.once import OncePerItem, ResultSpill
-from sluice_fanout.handlers.rate import RATE_WINDOW_ALLOWANCE_S, Denied, Grant, interval_for
+from sluice_fanout.handlers.rate import (
+    RATE_LATE_S,
+    RATE_LATE_TRIES,
+    RATE_WINDOW_ALLOWANCE_S,
+    Denied,
+    Grant,
+    interval_for,
+)
 from sluice_fanout.handlers.target import PermanentFailure, RetryLater, TargetContext
 from sluice_fanout.handlers.worker import handle_batch
 from sluice_fanout.handlers.worker_config import QueueRef, WorkerConfig, WorkerDeps, logger
@@ -1041,3 +1048,47 @@ def test_a_rate_limit_slot_too_far_away_returns_the_message_without_a_call(rig: 
     assert rig.target_calls == []
     assert rig.visible("NORMAL") == 0  # returned with the wait (8 s) as its visibility
     assert rig.sfn_calls["SendTaskSuccess"] == rig.sfn_calls["SendTaskFailure"] == 0
+
+
+class LateLimiter(CountingLimiter):
+    """Grants a slot that has already passed for the first `late` reservations: the worker woke
+    (or the reservation returned) after its slot."""
+
+    def __init__(self, late: int, by_s: float) -> None:
+        super().__init__()
+        self.late = late
+        self.by_s = by_s
+        self.slots: list[float] = []
+
+    def reserve(self, max_wait: float) -> Grant | Denied:
+        self.reservations += 1
+        now = time.time()
+        at = now - self.by_s if self.reservations <= self.late else now + 0.01
+        self.slots.append(at)
+        return Grant(at=at, wait=max(0.0, at - now), tat=at + 0.25)
+
+
+def test_a_call_late_for_its_slot_takes_the_next_one(rig: Rig) -> None:
+    """Started late, a call would share a one-second window with `rate` calls after it; it
+    reserves a new slot instead, and calls on that one."""
+    limiter = LateLimiter(late=1, by_s=0.2)
+    called_at: list[float] = []
+
+    def timed(item: Any, ctx: TargetContext) -> Any:
+        called_at.append(time.time())
+        return ok(item, ctx)
+
+    execution = rig.start({"id": "late", "priority": "HIGH"})
+    deps = dataclasses.replace(rig.deps(timed), limiter=limiter)
+    assert handle_batch(rig.receive("HIGH"), None, deps) == {"batchItemFailures": []}
+    assert limiter.reservations == 2
+    assert called_at[0] - limiter.slots[1] < RATE_LATE_S
+    assert rig.output(execution)["status"] == "SUCCEEDED"
+
+
+def test_a_call_late_for_every_slot_goes_back_to_its_queue(rig: Rig) -> None:
+    limiter = LateLimiter(late=RATE_LATE_TRIES, by_s=0.2)
+    rig.start({"id": "always-late", "priority": "HIGH"})
+    deps = dataclasses.replace(rig.deps(ok), limiter=limiter)
+    assert len(handle_batch(rig.receive("HIGH"), None, deps)["batchItemFailures"]) == 1
+    assert (limiter.reservations, rig.target_calls) == (RATE_LATE_TRIES, [])
