@@ -1,10 +1,6 @@
 """Sluice: Pulumi components that feed a rate-limited legacy API from Step Functions by priority.
 
-    from sluice_fanout import ThrottledFanOut
-
-`sluice_fanout.components` holds the Pulumi components (never boto3), `sluice_fanout.handlers`
-the Lambda code they deploy (never pulumi). The components are imported on first use, so the
-handlers and the `sluice` command (`sluice_fanout.cli`) work without Pulumi.
+`from sluice_fanout import ThrottledFanOut`. `.components` never imports boto3, `.handlers` never pulumi.
 """
 
 from __future__ import annotations
@@ -39,6 +35,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    """The components, imported on first use so that `sluice_fanout.handlers` (the Lambda code they
+    deploy) and the `sluice` command (`sluice_fanout.cli`) work without Pulumi."""
     if name in __all__:
         return getattr(importlib.import_module("sluice_fanout.components"), name)
     raise AttributeError(f"module 'sluice_fanout' has no attribute {name!r}")

@@ -1,13 +1,4 @@
-"""Sluice as a Pulumi plugin package: ThrottledFanOut for TypeScript, Go, YAML and other programs.
-
-`pulumi package add <repo>/provider` runs provider/__main__.py, which calls `serve()`. Pulumi's
-Python component host infers the package schema from ThrottledFanOut's annotations and docstrings
-(the args TypedDict for inputs, the `pulumi.Output[...]` attributes for outputs), generates an SDK
-in the consumer's language, and constructs the component here when their program runs.
-
-Resource token: `sluice:index:ThrottledFanOut` (`<PACKAGE_NAME>:index:<class name>`), the same
-token the component registers itself with.
-"""
+"""Sluice as a Pulumi plugin package: ThrottledFanOut for TypeScript, Go, YAML and other programs."""
 
 from __future__ import annotations
 
@@ -25,7 +16,10 @@ if TYPE_CHECKING:
     from pulumi.provider.experimental.analyzer import PropertyDefinition
 
 PACKAGE_NAME = "sluice"
-"""The Pulumi package name: the first part of every token and the name consumers add."""
+"""The Pulumi package name: the first part of every token and the name consumers add.
+
+Resource tokens are `<PACKAGE_NAME>:index:<class name>` (`sluice:index:ThrottledFanOut`), the same
+token the component registers itself with."""
 PACKAGE_VERSION = "0.1.0"
 """Schema version; kept equal to pyproject.toml's project version."""
 COMPONENTS: list[type[pulumi.ComponentResource]] = [ThrottledFanOut]
@@ -64,13 +58,20 @@ class SluiceProvider(ComponentProvider):
 
 
 def provider() -> SluiceProvider:
-    """The provider the plugin serves: analyzing COMPONENTS here is what builds the schema."""
+    """The provider the plugin serves: analyzing COMPONENTS here is what builds the schema.
+
+    Pulumi's Python component host infers the package schema from ThrottledFanOut's annotations
+    and docstrings (the args TypedDict for inputs, the `pulumi.Output[...]` attributes for
+    outputs), generates an SDK in the consumer's language, and constructs the component here when
+    their program runs.
+    """
     return SluiceProvider(COMPONENTS, PACKAGE_NAME, version=PACKAGE_VERSION)
 
 
 def serve(args: list[str] | None = None) -> None:
     """Start the gRPC provider server the Pulumi engine talks to (blocks until it stops).
 
+    `pulumi package add <repo>/provider` runs provider/__main__.py, which calls this.
     What `component_provider_host(name="sluice", components=COMPONENTS)` does, with
     SluiceProvider in place of the SDK's ComponentProvider.
     """

@@ -1,23 +1,4 @@
-"""Dead letters: inspect Sluice's DLQs and redrive them to their source queues.
-
-`sluice dlq {inspect,redrive,status}` (or `python -m sluice_fanout.cli dlq ...`).
-
-- `inspect`: each DLQ's approximate depth and a peek at up to `--peek` messages (id, receive
-  count, sent time, the worker's dead-letter reason, the body with its task token masked). The
-  peeked messages are released at once, so nothing is consumed.
-- `redrive`: one SQS message move task (StartMessageMoveTask) per DLQ, back to its source queue.
-  `--copy` moves messages by receive, send, delete instead, for endpoints without that API.
-- `status`: the move tasks of each DLQ (ListMessageMoveTasks).
-
-Queues come from `--stack-outputs FILE` (the JSON of `pulumi stack output --json`, whose
-`dlqUrls` and `queueUrls` are paired by priority) or from `--dlq-url URL [--source-url URL]`
-pairs. Credentials come from boto3's default chain; `--region` and `--endpoint-url` override
-where the calls go.
-
-Pure parts (pairing, masking, formatting) come first and take plain values; `DeadLetterQueues`
-holds every SQS call; `run` wires them to a client the caller builds, so tests pass one pointed
-at moto or a Stubber.
-"""
+"""Dead letters: inspect Sluice's DLQs and redrive them to their source queues."""
 
 from __future__ import annotations
 
@@ -73,6 +54,22 @@ TOKEN_MASK = "<masked>"  # noqa: S105 - the marker that replaces a token, not a 
 # field up to its closing quote, or to the end of a body cut short.
 TOKEN_TEXT = re.compile(r'("' + re.escape(FIELD_TOKEN) + r'"\s*:\s*)"(?:[^"\\]|\\.)*(?:"|\\?$)')
 SQS_HOST = re.compile(r"^sqs\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
+
+HELP_EPILOG = """\
+`sluice dlq {inspect,redrive,status}` (or `python -m sluice_fanout.cli dlq ...`).
+
+- `inspect`: each DLQ's approximate depth and a peek at up to `--peek` messages (id, receive
+  count, sent time, the worker's dead-letter reason, the body with its task token masked). The
+  peeked messages are released at once, so nothing is consumed.
+- `redrive`: one SQS message move task (StartMessageMoveTask) per DLQ, back to its source queue.
+  `--copy` moves messages by receive, send, delete instead, for endpoints without that API.
+- `status`: the move tasks of each DLQ (ListMessageMoveTasks).
+
+Queues come from `--stack-outputs FILE` (the JSON of `pulumi stack output --json`, whose
+`dlqUrls` and `queueUrls` are paired by priority) or from `--dlq-url URL [--source-url URL]`
+pairs. Credentials come from boto3's default chain; `--region` and `--endpoint-url` override
+where the calls go."""
+"""The help's text after the options (`sluice dlq --help`)."""
 
 COPY_NOTICE = (
     "--copy: moving messages by receive, send to the source queue, delete. This exists for "
@@ -431,7 +428,11 @@ class Options:
 
 
 def run(options: Options, queues: DeadLetterQueues, out: Callable[[str], None]) -> None:
-    """Run one command over every pair. Raises DlqAwsError / DlqInputError."""
+    """Run one command over every pair. Raises DlqAwsError / DlqInputError.
+
+    Pure parts (pairing, masking, formatting) take plain values; `queues` holds every SQS call,
+    on a client the caller builds, so tests pass one pointed at moto or a Stubber.
+    """
     if options.command == "redrive" and options.copy:
         out(COPY_NOTICE)
     for pair in options.pairs:
@@ -511,8 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--endpoint-url", help="SQS endpoint, e.g. the embedded AWS's http://127.0.0.1:PORT")
     parser = argparse.ArgumentParser(
         prog="sluice dlq",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 2)[2].split("\n\nPure parts")[0],
+        description=__doc__,
+        epilog=HELP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)

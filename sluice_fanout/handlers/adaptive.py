@@ -1,28 +1,4 @@
-"""The adaptive controller's Lambda: it moves the worker's concurrency limit and trips its breaker.
-
-Scheduled once a minute (EventBridge's shortest rate), one invocation runs a control step at
-every `interval_seconds` boundary for CONTROLLER_RUN_SECONDS, then the next invocation takes
-over. A step:
-1. reads the window [b - interval, b) of the worker's API metrics (ApiCalls, ApiThrottled,
-   ApiErrors, ApiLatency over every priority) at b + signal_delay, once EMF lines of that window
-   have reached CloudWatch;
-2. decides with the pure rules of `controller.py` (the limit, the breaker);
-3. stores the new state with a conditional write on its version: a second controller that read
-   the same state loses the write and stops, so only one acts;
-4. applies it: the worker's reserved concurrency is the limit (the hard cap in both dispatch
-   modes), every mapping's MaximumConcurrency is max(2, limit) (AWS's minimum is 2) so its
-   pollers do not outnumber the slots by far, and the mappings are disabled while the breaker is
-   OPEN. Going down, the mappings change first and reserved concurrency last, going up the
-   other way round, so the pollers never briefly exceed the old limit's room. It compares with
-   what is deployed now (not with what it last wrote), so a failed call, or a change made by
-   hand, is mended by the next step. An AWS error ends neither the step's other calls nor the
-   run: it is logged and the next window is decided as usual.
-
-Pausing by disabling the mappings, not by reserved concurrency 0: a function at 0 throttles
-every poll, and throttled receives raise receive counts towards the DLQ. Disabled mappings
-leave the messages in their queues; their task tokens keep waiting within the callback timeout,
-which validation keeps longer than the breaker's pause.
-"""
+"""The adaptive controller's Lambda: it moves the worker's concurrency limit and trips its breaker."""
 
 from __future__ import annotations
 
@@ -167,7 +143,22 @@ class Signals(Protocol):
 class Controls(Protocol):
     def deployed(self) -> Deployed: ...
 
-    def apply(self, limit: int, paused: bool, now: Deployed) -> list[str]: ...
+    def apply(self, limit: int, paused: bool, now: Deployed) -> list[str]:
+        """Make the worker run with `limit`, paused or not; returns the changes made.
+
+        The worker's reserved concurrency is the limit (the hard cap in both dispatch modes);
+        every mapping's MaximumConcurrency is max(2, limit) (AWS's minimum is 2) so its pollers do
+        not outnumber the slots by far; the mappings are disabled while paused (breaker OPEN).
+        Going down, the mappings change first and reserved concurrency last, going up the other
+        way round, so the pollers never briefly exceed the old limit's room. Compares with `now`,
+        what is deployed (not what was last written), so a failed call, or a change made by
+        hand, is mended by the next step; an AWS error does not stop the other calls.
+
+        Pausing disables the mappings, not reserved concurrency 0: a function at 0 throttles every
+        poll, and throttled receives raise receive counts towards the DLQ. Disabled mappings leave
+        the messages in their queues; their task tokens keep waiting within the callback timeout,
+        which validation keeps longer than the breaker's pause.
+        """
 
 
 class Store(Protocol):
@@ -201,7 +192,14 @@ class Step:
 
 
 def step(deps: AdaptiveDeps, window_end: int) -> Step | None:
-    """Decide on the window ending at `window_end` and apply it; None if already decided."""
+    """Decide on the window ending at `window_end` and apply it; None if already decided.
+
+    Reads the window's API metrics (ApiCalls, ApiThrottled, ApiErrors, ApiLatency over every
+    priority), called at window_end + signal_delay once the window's EMF lines have reached
+    CloudWatch; decides with `next_limit` and `next_breaker`; stores the new state with a
+    conditional write on its version (a second controller that read the same state loses the
+    write with StateConflict and stops, so only one acts); then applies it (`Controls.apply`).
+    """
     cfg = deps.config
     version = 0
     try:
@@ -253,7 +251,12 @@ def step(deps: AdaptiveDeps, window_end: int) -> Step | None:
 
 
 def run(deps: AdaptiveDeps, remaining_ms: Callable[[], int]) -> list[Step]:
-    """Step at every interval boundary for run_seconds (or until the invocation must end)."""
+    """Step at every interval boundary for run_seconds (or until the invocation must end).
+
+    Scheduled once a minute (EventBridge's shortest rate), each invocation runs for
+    CONTROLLER_RUN_SECONDS, then the next one takes over. An AWS error does not end the run: it
+    is logged and the next window is decided as usual.
+    """
     cfg = deps.config
     started = deps.clock()
     # Ends a few seconds before the next scheduled run arrives: reserved concurrency 1 would

@@ -1,9 +1,4 @@
-"""Aggregate: turns the Distributed Map's child results into the parent execution's output.
-
-The Map hands over either the results inline (a list, one entry per item, in batch order) or,
-with a ResultWriter, a pointer to a manifest in S3 whose result files list the child executions
-(`result_writer_entries`). Either way a `Tally` counts them one at a time.
-"""
+"""Aggregate: turns the Distributed Map's child results into the parent execution's output."""
 
 from __future__ import annotations
 
@@ -314,6 +309,9 @@ def _loads(value: Any) -> Any:
 def handle(event: dict[str, Any], s3: Callable[[], S3Client] | None) -> dict[str, Any]:
     """Aggregate inline results, or the ResultWriter output the event points at.
 
+    The Map hands over either the results inline (a list, one entry per item, in batch order) or,
+    with a ResultWriter, a pointer to a manifest in S3 whose result files list the child executions
+    (`result_writer_entries`). Either way a `Tally` counts them one at a time.
     `s3` returns a client when one is needed (ResultWriter output, results spilled to S3).
     """
 

@@ -1,91 +1,6 @@
 """Dynamic concurrency control: how the worker's limit on the legacy API moves, and when to stop.
 
-Pure: plain values in, plain values out. No boto3, no clock, no environment; the caller passes
-the current time in seconds. The controller Lambda feeds one `Signal` per control interval
-(e.g. 5 seconds of the worker's metrics), applies the limit as the worker's reserved concurrency
-and disables its event source mapping(s) while the breaker is OPEN.
-
-The limit rule (`next_limit`), AIMD with a latency baseline and a ceiling. With L the current
-limit (clamped to [min_limit, max_limit]), t = throttled / calls, e = errors / calls, m = mean
-latency, n = in_flight (the concurrency the API served), B the baseline, C the ceiling and W the
-probe count from the state (B' the baseline after this interval, g = grow_below,
-D(L) = max(min_limit, min(L - 1, floor(L * decrease_factor))), the multiplicative decrease):
-
-1. calls < min_calls, unless the limit was used (calls > 0 and n >= saturation * L): hold; the
-   interval is too small to be evidence of anything, so B, C and W stay as they are (only the
-   cool-down runs down). A used limit counts whatever its calls: at a low limit with slow calls
-   an interval cannot hold min_calls calls, and holding there would keep the limit low for ever.
-2. Overloaded, checked in this order; each starts `cooldown_intervals` intervals of cool-down
-   and sets W = 0:
-   t > throttle_threshold: L' = max(D(L), min(L - 1, ceil(n))), and
-     C' = min(L, L' + increase_step).
-     Down to the concurrency the API served, at least one step (unless at min), never below D(L):
-     n can sit far under the capacity (the load ended midway through the interval, slots spent
-     time between calls), and D bounds what one interval can take, as before. The ceiling is the
-     first limit above what the API served, not L: after a capacity drop (L = 8 refused, 4
-     served) free growth to 5 would meet a refusal again right after the cool-down, a second
-     burst of 429s for one drop. The price: an n read low (capacity 5, n = 4) costs one probe
-     wait before 5 is tried.
-   e > error_threshold, or m > latency_tolerance * B (once B exists): L' = D(L), C unchanged.
-     5xx and slow answers are no refusal of L: a ceiling there would make the rule wait
-     probe_intervals to regain a limit the API never refused.
-3. in cool-down: hold (the next intervals still carry load from the old, higher limit).
-4. t > g * throttle_threshold, or e > g * error_threshold, or m > (1 + g * (tolerance - 1)) * B:
-   hold (the hold band between "healthy" and "overloaded").
-5. n < saturation * L: hold; the limit was not used, so growing it proves nothing.
-6. otherwise L' = min(max_limit, L + increase_step)                 (additive increase),
-   except that a growth to L' >= C first holds (PROBE_WAIT, W' = W + 1) while
-   W < probe_intervals, and then goes to C exactly, not past it (W' = 0).
-
-C is the lowest limit not proven since the last refusal. An interval that counts, is not
-overloaded and used a limit L >= C (n >= saturation * L) clears it before rules 3 to 6: the API
-now serves what it refused, its capacity grew, and growth is +step per healthy interval again. W
-counts consecutive intervals that reach rule 6 with a growth to C: every other interval that
-counts resets it (the hold band says the API is at its edge at this limit, which is what the wait
-must rule out). An interval with too few calls keeps it, as it keeps everything: resetting there
-would let a bursty load with quiet intervals between busy ones put the probe off for ever, and the
-rule would never see the capacity come back.
-
-The baseline B is the latency of a healthy API: a slow-moving minimum of m over intervals that
-count (rule 1) and are not throttle- or error-overloaded (a 429 answers fast and would drag it
-down). B' = m when m <= B (fast down), else B + baseline_rise * (m - B) (slow up), so a permanent
-slow-down of the API is accepted after a while instead of pinning the limit at min forever.
-
-Why this does not oscillate on a steady signal: under a constant signal t and e are constant and B
-moves monotonically towards m, so the interval's class can only change in one order (overloaded,
-then hold band, then healthy) and only through the baseline. The limit therefore only goes down
-while the class is "overloaded" and only up once it is "healthy": at most one change of
-direction, and it settles (at min, at max, or where n stops saturating it). A constant t throttles
-every counting interval or none, so C is only ever set while the limit goes down; on the way up
-the limit meets C at most once, waits probe_intervals, and being used at C clears it.
-
-Against the real API the signal answers the limit. With an API of hard capacity K (n = min(L, K))
-where one call over K already throttles (the benchmark: K = 4, 1/5 of calls refused at L = 5), a
-refusal at L > K lands on max(D(L), K) and remembers C = min(L, L' + increase_step). Once the
-limit is down to K, C is K + increase_step and each cycle holds K for cooldown_intervals + probe_intervals + 1
-intervals and probes C for one: limits stay in [K, K + increase_step] and one interval in
-cooldown_intervals + probe_intervals + 2 carries 429s (1 in 10 with the defaults). When K grows
-from K1 to K2, the next probe is healthy, clears C, and the limit reaches K2 within
-cooldown_intervals + probe_intervals + 1 + ceil((K2 - K1 - 1) / increase_step) intervals (12 from
-4 to 8 with the defaults: 60 s at 5-second intervals). Where a few calls over K stay under the
-threshold (a large K), the limit settles in the hold band above K, or probes the same way from
-the last healthy limit.
-
-Known limits. Probing is how the rule learns that capacity came back, so it keeps paying for it:
-the share of 429s among all calls is about the 429 share of a probe interval divided by
-cooldown_intervals + probe_intervals + 2. With the defaults that stays under 2% only while a
-refused slot makes no more calls than a served one (at most 20% 429s at K + 1 = 5); when refusals
-come back much faster than answers, or the signal's delay keeps a probe running for more than one
-interval, raise probe_intervals, which slows the recovery by as many intervals. n counts time
-inside answered calls only: a worker slot that spends part of its time between calls makes n
-understate what the API served, so a refusal can land one below K, and C one step above that:
-regaining K then costs a probe wait (cooldown_intervals + probe_intervals intervals).
-
-The breaker (`next_breaker`): CLOSED -> OPEN when errors / calls > error_threshold over at least
-min_calls calls; OPEN -> HALF_OPEN once open_seconds have passed; HALF_OPEN lets probe_limit
-calls through and goes CLOSED after a probe interval with calls and errors / calls <=
-error_threshold, OPEN again after one above it. Only errors (5xx, timeouts) count: a 429 says
-the API is alive and busy, which the limit rule handles.
+Pure: plain values in, plain values out; no boto3, clock or environment (the caller passes the time).
 """
 
 from __future__ import annotations
@@ -108,7 +23,10 @@ def _require(ok: bool, who: str, rule: str, got: object) -> None:
 
 @dataclass(frozen=True)
 class Signal:
-    """What the worker saw in one control interval. Counts are calls to the legacy API."""
+    """What the worker saw in one control interval. Counts are calls to the legacy API.
+
+    The controller Lambda feeds one per control interval (e.g. 5 seconds of the worker's metrics).
+    """
 
     calls: int
     """Calls made, including the throttled and failed ones."""
@@ -122,7 +40,10 @@ class Signal:
     in_flight: float
     """Average calls in flight among those the API answered: ApiLatency Sum / interval length.
     The concurrency the API actually served; it tells whether the limit was used (calls per
-    interval alone depend on latency and interval length)."""
+    interval alone depend on latency and interval length). It counts time inside answered calls
+    only: a worker slot that spends part of its time between calls makes it understate what the
+    API served, so a refusal can land one below the capacity K, and the ceiling one step above
+    that: regaining K then costs a probe wait (cooldown_intervals + probe_intervals intervals)."""
 
     def __post_init__(self) -> None:
         _require(self.calls >= 0, "Signal", "calls must be >= 0", self.calls)
@@ -180,7 +101,14 @@ class ControllerSettings:
     """Intervals after a decrease in which the limit does not grow; >= 0."""
     probe_intervals: int = 6
     """Intervals that would grow the limit to the ceiling (not proven since a refusal) hold first; >= 0.
-    One interval in cooldown_intervals + probe_intervals + 2 at most probes the ceiling."""
+    One interval in cooldown_intervals + probe_intervals + 2 at most probes the ceiling.
+
+    Probing is how the rule learns that capacity came back, so it keeps paying for it: the share
+    of 429s among all calls is about the 429 share of a probe interval divided by
+    cooldown_intervals + probe_intervals + 2. With the defaults that stays under 2% only while a
+    refused slot makes no more calls than a served one (at most 20% 429s at K + 1 = 5). When
+    refusals come back much faster than answers, or the signal's delay keeps a probe running for
+    more than one interval, raise it; that slows the recovery by as many intervals."""
     baseline_rise: float = 0.05
     """Weight of a slower mean latency in the baseline per interval, in (0, 1]."""
 
@@ -217,15 +145,25 @@ class ControllerState:
     """What the rule remembers between intervals (the Lambda stores it, e.g. in DynamoDB)."""
 
     baseline_ms: float | None = None
-    """Healthy mean latency; None until the first interval that counts."""
+    """Healthy mean latency (B); None until the first interval that counts."""
     cooldown_left: int = 0
     """Intervals left in which the limit may not grow."""
     ceiling: int | None = None
-    """The lowest limit not proven since the last refusal: min(refused limit, new limit + step).
+    """The lowest limit not proven since the last refusal (C): min(refused limit, new limit + step).
     None before any refusal and once a limit at or above it was used without overload (the
-    API's capacity grew)."""
+    API's capacity grew).
+
+    It is the first limit above what the API served, not the refused limit: after a capacity drop
+    (8 refused, 4 served) free growth to 5 would meet a refusal again right after the cool-down, a
+    second burst of 429s for one drop. The price: an in_flight read low (capacity 5, 4 read) costs
+    one probe wait before 5 is tried."""
     probe_wait: int = 0
-    """Consecutive counting intervals held so far (PROBE_WAIT) before growing to the ceiling."""
+    """Consecutive counting intervals held so far (PROBE_WAIT, W) before growing to the ceiling.
+
+    Every other interval that counts resets it (the hold band says the API is at its edge at this
+    limit, which is what the wait must rule out). An interval with too few calls keeps it, as it
+    keeps everything: resetting there would let a bursty load with quiet intervals between busy
+    ones put the probe off for ever, and the rule would never see the capacity come back."""
 
 
 class Reason(StrEnum):
@@ -255,7 +193,12 @@ def decrease(limit: int, settings: ControllerSettings) -> int:
 
 
 def next_baseline(baseline: float | None, latency_ms: float, rise: float) -> float:
-    """Fast down to a lower latency, slowly up towards a higher one; never below MIN_BASELINE_MS."""
+    """Fast down to a lower latency, slowly up towards a higher one; never below MIN_BASELINE_MS.
+
+    The baseline B is the latency of a healthy API, a slow-moving minimum of the mean latency m:
+    B' = m when m <= B, else B + rise * (m - B), so a permanent slow-down of the API is accepted
+    after a while instead of pinning the limit at min forever.
+    """
     latency_ms = max(latency_ms, MIN_BASELINE_MS)
     if baseline is None or latency_ms <= baseline:
         return latency_ms
@@ -269,7 +212,9 @@ def throttled_decrease(limit: int, in_flight: float, settings: ControllerSetting
     Up, not to the nearest: in_flight counts only time inside calls, so a slot the API kept
     busy reads low by the time spent around each call (1.4 for 2 served on the embedded AWS);
     rounding down there lands below the capacity and costs a probe wait to regain it, rounding
-    up a reading that is a hair over the capacity costs one more refusal.
+    up a reading that is a hair over the capacity costs one more refusal. in_flight can also sit
+    far under the capacity (the load ended midway through the interval, slots spent time between
+    calls); `decrease` bounds what one interval can take.
     """
     # Capped at the limit before ceil: in_flight is a float and may be inf. The small epsilon
     # keeps float noise (2.0000000001) from counting as a third slot.
@@ -278,7 +223,12 @@ def throttled_decrease(limit: int, in_flight: float, settings: ControllerSetting
 
 
 def counts(limit: int, signal: Signal, settings: ControllerSettings) -> bool:
-    """Whether an interval is evidence (rule 1): enough calls, or a limit that was used."""
+    """Whether an interval is evidence (rule 1): enough calls, or a limit that was used.
+
+    A used limit (calls > 0 and in_flight >= saturation x limit) counts whatever its calls: at a
+    low limit with slow calls an interval cannot hold min_calls calls, and holding there would
+    keep the limit low for ever.
+    """
     used = signal.calls > 0 and signal.in_flight >= settings.saturation * limit
     return signal.calls >= settings.min_calls or used
 
@@ -288,8 +238,41 @@ def next_limit(
 ) -> Decision:
     """The limit for the next interval, from the current limit and this interval's signal.
 
-    The rule and why it does not oscillate are in the module docstring. `current` outside
-    [min_limit, max_limit] (settings changed) is clamped first; the result is always inside.
+    AIMD with a latency baseline and a ceiling; the controller Lambda applies the limit as the
+    worker's reserved concurrency. `current` outside [min_limit, max_limit] (settings changed) is
+    clamped first; the result is always inside. With L the clamped limit, t = throttled / calls,
+    e = errors / calls, m = mean latency, n = in_flight, B the baseline, C the ceiling, W the
+    probe wait, g = grow_below and D(L) = `decrease(L)`:
+
+    1. The interval does not count (`counts`): hold; B, C and W stay, only the cool-down runs down.
+    2. Overloaded, checked in this order; each starts `cooldown_intervals` of cool-down, W' = 0:
+       t > throttle_threshold: L' = `throttled_decrease`, C' = min(L, L' + increase_step);
+       e > error_threshold, or m > latency_tolerance * B (once B exists): L' = D(L), C unchanged.
+    3. In cool-down: hold (the next intervals still carry load from the old, higher limit).
+    4. t > g * throttle_threshold, or e > g * error_threshold, or m > (1 + g * (tolerance - 1)) * B:
+       hold (the hold band between "healthy" and "overloaded").
+    5. n < saturation * L: hold; the limit was not used, so growing it proves nothing.
+    6. Otherwise L' = min(max_limit, L + increase_step) (additive increase), except that a growth
+       to L' >= C first holds (PROBE_WAIT, W' = W + 1) while W < probe_intervals, then goes to C
+       exactly, not past it (W' = 0).
+
+    No oscillation on a steady signal: t and e are constant and B moves monotonically towards m,
+    so the interval's class can only change in one order (overloaded, hold band, healthy) and only
+    through the baseline: at most one change of direction, and the limit settles (at min, at max,
+    or where n stops saturating it). A constant t throttles every counting interval or none, so C
+    is only set while the limit goes down; on the way up the limit meets C at most once, waits
+    probe_intervals, and being used at C clears it.
+
+    Against an API of hard capacity K (n = min(L, K)) where one call over K already throttles (the
+    benchmark: K = 4, 1/5 of calls refused at L = 5), a refusal at L > K lands on max(D(L), K).
+    Once down to K, C is K + increase_step and each cycle holds K for cooldown_intervals +
+    probe_intervals + 1 intervals and probes C for one: limits stay in [K, K + increase_step] and
+    one interval in cooldown_intervals + probe_intervals + 2 carries 429s (1 in 10 with the
+    defaults). When K grows from K1 to K2, the next probe is healthy, clears C, and the limit
+    reaches K2 within cooldown_intervals + probe_intervals + 1 + ceil((K2 - K1 - 1) / increase_step)
+    intervals (12 from 4 to 8 with the defaults: 60 s at 5-second intervals). Where a few calls
+    over K stay under the threshold (a large K), the limit settles in the hold band above K, or
+    probes the same way from the last healthy limit.
     """
     limit = settings.clamp(current)
     cooldown = max(0, state.cooldown_left - 1)
@@ -307,6 +290,8 @@ def next_limit(
         overload = Reason.LATENCY
     else:
         overload = None
+    # Throttle- and error-overloaded intervals stay out of the baseline: a 429 answers fast and
+    # would drag it down.
     if overload is not Reason.THROTTLED and overload is not Reason.ERRORS:
         baseline = next_baseline(baseline, latency, s.baseline_rise)
     if overload is Reason.THROTTLED:
@@ -314,12 +299,16 @@ def next_limit(
         after = ControllerState(baseline, s.cooldown_intervals, ceiling=min(limit, lowered + s.increase_step))
         return Decision(lowered, after, overload)
     if overload is not None:
+        # 5xx and slow answers are no refusal of the limit: a ceiling here would make the rule
+        # wait probe_intervals to regain a limit the API never refused.
         after = ControllerState(baseline, s.cooldown_intervals, ceiling=state.ceiling)
         return Decision(decrease(limit, s), after, overload)
 
     ceiling = state.ceiling
     used = signal.in_flight >= s.saturation * limit
     if ceiling is not None and limit >= ceiling and used:
+        # The API now serves what it refused: its capacity grew, growth is +step per healthy
+        # interval again.
         ceiling = None
     reason = _grow_or_hold(limit, signal, state, latency, s)
     grown = min(s.max_limit, limit + s.increase_step)
@@ -404,6 +393,13 @@ def next_breaker(
     state: BreakerState, signal: Signal, now: float, settings: BreakerSettings
 ) -> BreakerDecision:
     """The breaker after one interval whose `signal` ended at `now` (seconds).
+
+    CLOSED -> OPEN when errors / calls > error_threshold over at least min_calls calls; OPEN ->
+    HALF_OPEN once open_seconds have passed; HALF_OPEN lets probe_limit calls through and goes
+    CLOSED after a probe interval with calls and errors / calls <= error_threshold, OPEN again
+    after one above it. Only errors (5xx, timeouts) count: a 429 says the API is alive and busy,
+    which the limit rule handles. The controller Lambda disables the worker's event source
+    mapping(s) while OPEN.
 
     OPEN ignores the signal (consumption was paused). HALF_OPEN with no calls keeps waiting for
     a probe: an empty interval proves nothing either way.

@@ -1,15 +1,4 @@
-"""The bundled target: POST the item as JSON to the legacy API's URL.
-
-Status mapping:
-- 2xx: success; the JSON response body is the item's result (`{"status_code", "body"}` when
-  the body is not JSON);
-- 429: RetryLater, after Retry-After seconds when the API sends it;
-- 5xx, timeouts, connection errors: retryable errors (the worker's attempt budget applies);
-- other 4xx: PermanentFailure, since resending the same request cannot succeed.
-
-Credentials come from Secrets Manager or SSM Parameter Store, never from a plain environment
-value, and are sent in one header (Authorization unless configured otherwise).
-"""
+"""The bundled target: POST the item as JSON to the legacy API's URL."""
 
 from __future__ import annotations
 
@@ -100,7 +89,14 @@ def post_item(
     credential: str | None,
     opener: Callable[..., Any] = _OPENER.open,
 ) -> Any:
-    """POST one item and map the answer to a result or one of the target exceptions."""
+    """POST one item and map the answer to a result or one of the target exceptions.
+
+    - 2xx: success; the JSON response body is the item's result (`{"status_code", "body"}` when
+      the body is not JSON);
+    - 429: RetryLater, after Retry-After seconds when the API sends it;
+    - 5xx, timeouts, connection errors: retryable errors (the worker's attempt budget applies);
+    - other 4xx: PermanentFailure, since resending the same request cannot succeed.
+    """
     headers = {
         "Content-Type": "application/json",
         # Lets an API that supports it deduplicate retries of the same item.
@@ -131,7 +127,11 @@ def post_item(
 
 
 def fetch_credential(config: HttpTargetConfig) -> str | None:
-    """The credential from Secrets Manager or SSM (decrypted), or None when none is set."""
+    """The credential from Secrets Manager or SSM (decrypted), or None when none is set.
+
+    Never from a plain environment value; it is sent in one header (`auth_header`, Authorization
+    unless configured otherwise).
+    """
     import boto3  # noqa: PLC0415 - only targets with credentials need AWS clients
 
     if config.secret_arn:

@@ -1,16 +1,4 @@
-"""The worker's CloudWatch metrics, as Embedded Metric Format lines in its log (Powertools).
-
-Why one EMF provider per priority, flushed by the worker at the end of each batch:
-- an EMF object has one dimension set for all the metrics in it, so a Priority dimension per
-  metric needs an object per priority;
-- Powertools' `Metrics` class keeps its metric and dimension sets in class attributes shared
-  by every instance (so that modules share one set), so several `Metrics` objects would merge
-  into one; its providers (`AmazonCloudWatchEMFProvider`) each own their sets;
-- `single_metric` would also work but prints one log line per data point; a provider per
-  priority prints one line per priority per batch, values of a metric gathered in a list;
-- the flush is in `handle_batch` (not `@log_metrics` on `lambda_handler`) so a batch run
-  directly, as tests and the local runner do, emits exactly what Lambda would.
-"""
+"""The worker's CloudWatch metrics, as Embedded Metric Format lines in its log (Powertools)."""
 
 from __future__ import annotations
 
@@ -21,7 +9,16 @@ from sluice_fanout.handlers import contract
 
 
 class WorkerMetrics:
-    """Item counts and timings by priority for one function; `flush` prints and clears them."""
+    """Item counts and timings by priority for one function; `flush` prints and clears them.
+
+    One EMF provider per priority: an EMF object has one dimension set for all the metrics in it,
+    so a Priority dimension per metric needs an object per priority. Providers
+    (`AmazonCloudWatchEMFProvider`) each own their sets, whereas Powertools' `Metrics` class keeps
+    them in class attributes shared by every instance (so that modules share one set), so several
+    `Metrics` objects would merge into one. `single_metric` would also work but prints one log
+    line per data point; a provider per priority prints one line per priority per batch, values
+    of a metric gathered in a list.
+    """
 
     def __init__(
         self,
@@ -60,7 +57,12 @@ class WorkerMetrics:
         )
 
     def flush(self) -> None:
-        """Print one EMF line per priority that has data, then forget it (once per invocation)."""
+        """Print one EMF line per priority that has data, then forget it (once per invocation).
+
+        The worker flushes at the end of each batch in `handle_batch` (not `@log_metrics` on
+        `lambda_handler`), so a batch run directly, as tests and the local runner do, emits exactly
+        what Lambda would.
+        """
         providers, self._by_priority = self._by_priority, {}
         for provider in providers.values():
             provider.flush_metrics()

@@ -1,14 +1,4 @@
-"""At most one legacy-API call per item, whatever SQS, Lambda or Step Functions do twice.
-
-SQS delivers at least once, a worker can die between the API's answer and SendTaskSuccess, and
-a Step Functions retry can send the same item again with a new token. All of them carry the same
-business key, the parent execution and the item's index, so Powertools' idempotency (a DynamoDB
-record per key) turns every repeat into a replay of the stored outcome.
-
-What is stored is the outcome the worker would report: the task output (already small: results
-too large for Step Functions are spilled to S3 first, so a replay never writes them twice) or a
-permanent failure. Retryable errors are not stored, so the next attempt calls again.
-"""
+"""At most one legacy-API call per item, whatever SQS, Lambda or Step Functions do twice."""
 
 from __future__ import annotations
 
@@ -84,7 +74,17 @@ def _run(*, key: dict[str, Any], attempt: Callable[[], dict[str, Any]]) -> dict[
 
 
 class OncePerItem:
-    """Runs an attempt at most once to completion per (execution, index)."""
+    """Runs an attempt at most once to completion per (execution, index).
+
+    SQS delivers at least once, a worker can die between the API's answer and SendTaskSuccess, and
+    a Step Functions retry can send the same item again with a new token. All carry the same
+    business key, the parent execution and the item's index, so Powertools' idempotency (a
+    DynamoDB record per key) turns every repeat into a replay of the stored outcome.
+
+    What is stored is the outcome the worker would report: the task output (already small: results
+    too large for Step Functions are spilled to S3 first, so a replay never writes them twice) or
+    a permanent failure. Retryable errors are not stored, so the next attempt calls again.
+    """
 
     def __init__(self, persistence: BasePersistenceLayer, expires_after_seconds: int) -> None:
         self._config = IdempotencyConfig(

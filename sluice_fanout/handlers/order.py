@@ -1,15 +1,4 @@
-"""Order: a batch larger than the Distributed Map's concurrency, sorted by priority first.
-
-A Distributed Map opens its children in item order, `MaxConcurrency` at a time, so in a batch of
-3,000 BATCH items followed by 20 HIGH ones the HIGH items are not even enqueued until about
-2,000 BATCH items are done: the queues can only prioritise what has reached them. This function
-copies the batch to S3 sorted by priority (stable, so items of one priority keep their order),
-each entry carrying its original index, and the Map reads that copy. Results, failures and the
-aggregate keep using the original indexes.
-
-The sort is O(n) (one bucket per priority). The whole batch is held in memory once, as the
-Map's own ItemReader would hold it.
-"""
+"""Order: a batch larger than the Distributed Map's concurrency, sorted by priority first."""
 
 from __future__ import annotations
 
@@ -41,6 +30,8 @@ class BatchSourceError(ValueError):
 
 def order(items: Sequence[Any], priorities: Sequence[str], default_priority: str) -> list[dict[str, Any]]:
     """`{"index", "item"}` per item, highest priority first, batch order within a priority.
+
+    Stable, O(n): one bucket per priority.
 
     An item without a priority is ordered with `default_priority` (where the state machine sends
     a throttled item that names none); one whose priority is not in `priorities` goes first,
@@ -99,7 +90,15 @@ def read_items(batch: Any, s3: Callable[[], S3Client]) -> list[Any]:
 
 
 def handle(event: dict[str, Any], settings: OrderSettings, s3: Callable[[], S3Client]) -> dict[str, Any]:
-    """Write the ordered copy of `event["batch"]` and return where it is."""
+    """Write the ordered copy of `event["batch"]` and return where it is.
+
+    A Distributed Map opens its children in item order, `MaxConcurrency` at a time, so in a batch
+    of 3,000 BATCH items followed by 20 HIGH ones the HIGH items are not even enqueued until about
+    2,000 BATCH items are done: the queues can only prioritise what has reached them. So the Map
+    reads this copy, sorted by priority, each entry carrying its original index; results, failures
+    and the aggregate keep using the original indexes. The whole batch is held in memory once, as
+    the Map's own ItemReader would hold it.
+    """
     items = read_items(event.get("batch"), s3)
     ordered = order(items, settings.priorities, settings.default_priority)
     # One object per execution (its name is unique per state machine): a retried invocation

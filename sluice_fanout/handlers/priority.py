@@ -1,14 +1,6 @@
 """The `yield` dispatch rule: should this worker slot work this message now, or give it back?
 
 Pure: plain values in, plain values out. No boto3, no clock, no environment.
-
-The rule, per message of priority P received for the n-th time (n = ApproximateReceiveCount):
-1. P is the highest priority: process.
-2. n >= force_after_receives: process ("forced" when higher work was waiting), so a message
-   yields at most `force_after_receives - 1` times and never starves into the DLQ.
-3. Some strictly higher queue has visible messages: yield, i.e. make the message visible again
-   after `yield_delay_seconds` and free the slot for the higher work.
-4. Otherwise: process.
 """
 
 from __future__ import annotations
@@ -54,7 +46,15 @@ def decide(
     visible_depths: Mapping[str, int],
     yield_delay_seconds: int,
 ) -> Decision:
-    """Decide process or yield for one message.
+    """Decide process or yield for one message of priority P received for the n-th time.
+
+    n = ApproximateReceiveCount (`receive_count`). The rule:
+    1. P is the highest priority: process.
+    2. n >= force_after_receives: process ("forced" when higher work was waiting), so a message
+       yields at most `force_after_receives - 1` times and never starves into the DLQ.
+    3. Some strictly higher queue has visible messages: yield, i.e. make the message visible again
+       after `yield_delay_seconds` and free the slot for the higher work.
+    4. Otherwise: process.
 
     `visible_depths` maps priority name to the queue's visible message count; only strictly
     higher priorities are consulted, and a missing entry counts as empty.

@@ -1,7 +1,6 @@
 """Each function's runtime settings, written once: type, default, range, environment variable, doc.
 
-The components fill them from their args and write them to the environment (`to_env`); the
-handlers read them back (`from_env`). Standard library only: both sides import this module.
+Standard library only: both the components and the handlers import this module.
 """
 
 from __future__ import annotations
@@ -72,7 +71,11 @@ def config_key(arg: str) -> str:
 
 
 class EnvSettings:
-    """Settings that travel as environment variables, one per field (see `setting`)."""
+    """Settings that travel as environment variables, one per field (see `setting`).
+
+    The components fill them from their args and write them to the environment (`to_env`); the
+    handlers read them back (`from_env`).
+    """
 
     @classmethod
     def specs(cls) -> dict[str, Spec]:

@@ -1,12 +1,4 @@
-"""The contract between the worker and the user's target: `call(item, ctx) -> dict`.
-
-A target module imports its exceptions from here:
-
-    from sluice_fanout.handlers.target import PermanentFailure, RetryLater, TargetContext
-
-    def call(item: dict, ctx: TargetContext) -> dict:
-        ...
-"""
+"""The contract between the worker and the user's target: `call(item, ctx) -> dict`."""
 
 from __future__ import annotations
 
@@ -44,6 +36,13 @@ class TargetContext:
 
 
 Target = Callable[[Any, TargetContext], Any]
+"""A target's `call`. A target module imports its exceptions from here:
+
+    from sluice_fanout.handlers.target import PermanentFailure, RetryLater, TargetContext
+
+    def call(item: dict, ctx: TargetContext) -> dict:
+        ...
+"""
 
 
 class TargetConfigError(Exception):

@@ -1,12 +1,4 @@
-"""The priority worker: SQS records in, legacy-API calls out, task tokens completed.
-
-Each record ends in exactly one of:
-- processed: the target ran and the token got SendTaskSuccess or SendTaskFailure; the
-  message is deleted (reported as a success to the event source mapping);
-- returned: a yield, a RetryLater or a retryable error; the message's visibility is set to the
-  wanted delay and it is reported in batchItemFailures, so SQS delivers it again;
-- malformed: failed with a reason (token known) or moved to the DLQ (no token); deleted.
-"""
+"""The priority worker: SQS records in, legacy-API calls out, task tokens completed."""
 
 from __future__ import annotations
 
@@ -51,7 +43,15 @@ and its name in contract.DISPATCH_MODES)."""
 
 
 def handle_batch(event: dict[str, Any], context: LambdaContext | None, deps: WorkerDeps) -> dict[str, Any]:
-    """Work one SQS batch; return the partial batch response."""
+    """Work one SQS batch; return the partial batch response.
+
+    Each record ends in exactly one of:
+    - processed: the target ran and the token got SendTaskSuccess or SendTaskFailure; the
+      message is deleted (reported as a success to the event source mapping);
+    - returned: a yield, a RetryLater or a retryable error; the message's visibility is set to the
+      wanted delay and it is reported in batchItemFailures, so SQS delivers it again;
+    - malformed: failed with a reason (token known) or moved to the DLQ (no token); deleted.
+    """
     remaining_ms = context.get_remaining_time_in_millis if context else (lambda: NO_CONTEXT_REMAINING_MS)
     work = DISPATCH[deps.config.dispatch](deps)
 
