@@ -1,3 +1,5 @@
+"""`python -m localcloud`: the embedded AWS's command line (localcloud/cli.py)."""
+
 import sys
 
 from localcloud.cli import main

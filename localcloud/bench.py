@@ -1,10 +1,5 @@
 """The dispatch benchmark: standard scenarios run side by side for `yield`, `ticket` and a single
-FIFO queue with no priority, on the same simulated API, in one process.
-
-Per mode and scenario: utilization of the API's capacity, over-limit calls, p95 wait by priority,
-wasted invocations per item (yields, throttled invokes, empty tickets), SQS requests, Lambda
-invocations and Step Functions transitions per item, and an estimated USD per million items.
-"""
+FIFO queue with no priority, on the same simulated API, in one process."""
 
 from __future__ import annotations
 
@@ -96,6 +91,9 @@ def children(result: RunResult) -> int:
 
 
 def measure(result: RunResult) -> dict[str, Any]:
+    """Utilization of the API's capacity, over-limit calls, p95 wait by priority, wasted
+    invocations per item (yields, throttled invokes, empty tickets), SQS requests, Lambda
+    invocations and Step Functions transitions per item, and an estimated USD per million items."""
     report = build_report(result)
     items = max(1, report["items"]["total"])
     throttled_items = max(1, report["items"]["throttled"])

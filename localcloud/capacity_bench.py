@@ -1,13 +1,5 @@
-"""The capacity benchmark: the legacy API's capacity halves mid-run, then recovers.
-
-Two runs side by side in one process, the same closed-loop load and the same capacity schedule:
-- `adaptive`: the stack's adaptive controller on (its timer, metrics and control plane run in
-  the embedded AWS), the limit between 1 and the API's original capacity;
-- `fixed`: no controller, the limit fixed at the API's original capacity.
-Reported per run: the 429 share of calls in each phase, throughput against the capacity of the
-moment, and how long throughput takes to reach 90% of the new capacity after the drop and of
-the old one after the recovery. `python -m localcloud capacity` runs it (docs/adaptive.md, BENCHMARKS.md).
-"""
+"""The capacity benchmark: the legacy API's capacity halves mid-run, then recovers
+(`python -m localcloud capacity`; docs/adaptive.md, BENCHMARKS.md)."""
 
 from __future__ import annotations
 
@@ -208,6 +200,12 @@ def achievable(results: dict[str, Any], plan: Plan) -> None:
 
 
 def run(plan: Plan, on_done: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Two runs side by side in one process, the same closed-loop load and capacity schedule:
+    `adaptive` (the stack's controller on, its timer, metrics and control plane in the embedded
+    AWS; the limit between 1 and the API's original capacity) and `fixed` (no controller, the
+    limit at the original capacity). Each reports the 429 share of calls per phase, throughput
+    against the capacity of the moment, and how long throughput takes to reach 90% of the new
+    capacity after the drop and of the old one after the recovery."""
     results: dict[str, Any] = {"plan": asdict(plan)}
     for mode, scenario in scenarios(plan).items():
         figures = measure(run_scenario(scenario), plan)

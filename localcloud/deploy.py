@@ -1,11 +1,5 @@
-"""Deploy the real stack program to the embedded AWS.
-
-The program (`__main__.py`) and its components run unchanged under Pulumi mocks; the mocks'
-resource hook creates each resource in moto and hands back moto's real ids, ARNs and URLs.
-There is no second, hand-written copy of the infrastructure. Event source mappings are not
-created in moto (its mapping invokes synchronously inside SendMessage and never retries); they are
-recorded for the local poller, which keeps AWS's semantics.
-"""
+"""Deploy the real stack program to the embedded AWS: no second, hand-written copy of the
+infrastructure."""
 
 from __future__ import annotations
 
@@ -285,7 +279,14 @@ class MotoResources(pulumi.runtime.Mocks):
 
 
 def deploy(aws: EmbeddedAws, config: dict[str, Any], program: Path = ROOT / "__main__.py") -> DeployedStack:
-    """Run the stack program against the embedded AWS with `config` (keys like `sluice:concurrency`)."""
+    """Run the stack program against the embedded AWS with `config` (keys like `sluice:concurrency`).
+
+    The program (`__main__.py`) and its components run unchanged under Pulumi mocks; the mocks'
+    resource hook creates each resource in moto and hands back moto's real ids, ARNs and URLs.
+    Event source mappings are not created in moto (its mapping invokes synchronously inside
+    SendMessage and never retries); they are recorded for the local poller, which keeps AWS's
+    semantics.
+    """
     mocks = MotoResources(aws)
     pulumi.runtime.set_mocks(mocks, project="sluice", stack="local", preview=False)
     pulumi.runtime.set_all_config({k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()})

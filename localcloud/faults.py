@@ -1,13 +1,4 @@
-"""Faults the embedded AWS injects when the worker completes a task token.
-
-A plan maps item ids to a fault. The item is recognised from the SendTaskSuccess output: the
-legacy-API simulator answers `{"accepted": <item id>, ...}` and the worker passes that on.
-- `throttle:N`: the first N SendTaskSuccess calls for the item answer ThrottlingException, as a
-  busy Step Functions API does; botocore's retry mode must absorb them.
-- `hang`: the first call never answers in time: it is held past the worker's timeout, so the
-  sandbox is killed mid-item after the API did the work, then it fails. The message comes back
-  after its visibility timeout and only the idempotency record stops a second call.
-"""
+"""Faults the embedded AWS injects when the worker completes a task token."""
 
 from __future__ import annotations
 
@@ -45,6 +36,16 @@ def _item_id(output: Any) -> Any:
 
 
 class CompletionFaults:
+    """A plan of item id -> fault, recognised from the SendTaskSuccess output (the item's result is
+    the legacy API's answer, `{"accepted": <item id>, ...}`).
+
+    - `throttle:N`: the first N SendTaskSuccess calls for the item answer ThrottlingException, as
+      a busy Step Functions API does; botocore's retry mode must absorb them.
+    - `hang`: the first call is held past the worker's timeout, so the sandbox is killed mid-item
+      after the API did the work, then it fails. The message comes back after its visibility
+      timeout and only the idempotency record stops a second call.
+    """
+
     def __init__(self, plan: Mapping[str, str], hang_s: float) -> None:
         self.plan = dict(plan)
         self.hang_s = hang_s

@@ -1,8 +1,7 @@
-"""One Lambda sandbox: a process that imports a function's handler from its extracted zip and
-serves invocations over a pipe, like a warm Lambda execution environment.
+"""One Lambda sandbox: a process serving a function's handler, imported from its extracted zip,
+over a pipe, like a warm Lambda execution environment."""
 
-Kept free of Sluice imports: the handler's packages must come from the zip, not the repo.
-"""
+# Kept free of Sluice imports: the handler's packages must come from the zip, not the repo.
 
 from __future__ import annotations
 

@@ -1,10 +1,4 @@
-"""EventBridge schedules for the embedded AWS: each deployed `rate(...)` rule invokes its function.
-
-Like EventBridge, the first run comes one period after the rule exists; here the harness can ask
-for it at once (`fire_now`) so a short run does not wait a minute for the first control step.
-An invocation throttled by the function's reserved concurrency is retried every second for
-up to one period, as Lambda's asynchronous queue would retry it (for much longer, there).
-"""
+"""EventBridge schedules for the embedded AWS: each deployed `rate(...)` rule invokes its function."""
 
 from __future__ import annotations
 
@@ -44,7 +38,13 @@ class Fired:
 
 
 class Schedules:
-    """Runs every schedule until stopped; `fired` records each invocation's outcome."""
+    """Runs every schedule until stopped; `fired` records each invocation's outcome.
+
+    Like EventBridge, the first run comes one period after the rule exists; the harness can ask
+    for it at once (`fire_now`) so a short run does not wait a minute for the first control step.
+    An invocation throttled by the function's reserved concurrency is retried every second for up
+    to one period, as Lambda's asynchronous queue would retry it (for much longer, there).
+    """
 
     def __init__(
         self,
