@@ -1,7 +1,5 @@
-"""The Sluice stack program: reads `sluice:*` config, builds ThrottledFanOut, exports outputs.
-
-The composition root: the only place that reads pulumi.Config. No logic beyond mapping keys.
-"""
+"""The Sluice stack program: maps `sluice:*` config onto ThrottledFanOut's args and exports its outputs.
+The composition root: the only place that reads pulumi.Config; no logic beyond mapping keys."""
 
 from __future__ import annotations
 

@@ -1,4 +1,2 @@
-"""The embedded AWS for local runs: moto in server mode on 127.0.0.1, deployed functions run from
-their zips in sandbox processes, SQS event source mappings with AWS semantics, and a legacy-API
-simulator. Nothing here is used on AWS; `pulumi up` deploys the same program for real.
-"""
+"""The embedded AWS for local runs: moto's backends on 127.0.0.1, functions run from their zips in sandboxes,
+SQS event source mappings, a legacy-API simulator. Not used on AWS: `pulumi up` deploys the same program."""

@@ -1,9 +1,8 @@
-"""Published AWS prices used by the benchmark's cost estimate: us-east-1, on-demand, x86, without
-free tiers, as listed on the services' pricing pages in November 2026. One place, so a reader
-can check or update them."""
+"""Published AWS prices for the benchmark's cost estimate: one place, so a reader can check or update them."""
 
 from __future__ import annotations
 
+# us-east-1, on-demand, x86, without free tiers, as listed on the services' pricing pages in November 2026.
 SFN_STANDARD_PER_TRANSITION = 0.025 / 1_000  # Step Functions Standard: $0.025 per 1,000 transitions
 SQS_STANDARD_PER_REQUEST = 0.40 / 1_000_000  # SQS standard queue: $0.40 per million requests
 LAMBDA_PER_REQUEST = 0.20 / 1_000_000  # Lambda: $0.20 per million requests
