@@ -86,7 +86,11 @@ def handle_ticket(record: SQSRecord, deps: WorkerDeps, remaining_ms: int) -> Non
     if end is TicketEnd.RETURNED:
         raise MessageReturned("ticket returned to its queue")
     if end is TicketEnd.WORKED:
-        keep_working(deps, deadline, deps.timer() - started)
+        worked_s = deps.timer() - started
+        # Its metrics now, not at the end of a long invocation: the controller reads them in
+        # windows of seconds.
+        deps.metrics.flush()
+        keep_working(deps, deadline, worked_s)
 
 
 def keep_working(deps: WorkerDeps, deadline: float, longest_s: float) -> int:

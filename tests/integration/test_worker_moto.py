@@ -1092,3 +1092,30 @@ def test_a_call_late_for_every_slot_goes_back_to_its_queue(rig: Rig) -> None:
     deps = dataclasses.replace(rig.deps(ok), limiter=limiter)
     assert len(handle_batch(rig.receive("HIGH"), None, deps)["batchItemFailures"]) == 1
     assert (limiter.reservations, rig.target_calls) == (RATE_LATE_TRIES, [])
+
+
+class FlushCounter(WorkerMetrics):
+    def __init__(self) -> None:
+        super().__init__("local")
+        self.flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+def test_each_item_of_a_kept_slot_emits_its_metrics_when_it_ends(ticket_rig: Rig) -> None:
+    """The controller reads the metrics in windows of seconds: an item worked early in a long
+    invocation must not wait for its end to be counted."""
+    rig = ticket_rig
+    start_items(rig, 2)
+    metrics = FlushCounter()
+    flushed_at_call: list[int] = []
+
+    def noting(item: Any, ctx: TargetContext) -> Any:
+        flushed_at_call.append(metrics.flushes)
+        return ok(item, ctx)
+
+    deps = dataclasses.replace(rig.deps(noting), metrics=metrics)
+    assert handle_batch(receive_ticket(rig), None, deps) == {"batchItemFailures": []}
+    assert flushed_at_call == [0, 1]  # the first item's metrics went out before the second call
