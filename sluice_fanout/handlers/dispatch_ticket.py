@@ -93,9 +93,8 @@ def handle_ticket(record: SQSRecord, deps: WorkerDeps, remaining_ms: int) -> Non
         keep_working(deps, deadline, worked_s)
 
 
-def keep_working(deps: WorkerDeps, deadline: float, longest_s: float) -> int:
-    """Work further tickets while one waits, the slot is still granted and time is left; return
-    how many were worked.
+def keep_working(deps: WorkerDeps, deadline: float, longest_s: float) -> None:
+    """Work further tickets while one waits, the slot is still granted and time is left.
 
     Each item otherwise costs a whole event source mapping round (poll, invoke, delete) of idle
     slot; here the next call is one ticket receive and its payload pull away. A ticket is taken
@@ -104,7 +103,6 @@ def keep_working(deps: WorkerDeps, deadline: float, longest_s: float) -> int:
     (a 429, a retry, an empty ticket): a refused slot is not sent straight back into a full API.
     """
     config = deps.config
-    worked = 0
     while True:
         remaining_s = deadline - deps.timer()
         # The next item may take longer than the slowest so far; the rest returns the batch.
@@ -133,9 +131,7 @@ def keep_working(deps: WorkerDeps, deadline: float, longest_s: float) -> int:
             deps.queues.delete(config.ticket_queue_url, ticket.receipt_handle)
         if end is not TicketEnd.WORKED:
             break
-        worked += 1
         longest_s = max(longest_s, deps.timer() - started)
-    return worked
 
 
 def work_ticket(ticket: Ticket, deps: WorkerDeps, remaining_ms: int) -> TicketEnd:
