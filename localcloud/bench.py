@@ -90,6 +90,40 @@ def children(result: RunResult) -> int:
     return sum(len(record.results or []) for record in result.executions)
 
 
+SLOT_PARTS: dict[str, tuple[str, ...]] = {
+    "api call": ("api_call",),
+    "receive": ("ReceiveMessage",),
+    "liveness check": ("SendTaskHeartbeat",),
+    "idempotency and state": ("PutItem", "UpdateItem", "GetItem", "DeleteItem"),
+    "token completion": ("SendTaskSuccess", "SendTaskFailure"),
+    "delete": ("DeleteMessage",),
+    "return to queue": ("ChangeMessageVisibility", "SendMessage"),
+    "rate and 429 waits": ("rate_wait", "throttle_hold"),
+}
+"""The worker's `slot_time` parts (AWS operations, handlers/slot_time.py's names), grouped."""
+
+
+def slot_breakdown(report: dict[str, Any]) -> dict[str, float]:
+    """Each slot's time, as a share of limit x the calls' window, by what the worker was doing.
+
+    From the worker's own `slot_time` lines: each group of SLOT_PARTS; `worker, other` is the
+    rest of its invocations (its Python, logging, metrics); `no invocation` is slot time with no
+    invocation running (the event source mapping's poll and invoke, or nothing to do). The
+    invocations' time is not clipped to the window: an invocation that ran before the first call
+    or after the last one moves time from `no invocation` to its parts.
+    """
+    slot_s = report["downstream"]["limit"] * report["downstream"]["window_s"]
+    if not slot_s:
+        return {}
+    own = report["worker"]["slot_time"]
+    parts = dict(own["parts_s"])
+    shares = {group: sum(parts.pop(name, 0.0) for name in names) for group, names in SLOT_PARTS.items()}
+    shares["other requests"] = sum(parts.values())
+    shares["worker, other"] = own["invocations_s"] - sum(shares.values())
+    shares["no invocation"] = slot_s - own["invocations_s"]
+    return {group: round(seconds / slot_s, 3) for group, seconds in shares.items()}
+
+
 def measure(result: RunResult) -> dict[str, Any]:
     """Utilization of the API's capacity, over-limit calls, p95 wait by priority, wasted
     invocations per item (yields, throttled invokes, empty tickets), SQS requests, Lambda
@@ -115,6 +149,7 @@ def measure(result: RunResult) -> dict[str, Any]:
     }
     return {
         "utilization": report["downstream"]["utilization"],
+        "saturated_utilization": report["downstream"]["saturated_utilization"],
         "over_limit": report["downstream"]["over_limit"],
         "lost": report["items"]["lost"],
         "p95_wait_s": {p: v["wait_s"]["p95"] for p, v in report["by_priority"].items()},
@@ -138,6 +173,7 @@ def measure(result: RunResult) -> dict[str, Any]:
             gb_seconds=per_item["gb_seconds"],
         ),
         "wall_s": report["execution"]["wall_s"],
+        "slot_time": slot_breakdown(report),
     }
 
 

@@ -125,6 +125,7 @@ def plot(result: RunResult, path: Path) -> None:
 Figures = dict[str, Any]
 BENCH_COLUMNS: tuple[tuple[str, Callable[[Figures], Any]], ...] = (
     ("util", lambda f: f["utilization"]),
+    ("util saturated", lambda f: f["saturated_utilization"]),
     ("over", lambda f: f["over_limit"]),
     ("lost", lambda f: f["lost"]),
     ("p95 HIGH s", lambda f: f["p95_wait_s"].get("HIGH", "-")),

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
     from pathlib import Path
 
     from localcloud.legacy_api import Call
@@ -22,6 +23,7 @@ LOG_EVENT = "event"
 YIELD_EVENT = "yielded"
 FORCED_EVENT = "forced"
 EMPTY_TICKET_EVENTS = ("empty_ticket", "orphan_ticket")
+SLOT_TIME_EVENT = "slot_time"
 
 
 def write_figures(
@@ -82,8 +84,16 @@ def build_report(result: RunResult) -> dict[str, Any]:
         downstream.{limit, max_in_flight, over_limit, calls, calls_ok, duplicate_calls, utilization}
             over_limit: calls the API refused because Sluice exceeded its limits (must be 0)
             utilization: busy call-time / (limit x time from first call start to last call end)
+        downstream.{saturated_s, saturated_utilization}
+            saturated_s: time in that window while at least one item waited (its payload sent,
+            its first call not started); saturated_utilization: busy call-time in those periods
+            / (limit x saturated_s), how much of the API's capacity was used while work waited
         worker.{invocations, yields, forced, empty_tickets, throttled}
             throttled: invokes refused for lack of reserved concurrency (the mapping retries them)
+        worker.slot_time.{invocations_s, parts_s.<part>}
+            the worker's own account of its invocations (its `slot_time` log lines): their total
+            length, and the seconds in each AWS operation, the API call and each wait
+        downstream.window_s: time from first call start to last call end
         execution.{status, wall_s, executions}
 
     Per-item outcomes (succeeded/failed by priority) come from each execution's Map Run result
@@ -131,7 +141,20 @@ def build_report(result: RunResult) -> dict[str, Any]:
 
     admitted = [c for c in result.calls if c.in_flight > 0]
     busy = sum(c.end - c.start for c in admitted)
-    window = (max(c.end for c in admitted) - min(c.start for c in admitted)) if admitted else 0.0
+    window_start = min((c.start for c in admitted), default=0.0)
+    window_end = max((c.end for c in admitted), default=0.0)
+    window = window_end - window_start
+    saturated = (
+        _merged(
+            (max(result.enqueued_at[key], window_start), min(started, window_end))
+            for key, started in first_call.items()
+            if key in result.enqueued_at
+        )
+        if admitted
+        else []
+    )
+    saturated_s = sum(end - start for start, end in saturated)
+    saturated_busy = sum(_overlap(c.start, c.end, saturated) for c in admitted)
     statuses = [r.status for r in result.executions]
     return {
         "version": REPORT_VERSION,
@@ -162,6 +185,11 @@ def build_report(result: RunResult) -> dict[str, Any]:
             "calls_ok": sum(ok_calls.values()),
             "duplicate_calls": sum(n - 1 for n in ok_calls.values() if n > 1),
             "utilization": round(busy / (limit * window), 3) if window else 0.0,
+            "window_s": round(window, 3),
+            "saturated_s": round(saturated_s, 3),
+            "saturated_utilization": round(saturated_busy / (limit * saturated_s), 3)
+            if saturated_s
+            else None,
         },
         "worker": {
             "invocations": result.worker_stats["invocations"],
@@ -169,6 +197,7 @@ def build_report(result: RunResult) -> dict[str, Any]:
             "forced": sum(1 for r in result.worker_logs if r.get(LOG_EVENT) == FORCED_EVENT),
             "empty_tickets": sum(1 for r in result.worker_logs if r.get(LOG_EVENT) in EMPTY_TICKET_EVENTS),
             "throttled": sum(s.throttled_invokes for s in result.mapping_stats),
+            "slot_time": _slot_time(result.worker_logs),
         },
         "execution": {
             "status": "SUCCEEDED"
@@ -178,3 +207,38 @@ def build_report(result: RunResult) -> dict[str, Any]:
             "executions": len(statuses),
         },
     }
+
+
+def _slot_time(logs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    parts: Counter[str] = Counter()
+    invocations_ms = 0.0
+    for record in logs:
+        if record.get(LOG_EVENT) == SLOT_TIME_EVENT:
+            invocations_ms += record.get("invocation_ms", 0.0)
+            parts.update(record.get("parts_ms", {}))
+    return {
+        "invocations_s": round(invocations_ms / 1000, 3),
+        "parts_s": {name: round(ms / 1000, 3) for name, ms in sorted(parts.items())},
+    }
+
+
+def _merged(intervals: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The union of intervals, as sorted disjoint ones (empty ones dropped)."""
+    merged: list[tuple[float, float]] = []
+    for start, end in sorted(i for i in intervals if i[1] > i[0]):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _overlap(start: float, end: float, merged: list[tuple[float, float]]) -> float:
+    """How much of [start, end] lies in the sorted disjoint intervals `merged` (O(log n + k))."""
+    total = 0.0
+    at = max(0, bisect.bisect_right(merged, (start, math.inf)) - 1)
+    for lo, hi in merged[at:]:
+        if lo >= end:
+            break
+        total += max(0.0, min(hi, end) - max(lo, start))
+    return total

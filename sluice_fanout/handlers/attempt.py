@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from sluice_fanout.handlers import contract, priority
+from sluice_fanout.handlers import contract, priority, slot_time
 from sluice_fanout.handlers.completion import complete
 from sluice_fanout.handlers.once import ItemInProgress, Outcome, task_output
 from sluice_fanout.handlers.rate import RATE_LATE_S, RATE_LATE_TRIES, RATE_MAX_WAIT_SHARE, Denied
@@ -103,7 +103,8 @@ def work_item(
         # second's window of the calls-per-second limit. The call is counted after it.
         started = deps.timer()
         try:
-            result = deps.target(message.item, ctx)
+            with deps.slot_time.timed(slot_time.API_CALL):
+                result = deps.target(message.item, ctx)
         except PermanentFailure as exc:
             answered(started)
             return Outcome(error=contract.ERROR_PERMANENT, cause=str(exc) or type(exc).__name__)
@@ -187,7 +188,8 @@ def _hold_slot(deps: WorkerDeps, retry_after_s: float, remaining_ms: float) -> N
         # EMF lines carry the time they are printed: printed after the hold, the refusal would
         # land in the controller's next window, and it would decrease twice for one refusal.
         deps.metrics.flush()
-        deps.sleep(hold)
+        with deps.slot_time.timed(slot_time.THROTTLE_HOLD):
+            deps.sleep(hold)
 
 
 def _wait_for_slot(deps: WorkerDeps, remaining_ms: int, log: dict[str, Any]) -> None:
@@ -214,7 +216,8 @@ def _wait_for_slot(deps: WorkerDeps, remaining_ms: int, log: dict[str, Any]) -> 
         # and a call that starts late crowds the next second's window.
         delay = decision.at - deps.clock()
         if delay > 0:
-            deps.sleep(delay)
+            with deps.slot_time.timed(slot_time.RATE_WAIT):
+                deps.sleep(delay)
         late = deps.clock() - decision.at
         if late <= RATE_LATE_S:
             return

@@ -79,6 +79,8 @@ EVENT_EMPTY_TICKET = "empty_ticket"
 EVENT_ORPHAN_TICKET = "orphan_ticket"
 EVENT_SLOT_RETURNED = "slot_returned"
 """A worker gave its slot back because the adaptive controller lowered the limit."""
+EVENT_SLOT_TIME = "slot_time"
+"""Once per invocation: its length and where it went (handlers/slot_time.py)."""
 
 DISPATCH_YIELD = "yield"
 DISPATCH_TICKET = "ticket"

@@ -23,6 +23,7 @@ from sluice_fanout.handlers.adapters import (
 from sluice_fanout.handlers.metrics import WorkerMetrics
 from sluice_fanout.handlers.once import OncePerItem, ResultSpill
 from sluice_fanout.handlers.rate import interval_for
+from sluice_fanout.handlers.slot_time import SlotTime
 from sluice_fanout.handlers.target import load_target
 from sluice_fanout.handlers.worker_config import LOCAL_FUNCTION_NAME, WorkerConfig, WorkerDeps, logger
 
@@ -52,6 +53,7 @@ def handle_batch(event: dict[str, Any], context: LambdaContext | None, deps: Wor
       wanted delay and it is reported in batchItemFailures, so SQS delivers it again;
     - malformed: failed with a reason (token known) or moved to the DLQ (no token); deleted.
     """
+    deps.slot_time.start()
     remaining_ms = context.get_remaining_time_in_millis if context else (lambda: NO_CONTEXT_REMAINING_MS)
     work = DISPATCH[deps.config.dispatch](deps)
 
@@ -67,6 +69,7 @@ def handle_batch(event: dict[str, Any], context: LambdaContext | None, deps: Wor
         # Here rather than @log_metrics on lambda_handler: a batch run directly (tests, the
         # local runner) emits what Lambda would, and the sandbox carries nothing over.
         deps.metrics.flush()
+        deps.slot_time.log(logger)
 
 
 @lru_cache(maxsize=1)
@@ -88,17 +91,21 @@ def _deps() -> WorkerDeps:
         boto3_client=ddb,
     )
     function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", LOCAL_FUNCTION_NAME)
+    slot_time = SlotTime()
+    sqs = boto3.client("sqs", config=client_config)
+    sfn = boto3.client("stepfunctions", config=client_config)
+    s3 = boto3.client("s3", config=client_config)
+    for client in (ddb, sqs, sfn, s3):
+        slot_time.attach(client)
     return WorkerDeps(
         config=config,
-        queues=SqsQueues(boto3.client("sqs", config=client_config)),
-        tokens=TaskTokens(boto3.client("stepfunctions", config=client_config), logger),
+        queues=SqsQueues(sqs),
+        tokens=TaskTokens(sfn, logger),
         target=load_target(config.target),
         once=OncePerItem(persistence, config.idempotency_ttl_seconds),
         # Lambda sets it; the dashboard and alarms query the same name (the function's).
         metrics=WorkerMetrics(function_name),
-        spill=ResultSpill(boto3.client("s3", config=client_config), config.results_bucket)
-        if config.results_bucket
-        else None,
+        spill=ResultSpill(s3, config.results_bucket) if config.results_bucket else None,
         # One limiter per function: every invocation of it shares the item `rate#<function>`.
         limiter=DynamoRateLimiter(
             ddb, config.idempotency_table, function_name, interval_for(config.calls_per_second)
@@ -109,6 +116,7 @@ def _deps() -> WorkerDeps:
         grant=ControllerGrant(DynamoStore(ddb, config.idempotency_table, function_name))
         if config.controlled
         else None,
+        slot_time=slot_time,
     )
 
 

@@ -13,6 +13,7 @@ from aws_lambda_powertools import Logger
 from sluice_fanout.handlers import contract
 from sluice_fanout.handlers.metrics import WorkerMetrics
 from sluice_fanout.handlers.settings import SettingsError, WorkerSettings
+from sluice_fanout.handlers.slot_time import SlotTime
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -125,3 +126,5 @@ class WorkerDeps:
     grant: ControllerGrant | None = None
     """Whether the adaptive controller still grants this invocation's slot; None: no controller,
     the deployed limit is fixed."""
+    slot_time: SlotTime = field(default_factory=SlotTime)
+    """Where the invocation's time goes; its AWS clients are attached to it."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -179,6 +180,7 @@ def test_the_reports_event_names_are_the_workers() -> None:
     assert report.YIELD_EVENT == contract.EVENT_YIELDED
     assert report.FORCED_EVENT == contract.EVENT_FORCED
     assert set(report.EMPTY_TICKET_EVENTS) == {contract.EVENT_EMPTY_TICKET, contract.EVENT_ORPHAN_TICKET}
+    assert report.SLOT_TIME_EVENT == contract.EVENT_SLOT_TIME
 
 
 def test_the_benchmarks_result_names_are_the_contracts() -> None:
@@ -187,3 +189,47 @@ def test_the_benchmarks_result_names_are_the_contracts() -> None:
 
     assert bench.DIRECT_PATH == contract.DIRECT_PATH
     assert bench.ERROR_UNKNOWN_PRIORITY == contract.ERROR_UNKNOWN_PRIORITY
+
+
+def test_saturated_utilization_counts_only_while_an_item_waits() -> None:
+    from localcloud.legacy_api import Call
+
+    # Limit 2 (the scenario's API), 4 items. Calls: a [0, 1] and b [0, 1] fill both slots; c waits
+    # from 0.5 and starts at 1.2 (0.2 s idle with work waiting); d waits from 0.5 and starts at
+    # 1.0; nothing waits after 1.2, and the slot idle from 2.0 to 3.0 is the tail.
+    scenario = Scenario(name="sat", batches=(Batch(start_s=0, counts={"BATCH": 4}, direct=0),))
+    record = ExecutionRecord("arn:e", 0, batch_items(scenario, 0), 0.0, status="SUCCEEDED", output={})
+    run = _run(
+        dataclasses.replace(scenario, api=dataclasses.replace(scenario.api, concurrency_limit=2)), record
+    )
+    run.calls = [
+        Call(0.0, 1.0, "arn:e#0", 0, "BATCH", 1, 200),
+        Call(0.0, 1.0, "arn:e#1", 1, "BATCH", 2, 200),
+        Call(1.0, 3.0, "arn:e#3", 3, "BATCH", 1, 200),
+        Call(1.2, 2.0, "arn:e#2", 2, "BATCH", 2, 200),
+    ]
+    run.enqueued_at = {"arn:e#0": 0.0, "arn:e#1": 0.0, "arn:e#2": 0.5, "arn:e#3": 0.5}
+    down = build_report(run)["downstream"]
+    # Waiting from 0.5 to 1.2: busy 2 x 0.5 (a, b) + 0.2 (d from 1.0) = 1.2 of 2 x 0.7.
+    assert down["saturated_s"] == 0.7
+    assert down["saturated_utilization"] == round(1.2 / 1.4, 3)
+    assert down["utilization"] == round(4.8 / 6.0, 3)
+
+
+def test_the_report_adds_up_the_workers_slot_time() -> None:
+    scenario = Scenario(name="slots", batches=(Batch(start_s=0, counts={"HIGH": 1}, direct=0),))
+    record = ExecutionRecord("arn:e", 0, batch_items(scenario, 0), 0.0, status="SUCCEEDED", output={})
+    run = _run(scenario, record)
+    run.worker_logs = [
+        {
+            "event": "slot_time",
+            "invocation_ms": 1500.0,
+            "parts_ms": {"api_call": 1000.0, "ReceiveMessage": 20.0},
+        },
+        {"event": "slot_time", "invocation_ms": 500.0, "parts_ms": {"ReceiveMessage": 5.0}},
+        {"message": "slot time"},  # text alone is not the event
+    ]
+    assert build_report(run)["worker"]["slot_time"] == {
+        "invocations_s": 2.0,
+        "parts_s": {"ReceiveMessage": 0.025, "api_call": 1.0},
+    }

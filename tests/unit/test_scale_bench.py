@@ -154,6 +154,8 @@ def test_figures_of_a_finished_size() -> None:
         "duplicate_calls": 1,
         "over_limit": 0,
         "utilization": round(0.015 / (16 * 1.005), 3),
+        # No enqueue times in this run: nothing was seen waiting.
+        "saturated_utilization": None,
         "peak_rss_tree_mib": 3072.0,
         "peak_rss_main_mib": 512.0,
         "peak_pss_tree_mib": 2048.0,
@@ -252,6 +254,7 @@ def test_markdown_table_has_a_row_per_size_and_states_the_growth() -> None:
         "succeeded": 1_000,
         "failed": 0,
         "utilization": 0.5,
+        "saturated_utilization": 0.75,
         "peak_rss_tree_mib": 900.5,
         "peak_rss_main_mib": 300.0,
         "peak_pss_tree_mib": 700.25,
@@ -265,11 +268,12 @@ def test_markdown_table_has_a_row_per_size_and_states_the_growth() -> None:
     assert lines[0].startswith("| items | status | wall s | items/s | API limit s | succeeded |")
     assert lines[1] == "|" + "---|" * len(scale_bench.COLUMNS)
     assert lines[2] == (
-        "| 1000 | SUCCEEDED | 20.0 | 50.0 | 1.0 | 1000 | 0 | 0 | 500 | 0 | 0 | 0.5 | 900.5 / 300.0 "
+        "| 1000 | SUCCEEDED | 20.0 | 50.0 | 1.0 | 1000 | 0 | 0 | 500 | 0 | 0 | 0.5 | 0.75 | 900.5 / 300.0 "
         "| 700.25 | 60 | 4.0 | 0.0 | 0.25 | 9.5 | 1.5 | aggregate 1, worker 3 |"
     )
     assert lines[3] == (
-        "| 2000 | DEADLINE | - | - | 1.0 | - | - | 2000 | 7 | 0 | 0 | - | - | - | - | - | - | - | - | - | - |"
+        "| 2000 | DEADLINE | - | - | 1.0 | - | - | 2000 | 7 | 0 | 0 "
+        "| - | - | - | - | - | - | - | - | - | - | - |"
     )
     assert lines[5:] == [
         "Growth: fewer than two finished sizes: no growth to fit.",
