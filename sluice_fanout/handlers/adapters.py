@@ -41,6 +41,15 @@ class WarningLogger(Protocol):
     def warning(self, msg: str, *args: Any, **kwargs: Any) -> Any: ...
 
 
+class _KeyedLogger:
+    def __init__(self, logger: WarningLogger, keys: dict[str, Any]) -> None:
+        self._logger = logger
+        self._keys = dict(keys)
+
+    def warning(self, msg: str, *args: Any, extra: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        return self._logger.warning(msg, *args, extra=self._keys | (extra or {}), **kwargs)
+
+
 class SqsQueues:
     """The few SQS calls the worker makes besides what the event source mapping does."""
 
@@ -107,6 +116,11 @@ class TaskTokens:
             client.exceptions.TaskDoesNotExist,
             client.exceptions.InvalidToken,
         )
+
+    def logging_with(self, keys: dict[str, Any]) -> TaskTokens:
+        """The same tokens, its log lines carrying `keys` whatever the logger's context is then
+        (a completion sent on another thread, while the logger's context names the next item)."""
+        return TaskTokens(self._client, _KeyedLogger(self._logger, keys))
 
     def alive(self, token: str) -> bool:
         """Whether the task may still wait for this token (SendTaskHeartbeat, which any callback

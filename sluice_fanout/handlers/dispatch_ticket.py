@@ -3,14 +3,17 @@ Which queue comes first for a ticket is `priority.ticket_order`."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sluice_fanout.handlers import contract, priority
 from sluice_fanout.handlers.attempt import MessageReturned, PayloadDropped, item_keys, work_item
 from sluice_fanout.handlers.completion import handle_malformed
+from sluice_fanout.handlers.deferred import Completer, DeferredDeletes, DeferredTokens
 from sluice_fanout.handlers.messages import MalformedMessage, parse_message
 from sluice_fanout.handlers.worker_config import logger
 
@@ -19,6 +22,7 @@ if TYPE_CHECKING:
 
     from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
+    from sluice_fanout.handlers.adapters import SqsQueues, TaskTokens
     from sluice_fanout.handlers.worker_config import QueueRef, WorkerDeps
 
 MAX_EMPTY_TICKET_DELAY_S = 60
@@ -97,41 +101,58 @@ def keep_working(deps: WorkerDeps, deadline: float, longest_s: float) -> None:
     """Work further tickets while one waits, the slot is still granted and time is left.
 
     Each item otherwise costs a whole event source mapping round (poll, invoke, delete) of idle
-    slot; here the next call is one ticket receive and its payload pull away. A ticket is taken
-    for each payload, so tickets and payloads stay one to one, and each pick follows the same
-    priority order as a delivered ticket's. It stops at the first item that does not finish
-    (a 429, a retry, an empty ticket): a refused slot is not sent straight back into a full API.
+    slot; here the next call is one ticket receive and its payload pull away, and the finished
+    item's token completion and deletes go out on a background thread meanwhile (`Completer`).
+    A ticket is taken for each payload, so tickets and payloads stay one to one, and each pick
+    follows the same priority order as a delivered ticket's. It stops at the first item that
+    does not finish (a 429, a retry, an empty ticket): a refused slot is not sent straight back
+    into a full API.
     """
     config = deps.config
-    while True:
-        remaining_s = deadline - deps.timer()
-        # The next item may take longer than the slowest so far; the rest returns the batch.
-        if remaining_s < NEXT_ITEM_ALLOWANCE * longest_s + RETURN_MARGIN_S:
-            break
-        if deps.grant is not None and not deps.grant.granted():
-            logger.info("slot no longer granted", extra={contract.LOG_EVENT: contract.EVENT_SLOT_RETURNED})
-            break
-        message = deps.queues.receive_one(config.ticket_queue_url)
-        if message is None:
-            break
-        ticket = Ticket.of_message(message)
-        started = deps.timer()
-        try:
-            end = work_ticket(ticket, deps, int(remaining_s * 1000))
-        except Exception:  # noqa: BLE001 - a further item's failure ends the loop, never the delivered ticket's success
-            # The delivered ticket's item is done; this one comes back after its visibility
-            # timeout, as it would from a crashed invocation, and its payload with it.
-            logger.exception("further ticket failed; slot returned")
-            break
-        finally:
-            # Per item, as a one-item invocation would: the controller reads these in windows
-            # of seconds, and a line printed at the end of a long loop lands in the wrong one.
-            deps.metrics.flush()
-        if end is not TicketEnd.RETURNED:
-            deps.queues.delete(config.ticket_queue_url, ticket.receipt_handle)
-        if end is not TicketEnd.WORKED:
-            break
-        longest_s = max(longest_s, deps.timer() - started)
+    completer = Completer()
+    item_deps = dataclasses.replace(
+        deps,
+        tokens=cast("TaskTokens", DeferredTokens(deps.tokens, completer)),
+        queues=cast("SqsQueues", DeferredDeletes(deps.queues, completer)),
+    )
+    try:
+        while not completer.failed:
+            remaining_s = deadline - deps.timer()
+            # The next item may take longer than the slowest so far; the rest returns the batch.
+            if remaining_s < NEXT_ITEM_ALLOWANCE * longest_s + RETURN_MARGIN_S:
+                break
+            if deps.grant is not None and not deps.grant.granted():
+                logger.info(
+                    "slot no longer granted", extra={contract.LOG_EVENT: contract.EVENT_SLOT_RETURNED}
+                )
+                break
+            message = deps.queues.receive_one(config.ticket_queue_url)
+            if message is None:
+                break
+            ticket = Ticket.of_message(message)
+            started = deps.timer()
+            try:
+                end = work_ticket(ticket, item_deps, int(remaining_s * 1000))
+            except Exception:  # noqa: BLE001 - a further item's failure ends the loop, never the delivered ticket's success
+                # The delivered ticket's item is done; this one comes back after its visibility
+                # timeout, as it would from a crashed invocation, and its payload with it.
+                logger.exception("further ticket failed; slot returned")
+                end = TicketEnd.RETURNED
+            finally:
+                # Per item, as a one-item invocation would: the controller reads these in windows
+                # of seconds, and a line printed at the end of a long loop lands in the wrong one.
+                deps.metrics.flush()
+            if end is not TicketEnd.RETURNED:
+                # Bound now: the step runs after `ticket` names the next one.
+                completer.add(
+                    functools.partial(deps.queues.delete, config.ticket_queue_url, ticket.receipt_handle)
+                )
+            completer.send()
+            if end is not TicketEnd.WORKED:
+                break
+            longest_s = max(longest_s, deps.timer() - started)
+    finally:
+        completer.drain()
 
 
 def work_ticket(ticket: Ticket, deps: WorkerDeps, remaining_ms: int) -> TicketEnd:

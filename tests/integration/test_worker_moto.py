@@ -480,6 +480,47 @@ def test_the_slot_goes_back_after_a_refused_call(ticket_rig: Rig) -> None:
     assert len(rig.target_calls) == 2  # the refused slot is not sent straight back into the full API
 
 
+class CompletionDown:
+    """Step Functions refusing every SendTaskSuccess after the first (retries spent)."""
+
+    def __init__(self, tokens: TaskTokens) -> None:
+        self._tokens = tokens
+        self.succeeded = 0
+
+    def alive(self, token: str) -> bool:
+        return self._tokens.alive(token)
+
+    def succeed(self, token: str, output: str) -> bool:
+        if self.succeeded:
+            raise ConnectionError("Step Functions unreachable")
+        self.succeeded += 1
+        return self._tokens.succeed(token, output)
+
+    def logging_with(self, keys: dict[str, Any]) -> CompletionDown:
+        return self
+
+
+def test_a_further_item_whose_completion_fails_keeps_its_payload_and_ticket(ticket_rig: Rig) -> None:
+    rig = ticket_rig
+    start_items(rig, 3)
+    deps = dataclasses.replace(rig.deps(ok), tokens=CompletionDown(rig.deps(ok).tokens))
+    # The delivered ticket's item completes on the invocation's own path, so it succeeds.
+    assert handle_batch(receive_ticket(rig), None, deps) == {"batchItemFailures": []}
+    further = len(rig.target_calls) - 1
+    assert further >= 1
+    # The completion runs after the next pick, so the loop may take one more before it stops;
+    # whichever it took, each failed item's payload and ticket stay, to come back.
+
+    def in_flight(url: str) -> int:
+        attributes = rig.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        return int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+    assert in_flight(rig.queues["NORMAL"].url) == further
+    # The delivered ticket too: the event source mapping deletes it, not the worker.
+    assert in_flight(rig.ticket_url) == further + 1
+    assert rig.visible("NORMAL") == 2 - further
+
+
 def test_no_further_item_without_the_time_for_it(ticket_rig: Rig) -> None:
     rig = ticket_rig
     start_items(rig, 3)

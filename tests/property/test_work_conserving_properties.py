@@ -97,6 +97,9 @@ class Tokens:
     def fail(self, token: str, error: str, cause: str) -> None:
         self.finished.append(int(token))
 
+    def logging_with(self, keys: dict[str, Any]) -> Tokens:
+        return self
+
 
 class Once:
     def run(self, *, execution: str, index: int, remaining_ms: int, attempt: Any) -> tuple[Any, bool]:
