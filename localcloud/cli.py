@@ -155,11 +155,20 @@ def bench_table(results: dict[str, Any]) -> Table:
 
 
 def bench_markdown(results: dict[str, Any]) -> str:
+    """The figures' table, then each slot's time by part (shares of limit x the calls' window)."""
     header = ["scenario", "mode", *(name for name, _ in BENCH_COLUMNS)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, modes in results.items():
         for mode, f in modes.items():
             lines.append("| " + " | ".join([name, mode, *(str(get(f)) for _, get in BENCH_COLUMNS)]) + " |")
+    parts = list(
+        dict.fromkeys(p for modes in results.values() for f in modes.values() for p in f["slot_time"])
+    )
+    lines += ["", "| scenario | mode | " + " | ".join(parts) + " |", "|" + "---|" * (len(parts) + 2)]
+    for name, modes in results.items():
+        for mode, f in modes.items():
+            shares = [str(f["slot_time"].get(p, "-")) for p in parts]
+            lines.append("| " + " | ".join([name, mode, *shares]) + " |")
     return "\n".join(lines) + "\n"
 
 

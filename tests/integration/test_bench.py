@@ -31,3 +31,7 @@ def test_every_mode_runs_a_small_scenario() -> None:
     assert figures["ticket"]["invocations_per_item"] < 1 < figures["yield"]["invocations_per_item"]
     # Only the yield dispatch yields.
     assert figures["ticket"]["wasted"]["yields"] == figures["fifo"]["wasted"]["yields"] == 0
+    for mode, f in figures.items():
+        # The worker's own account of its calls agrees with the API's (two clocks, two processes).
+        assert f["slot_time"]["api call"] == pytest.approx(f["utilization"], abs=0.05), mode
+        assert f["saturated_utilization"] is None or 0 < f["saturated_utilization"] <= 1
