@@ -10,6 +10,13 @@ between the worker and the API beyond the loopback's. Here, unlike on Lambda, co
 set up their clients on the same 2 cores as a sandbox sleeping until its slot, and can wake it
 later than the limiter's 50 ms allowance: the stack runs at concurrency 4, not more, so fewer
 sandboxes start at once (at 6, one run in a few saw a first call 72 ms late and a refusal).
+
+This test used to fail about one run in five. The cause was the embedded AWS, not the limiter:
+its HTTP front answered with Nagle's algorithm on, so every request a sandbox made waited 40 ms
+for the client's delayed ACK, the limiter's reservation included. That ate most of the 50 ms
+lead a reservation is granted (rate.RATE_RESERVATION_LEAD_S), and a call that woke a little
+late crowded the next second's window. With the stall gone a reservation takes about 2 ms; a
+call that still wakes late reserves another slot (attempt._wait_for_slot).
 """
 
 from __future__ import annotations
