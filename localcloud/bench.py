@@ -22,6 +22,13 @@ SERVICE_S = 1.0
 AWS's own per-request overhead, so the figures compare dispatch, not emulator speed."""
 
 
+STACK = {"sluice:workerTimeoutSeconds": "30"}
+"""The component's default worker timeout. Local runs use 10 s to keep test timers short, but a
+ticket invocation keeps its slot only while it has time for another item (twice its slowest +
+2 s), so at 10 s every slot restarts every 5-6 items: an idle gap a deployed stack, at 30 s,
+has a third as often."""
+
+
 def _mixed(n: int) -> dict[str, int]:
     return {"HIGH": n // 5, "NORMAL": (3 * n) // 10, "BATCH": n - n // 5 - (3 * n) // 10}
 
@@ -32,7 +39,10 @@ def scenarios() -> dict[str, Scenario]:
     return {
         # (a) steady mixed load at 2x capacity: 8 items/s for 4 s.
         "a-steady-2x": Scenario(
-            "a-steady-2x", tuple(Batch(start_s=float(t), counts=_mixed(8)) for t in range(4)), api
+            "a-steady-2x",
+            tuple(Batch(start_s=float(t), counts=_mixed(8)) for t in range(4)),
+            api,
+            stack_config=STACK,
         ),
         # (b) a BATCH flood of 10x capacity (10 s of work) with a HIGH trickle on top.
         "b-flood-10x": Scenario(
@@ -42,19 +52,24 @@ def scenarios() -> dict[str, Scenario]:
                 *(Batch(start_s=float(t), counts={"HIGH": 1}) for t in range(2, 10, 2)),
             ),
             api,
+            stack_config=STACK,
         ),
         # (c) a HIGH burst of 3 s of work, then quiet.
-        "c-high-burst": Scenario("c-high-burst", (Batch(start_s=0, counts={"HIGH": 12}),), api),
+        "c-high-burst": Scenario(
+            "c-high-burst", (Batch(start_s=0, counts={"HIGH": 12}),), api, stack_config=STACK
+        ),
         # (d) the smallest limits, where MaximumConcurrency's minimum of 2 matters most.
         "d-limit-1": Scenario(
             "d-limit-1",
             (Batch(start_s=0, counts={"BATCH": 8, "NORMAL": 4}), Batch(start_s=2, counts={"HIGH": 2})),
             ApiProfile(concurrency_limit=1, service_time_s=SERVICE_S),
+            stack_config=STACK,
         ),
         "d-limit-2": Scenario(
             "d-limit-2",
             (Batch(start_s=0, counts={"BATCH": 16, "NORMAL": 8}), Batch(start_s=2, counts={"HIGH": 4})),
             ApiProfile(concurrency_limit=2, service_time_s=SERVICE_S),
+            stack_config=STACK,
         ),
     }
 
