@@ -3,7 +3,7 @@ item is picked and called (the work-conserving ticket loop)."""
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from sluice_fanout.handlers.worker_config import logger
@@ -20,14 +20,13 @@ class Completer:
     An item's steps (SendTaskSuccess or SendTaskFailure, then its deletes) run in the order they
     were asked for and stop at the first that fails: a payload is never deleted when its token
     was not completed, so it comes back after its visibility timeout and the stored outcome is
-    sent again, as after a crashed invocation. Items run one after another, so at most one
-    item's completion is ever pending behind the slot. `drain` waits for all of them; the
-    invocation must call it before it returns (Lambda freezes a sandbox's threads).
+    sent again, as after a crashed invocation. Items run one after another, in the order they
+    finished. `drain` waits for all of them; the invocation must call it before it returns
+    (Lambda freezes a sandbox's threads).
     """
 
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-complete")
-        self._pending: list[Future[None]] = []
         self._steps: list[Callable[[], object]] = []
         self._keys: dict[str, Any] = {}
         # The logger's own keys (level, message...) as they are between items: an item's keys
@@ -50,8 +49,7 @@ class Completer:
         """The current item's steps are all known: start them."""
         steps, keys, self._steps = self._steps, self._keys, []
         if steps:
-            self._pending = [f for f in self._pending if not f.done()]
-            self._pending.append(self._pool.submit(self._run, steps, keys))
+            self._pool.submit(self._run, steps, keys)
 
     def _run(self, steps: list[Callable[[], object]], keys: dict[str, Any]) -> None:
         try:
