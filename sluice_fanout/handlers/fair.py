@@ -1,0 +1,117 @@
+"""Fair share between keys within one priority: which key's item goes to the API next.
+
+Pure: plain values in, plain values out; no boto3 or clock (the caller passes the time). The
+rule is start-time fair queueing (Goyal, Vin and Cheng, 1996) with every call costing one:
+
+- each key has a ledger: `finish`, the virtual time its next item may start at the earliest,
+  and a lease (expiry time) per item it has at the API;
+- the priority has one virtual clock, the start time of the item dispatched last;
+- the next item comes from the key with the smallest `finish` among keys with a waiting item
+  and room under their cap; it starts at max(clock, finish), the key's `finish` moves 1/weight
+  past that, and the clock moves to the start.
+
+A key that was idle comes back at the clock, not at its old `finish`: idleness does not bank
+calls. Over any stretch in which two keys i and j both have waiting items and room, the calls
+they get differ from their weights' proportion by at most one call each:
+|calls_i / w_i - calls_j / w_j| <= 1 / w_i + 1 / w_j, whatever either key's backlog
+(tests/property/test_fair_properties.py checks it on a model that runs these rules). Picking
+by `finish` alone, not max(clock, finish), gives the same key: the clock is common to all.
+
+Why leases, not a counter of calls in flight: a worker that dies mid-call never decrements a
+counter, and the key would lose a slot for good; a lease runs out on its own.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+MAX_WEIGHT = 1000.0
+"""Weights are relative; a ratio over 1000:1 between two keys is a cap, not a share."""
+
+
+class KeyRuleError(ValueError):
+    """A key's weight or cap Sluice cannot work with."""
+
+
+@dataclass(frozen=True)
+class KeyRule:
+    """What the stack says about one key (or the default for keys it does not name)."""
+
+    weight: float = 1.0
+    """Its share of the API's calls against other keys of the same priority with waiting items."""
+    cap: int | None = None
+    """At most this many of its calls at the API at once; None: only the global limits."""
+    ordered: bool = False
+    """Its items reach the API one at a time, oldest first."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)):
+            raise KeyRuleError(f"key weight must be a number, got {self.weight!r}; use e.g. 1 or 2.5")
+        if not (math.isfinite(self.weight) and 0 < self.weight <= MAX_WEIGHT):
+            raise KeyRuleError(
+                f"key weight must be > 0 and <= {MAX_WEIGHT:g}, got {self.weight!r}; "
+                "weights are relative, so give the smallest key 1"
+            )
+        if self.cap is not None and (
+            isinstance(self.cap, bool) or not isinstance(self.cap, int) or self.cap < 1
+        ):
+            raise KeyRuleError(
+                f"key concurrency cap must be a whole number >= 1, got {self.cap!r}; "
+                "leave it out for no cap of its own"
+            )
+
+    @property
+    def limit(self) -> int | None:
+        """The calls it may have at the API at once: an ordered key has one."""
+        return 1 if self.ordered else self.cap
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """One key's state within one priority: one small record per key, whatever its backlog."""
+
+    finish: float = 0.0
+    leases: tuple[float, ...] = ()
+    """Expiry time of each call it has at the API (the worker's timeout from its start)."""
+
+    def live(self, now: float) -> tuple[float, ...]:
+        return tuple(expiry for expiry in self.leases if expiry > now)
+
+    def has_room(self, rule: KeyRule, now: float) -> bool:
+        return rule.limit is None or len(self.live(now)) < rule.limit
+
+
+def pick(candidates: Iterable[tuple[str, Ledger, KeyRule]], now: float) -> str | None:
+    """The key whose item goes next among keys with a waiting item, or None if all are at
+    their cap. Ties go to the smaller key name, so every worker would pick the same."""
+    best: tuple[float, str] | None = None
+    for key, ledger, rule in candidates:
+        if ledger.has_room(rule, now) and (best is None or (ledger.finish, key) < best):
+            best = (ledger.finish, key)
+    return None if best is None else best[1]
+
+
+def dispatch(
+    ledger: Ledger, rule: KeyRule, clock: float, now: float, lease_until: float
+) -> tuple[Ledger, float]:
+    """The key's ledger and the priority's clock after one of its items goes to the API.
+
+    Expired leases are dropped here, so a ledger holds at most its cap of them."""
+    if lease_until <= now:
+        raise KeyRuleError(f"a lease must end after now ({now!r}), got {lease_until!r}")
+    start = max(clock, ledger.finish)
+    return Ledger(finish=start + 1 / rule.weight, leases=(*ledger.live(now), lease_until)), start
+
+
+def release(ledger: Ledger, lease_until: float) -> Ledger:
+    """The ledger after the call holding `lease_until` ended (worked, retried or refused).
+    A lease already gone (it expired and was dropped) is no error: the call outlived it."""
+    leases = list(ledger.leases)
+    if lease_until in leases:
+        leases.remove(lease_until)
+    return replace(ledger, leases=tuple(leases))
