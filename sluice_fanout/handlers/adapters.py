@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from botocore.exceptions import ClientError
 
-from sluice_fanout.handlers import contract, limits
+from sluice_fanout.handlers import contract, fair, limits
 from sluice_fanout.handlers.contract import (
     ATTR_DEAD_LETTER_REASON,
     IDEMPOTENCY_EXPIRY_ATTRIBUTE,
@@ -27,6 +28,7 @@ from sluice_fanout.handlers.controller import (
     StateUnreadable,
     Stored,
 )
+from sluice_fanout.handlers.fair import KeyRule, Ledger
 from sluice_fanout.handlers.limits import SFN_MAX_CAUSE_CHARS, SFN_MAX_ERROR_CHARS
 from sluice_fanout.handlers.rate import RATE_RESERVATION_LEAD_S, Denied, Grant, RateLimiterContended, reserve
 
@@ -522,3 +524,325 @@ class ControllerGrant:
         if now is None:
             return True  # no step stored yet: the deployed limit holds
         return now > 0 and (self._limit is None or now >= self._limit)
+
+
+KEYED_KEYS_LOOKED_AT_MAX = 32
+"""Keys one pick reads before it gives up: past the keys at their cap (at most the global
+concurrency of them) and a few whose items are all in flight or retrying."""
+KEYED_LINE_PAGE = 25
+KEYED_LINE_PAGES_MAX = 4
+KEYED_REPAIR_AFTER_S = 60.0
+"""A ledger whose key has no waiting item is reset only when its last arrival is this old: the
+by_key index is eventually consistent, and a new item may not show in it yet."""
+KEYED_LEDGER_TTL_S = 30 * 86_400
+_LEDGER_SAVE_TRIES = 3
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A keyed item a worker took: its call may start now, under `lease_until`."""
+
+    priority: str
+    key: str
+    item_id: str
+    token: str
+    body: str
+    attempts: int
+    lease_until: float
+
+
+class KeyedItems:
+    """Waiting keyed items and their keys' ledgers in the idempotency table (docs/keys.md).
+
+    A waiting item is one record (`wait#priority#key#seq`), the state machine's wait step writes
+    it with its task token; a key's ledger is one record per priority (`keys#priority#key`,
+    `fair.Ledger` plus `pending`, the key's unfinished items, and a version). `pending` decides
+    whether the ledger is in the `ready` index; it counts items in flight too, so a worker that
+    dies mid-call leaves its item findable once the lease runs out.
+    """
+
+    def __init__(
+        self,
+        client: Any,  # a boto3 DynamoDB client
+        table: str,
+        rules: Callable[[str], KeyRule],
+        lease_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self._table = table
+        self._rules = rules
+        self._lease_s = lease_s
+        self._clock = clock
+
+    def _id(self, value: str) -> dict[str, Any]:
+        return {IDEMPOTENCY_KEY_ATTRIBUTE: {"S": value}}
+
+    def enqueue(self, priority: str, key: str, seq: str, token: str, body: str) -> None:
+        """What the state machine's keyed wait step writes (transactWriteItems.waitForTaskToken);
+        here for tests and tools, the definition builds the same two writes."""
+        now_iso = datetime.fromtimestamp(self._clock(), UTC).isoformat()
+        self._client.transact_write_items(
+            TransactItems=[
+                {
+                    "Put": {
+                        "TableName": self._table,
+                        "Item": self._id(f"{contract.KEYED_WAIT_PREFIX}{priority}#{key}#{seq}")
+                        | {
+                            "wkey": {"S": f"{priority}#{key}"},
+                            "wseq": {"S": seq},
+                            "token": {"S": token},
+                            "body": {"S": body},
+                        },
+                    }
+                },
+                {
+                    "Update": {
+                        "TableName": self._table,
+                        "Key": self._id(f"{contract.KEYED_LEDGER_PREFIX}{priority}#{key}"),
+                        "UpdateExpression": "ADD pending :one "
+                        "SET kpri = :p, kkey = :k, kfin = if_not_exists(vfinish, :zero), arrived = :now",
+                        "ExpressionAttributeValues": {
+                            ":one": {"N": "1"},
+                            ":p": {"S": priority},
+                            ":k": {"S": key},
+                            ":zero": {"N": "0"},
+                            ":now": {"S": now_iso},
+                        },
+                    }
+                },
+            ]
+        )
+
+    def pick(self, priority: str) -> Claimed | None:
+        """Claim the next item of `priority` by the fair-share rule, or None when no key with
+        waiting items has room. Costs a few reads per key looked at, never a scan."""
+        now = self._clock()
+        clock = self._read_clock(priority)
+        pages = self._client.get_paginator("query").paginate(
+            TableName=self._table,
+            IndexName=contract.KEYED_READY_INDEX,
+            KeyConditionExpression="kpri = :p",
+            ExpressionAttributeValues={":p": {"S": priority}},
+            PaginationConfig={"PageSize": 10},
+        )
+        looked = 0
+        for page in pages:
+            for entry in page.get("Items", []):
+                looked += 1
+                if looked > KEYED_KEYS_LOOKED_AT_MAX:
+                    return None
+                claimed = self._try_key(priority, entry["kkey"]["S"], clock, now)
+                if claimed is not None:
+                    self._advance_clock(priority, claimed[1])
+                    return claimed[0]
+        return None
+
+    def _try_key(self, priority: str, key: str, clock: float, now: float) -> tuple[Claimed, float] | None:
+        rule = self._rules(key)
+        ledger, version, record = self._read_ledger(priority, key)
+        if not ledger.has_room(rule, now):
+            return None
+        line = self._line(priority, key, head_only=rule.ordered)
+        if not line:
+            self._repair(priority, key, record, now)
+            return None
+        for item in line:
+            if not _free(item, now):
+                if rule.ordered:
+                    return None  # the head holds its key's line: in flight or waiting to retry
+                continue
+            lease_until = now + self._lease_s
+            if not self._claim(item, lease_until, now):
+                continue
+            for _ in range(_LEDGER_SAVE_TRIES):
+                booked, start = fair.dispatch(ledger, rule, clock, now, lease_until)
+                if self._save_ledger(priority, key, booked, version):
+                    return (
+                        Claimed(
+                            priority=priority,
+                            key=key,
+                            item_id=item[IDEMPOTENCY_KEY_ATTRIBUTE]["S"],
+                            token=item["token"]["S"],
+                            body=item["body"]["S"],
+                            attempts=int(item.get("attempts", {"N": "0"})["N"]) + 1,
+                            lease_until=lease_until,
+                        ),
+                        start,
+                    )
+                ledger, version, record = self._read_ledger(priority, key)
+                if not ledger.has_room(rule, now):
+                    break
+            self._unclaim(item[IDEMPOTENCY_KEY_ATTRIBUTE]["S"], lease_until)
+            return None
+        return None
+
+    def done(self, claimed: Claimed) -> None:
+        """The item left its key's line: worked, or failed for good."""
+        self._client.delete_item(TableName=self._table, Key=self._id(claimed.item_id))
+        self._release(claimed, pending=-1)
+
+    def retry(self, claimed: Claimed, delay_s: float) -> None:
+        """The item goes back to its place in its key's line, free again after `delay_s`."""
+        # Only with our lease: if it ran out and another worker holds the item, its outcome decides.
+        with contextlib.suppress(self._client.exceptions.ConditionalCheckFailedException):
+            self._client.update_item(
+                TableName=self._table,
+                Key=self._id(claimed.item_id),
+                UpdateExpression="SET ready_at = :at REMOVE lease_until",
+                ConditionExpression="lease_until = :mine",
+                ExpressionAttributeValues={
+                    ":at": {"N": repr(self._clock() + delay_s)},
+                    ":mine": {"N": repr(claimed.lease_until)},
+                },
+            )
+        self._release(claimed, pending=0)
+
+    def _read_clock(self, priority: str) -> float:
+        item = self._client.get_item(
+            TableName=self._table, Key=self._id(contract.KEYED_LEDGER_PREFIX + priority), ConsistentRead=True
+        ).get("Item", {})
+        return float(item.get("vclock", {"N": "0"})["N"])
+
+    def _advance_clock(self, priority: str, start: float) -> None:
+        # Only forward: two workers may book starts out of order; the later write of the
+        # smaller one loses, which is what the rule's clock (the largest start so far) wants.
+        with contextlib.suppress(self._client.exceptions.ConditionalCheckFailedException):
+            self._client.update_item(
+                TableName=self._table,
+                Key=self._id(contract.KEYED_LEDGER_PREFIX + priority),
+                UpdateExpression="SET vclock = :s",
+                ConditionExpression="attribute_not_exists(vclock) OR vclock < :s",
+                ExpressionAttributeValues={":s": {"N": repr(start)}},
+            )
+
+    def _read_ledger(self, priority: str, key: str) -> tuple[Ledger, int, dict[str, Any]]:
+        record = self._client.get_item(
+            TableName=self._table,
+            Key=self._id(f"{contract.KEYED_LEDGER_PREFIX}{priority}#{key}"),
+            ConsistentRead=True,
+        ).get("Item", {})
+        ledger = Ledger(
+            finish=float(record.get("vfinish", {"N": "0"})["N"]),
+            leases=tuple(float(v["N"]) for v in record.get("leases", {"L": []})["L"]),
+        )
+        return ledger, int(record.get("kver", {"N": "0"})["N"]), record
+
+    def _save_ledger(self, priority: str, key: str, ledger: Ledger, version: int) -> bool:
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=self._id(f"{contract.KEYED_LEDGER_PREFIX}{priority}#{key}"),
+                UpdateExpression="SET vfinish = :f, kfin = :f, leases = :l, kver = :next, #exp = :exp",
+                ConditionExpression="attribute_not_exists(kver) OR kver = :read"
+                if version == 0
+                else "kver = :read",
+                ExpressionAttributeNames={"#exp": IDEMPOTENCY_EXPIRY_ATTRIBUTE},
+                ExpressionAttributeValues={
+                    ":f": {"N": repr(ledger.finish)},
+                    ":l": {"L": [{"N": repr(v)} for v in ledger.leases]},
+                    ":next": {"N": str(version + 1)},
+                    ":read": {"N": str(version)},
+                    ":exp": {"N": str(int(self._clock() + KEYED_LEDGER_TTL_S))},
+                },
+            )
+        except self._client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def _release(self, claimed: Claimed, pending: int) -> None:
+        for _ in range(_LEDGER_SAVE_TRIES * 3):
+            ledger, version, _record = self._read_ledger(claimed.priority, claimed.key)
+            if self._save_ledger(
+                claimed.priority, claimed.key, fair.release(ledger, claimed.lease_until), version
+            ):
+                break
+        # A lease not removed runs out on its own; the count must move whatever happened above.
+        key = self._id(f"{contract.KEYED_LEDGER_PREFIX}{claimed.priority}#{claimed.key}")
+        if pending:
+            left = self._client.update_item(
+                TableName=self._table,
+                Key=key,
+                UpdateExpression="ADD pending :d",
+                ExpressionAttributeValues={":d": {"N": str(pending)}},
+                ReturnValues="UPDATED_NEW",
+            )["Attributes"]
+            if int(left["pending"]["N"]) <= 0:
+                self._leave_ready(key, "pending <= :zero", {":zero": {"N": "0"}})
+
+    def _leave_ready(self, key: dict[str, Any], condition: str, values: dict[str, Any]) -> None:
+        # Conditional: an arrival between the read and this write puts the key back.
+        with contextlib.suppress(self._client.exceptions.ConditionalCheckFailedException):
+            self._client.update_item(
+                TableName=self._table,
+                Key=key,
+                UpdateExpression="SET pending = :zero REMOVE kpri, kfin",
+                ConditionExpression=condition,
+                ExpressionAttributeValues={":zero": {"N": "0"}} | values,
+            )
+
+    def _repair(self, priority: str, key: str, record: dict[str, Any], now: float) -> None:
+        """A key in the ready index with no waiting item (its count went up twice for one item:
+        a retried write) leaves the index, once its last arrival is old enough to be indexed."""
+        arrived = record.get("arrived", {}).get("S")
+        if arrived is None or "pending" not in record:
+            return
+        if now - datetime.fromisoformat(arrived).timestamp() < KEYED_REPAIR_AFTER_S:
+            return
+        self._leave_ready(
+            self._id(f"{contract.KEYED_LEDGER_PREFIX}{priority}#{key}"),
+            "pending = :read",
+            {":read": record["pending"]},
+        )
+
+    def _line(self, priority: str, key: str, *, head_only: bool) -> list[dict[str, Any]]:
+        """The key's waiting items in submission order: only the head for an ordered key."""
+        items: list[dict[str, Any]] = []
+        pages = self._client.get_paginator("query").paginate(
+            TableName=self._table,
+            IndexName=contract.KEYED_BY_KEY_INDEX,
+            KeyConditionExpression="wkey = :k",
+            ExpressionAttributeValues={":k": {"S": f"{priority}#{key}"}},
+            PaginationConfig={"PageSize": 1 if head_only else KEYED_LINE_PAGE},
+        )
+        for number, page in enumerate(pages):
+            items.extend(page.get("Items", []))
+            if head_only or number + 1 >= KEYED_LINE_PAGES_MAX or any(_free(i, self._clock()) for i in items):
+                break
+        return items[:1] if head_only else items
+
+    def _claim(self, item: dict[str, Any], lease_until: float, now: float) -> bool:
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key={IDEMPOTENCY_KEY_ATTRIBUTE: item[IDEMPOTENCY_KEY_ATTRIBUTE]},
+                UpdateExpression="SET lease_until = :l ADD attempts :one",
+                ConditionExpression=f"attribute_exists({IDEMPOTENCY_KEY_ATTRIBUTE}) "
+                "AND (attribute_not_exists(lease_until) OR lease_until <= :now) "
+                "AND (attribute_not_exists(ready_at) OR ready_at <= :now)",
+                ExpressionAttributeValues={
+                    ":l": {"N": repr(lease_until)},
+                    ":now": {"N": repr(now)},
+                    ":one": {"N": "1"},
+                },
+            )
+        except self._client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def _unclaim(self, item_id: str, lease_until: float) -> None:
+        with contextlib.suppress(self._client.exceptions.ConditionalCheckFailedException):
+            self._client.update_item(
+                TableName=self._table,
+                Key=self._id(item_id),
+                UpdateExpression="REMOVE lease_until ADD attempts :minus",
+                ConditionExpression="lease_until = :mine",
+                ExpressionAttributeValues={":mine": {"N": repr(lease_until)}, ":minus": {"N": "-1"}},
+            )
+
+
+def _free(item: dict[str, Any], now: float) -> bool:
+    """Not leased (or its lease ran out) and not waiting out a retry's delay."""
+    lease = item.get("lease_until")
+    ready_at = item.get("ready_at")
+    return (lease is None or float(lease["N"]) <= now) and (ready_at is None or float(ready_at["N"]) <= now)

@@ -105,6 +105,19 @@ null (no breaker) or an object with error_threshold, min_calls, open_seconds, pr
 CONTROLLER_HANDLER = "sluice_fanout.handlers.adaptive.lambda_handler"
 CONTROLLER_STATE_PREFIX = "controller#"
 """State item key: prefix + worker function name (next to the rate limiter's `rate#` item)."""
+# Keyed items (docs/keys.md): records in the idempotency table and its two sparse indexes.
+KEYED_WAIT_PREFIX = "wait#"
+"""A waiting keyed item: prefix + priority#key#seq; seq sorts in submission order."""
+KEYED_LEDGER_PREFIX = "keys#"
+"""A key's ledger: prefix + priority#key; the priority's virtual clock: prefix + priority."""
+KEYED_BY_KEY_INDEX = "by_key"
+"""Waiting items of one priority#key (`wkey`), in submission order (`wseq`)."""
+KEYED_READY_INDEX = "ready"
+"""Ledgers of one priority (`kpri`) with unfinished items, by virtual finish (`kfin`)."""
+KEYED_INDEXES = {
+    KEYED_BY_KEY_INDEX: (("wkey", "S"), ("wseq", "S")),
+    KEYED_READY_INDEX: (("kpri", "S"), ("kfin", "N")),
+}
 CONTROLLER_SCHEDULE = "rate(1 minute)"  # EventBridge's shortest rate
 CONTROLLER_RUN_SECONDS = 60
 """One invocation steps every interval_seconds for this long, then the next scheduled one takes

@@ -6,15 +6,36 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
-from sluice_fanout.handlers.contract import IDEMPOTENCY_EXPIRY_ATTRIBUTE, IDEMPOTENCY_KEY_ATTRIBUTE
+from sluice_fanout.handlers.contract import (
+    IDEMPOTENCY_EXPIRY_ATTRIBUTE,
+    IDEMPOTENCY_KEY_ATTRIBUTE,
+    KEYED_INDEXES,
+)
 
 
-def create_idempotency_table(ddb: Any, name: str) -> None:
+def create_idempotency_table(ddb: Any, name: str, *, keyed: bool = False) -> None:
+    """`keyed`: with the two sparse indexes keyed items use (docs/keys.md)."""
+    attributes = {IDEMPOTENCY_KEY_ATTRIBUTE: "S"}
+    indexes: dict[str, Any] = {}
+    if keyed:
+        for index, ((hash_name, hash_type), (range_name, range_type)) in KEYED_INDEXES.items():
+            attributes |= {hash_name: hash_type, range_name: range_type}
+            indexes.setdefault("GlobalSecondaryIndexes", []).append(
+                {
+                    "IndexName": index,
+                    "KeySchema": [
+                        {"AttributeName": hash_name, "KeyType": "HASH"},
+                        {"AttributeName": range_name, "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "ALL"},
+                }
+            )
     ddb.create_table(
         TableName=name,
         KeySchema=[{"AttributeName": IDEMPOTENCY_KEY_ATTRIBUTE, "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": IDEMPOTENCY_KEY_ATTRIBUTE, "AttributeType": "S"}],
+        AttributeDefinitions=[{"AttributeName": n, "AttributeType": t} for n, t in attributes.items()],
         BillingMode="PAY_PER_REQUEST",
+        **indexes,
     )
     ddb.update_time_to_live(
         TableName=name,
