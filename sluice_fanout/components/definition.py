@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from sluice_fanout.handlers.contract import (
     DIRECT_PATH,
+    ERROR_INVALID_KEY,
     ERROR_MALFORMED,
     ERROR_PERMANENT,
     ERROR_RETRIES_EXHAUSTED,
@@ -16,12 +17,19 @@ from sluice_fanout.handlers.contract import (
     FIELD_ITEM,
     FIELD_PRIORITY,
     FIELD_TOKEN,
+    IDEMPOTENCY_KEY_ATTRIBUTE,
+    KEYED_ARRIVAL_UPDATE,
+    KEYED_INDEX_OFFSET,
+    KEYED_LEDGER_PREFIX,
+    KEYED_WAIT_PREFIX,
     STATUS_FAILED,
     STATUS_SUCCEEDED,
 )
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+
+    from sluice_fanout.handlers.fair import KeysSettings
 
 DEFAULT_THROTTLE_RULE: dict[str, Any] = {"Variable": "$.item.priority", "IsPresent": True}
 """Items that carry a `priority` go through the queues; the rest take the direct path."""
@@ -84,6 +92,8 @@ def build_item_processor(
     direct_function_arn: str | None,
     prefix: str = "",
     ticket_queue_url: str | None = None,
+    keys: KeysSettings | None = None,
+    keyed_table: str | None = None,
 ) -> dict[str, Any]:
     """The child workflow run once per item. Every path ends in a structured result.
 
@@ -99,12 +109,36 @@ def build_item_processor(
     (`index` left out by a direct function's result; the aggregate has it from the input).
     States entered (each a billed transition, besides the child's start): direct 2, queued 2
     (`yield`) or 3 (`ticket`), one more for a failure.
+
+    With `keys` (ticket dispatch only), a throttled item whose key field holds a string drops
+    its ticket and then waits as a record in `keyed_table` (docs/keys.md): the same three
+    states, so the same cost in transitions.
     """
     first_step = "Ticket" if ticket_queue_url is not None else "Enqueue"
 
     def throttled(rule: Mapping[str, Any]) -> dict[str, Any]:
         return {"And": [dict(throttle_rule), dict(rule)]}
 
+    keyed_choices: list[dict[str, Any]] = []
+    if keys is not None:
+        key_path = f"$.item.{keys.field}"
+        has_key = {"Variable": key_path, "IsPresent": True}
+        keyed = {"And": [has_key, {"Variable": key_path, "IsString": True}]}
+        keyed_choices = [
+            *(
+                {
+                    **throttled({"And": [{"Variable": "$.item.priority", "StringEquals": p}, keyed]}),
+                    "Next": f"KeyedTicket{p}",
+                }
+                for p in priorities
+            ),
+            {
+                **throttled({"And": [{"Not": {"Variable": "$.item.priority", "IsPresent": True}}, keyed]}),
+                "Next": f"KeyedTicket{default_priority}",
+            },
+            # A key that is not a string (a number, an object) is refused, not silently unkeyed.
+            {**throttled(has_key), "Next": "InvalidKey"},
+        ]
     states: dict[str, Any] = {
         # One Choice on throttled-or-not and priority at once: every state entered is a billed
         # transition, and a second Choice would cost one per throttled item.
@@ -112,6 +146,7 @@ def build_item_processor(
             "Type": "Choice",
             "Comment": "Throttled items wait in their priority's queue; the rest go direct.",
             "Choices": [
+                *keyed_choices,
                 *(
                     {
                         **throttled({"Variable": "$.item.priority", "StringEquals": p}),
@@ -140,25 +175,27 @@ def build_item_processor(
             "End": True,
         },
     }
+    if keys is not None:
+        if ticket_queue_url is None or keyed_table is None:
+            raise ValueError("keys need the ticket dispatch and the keyed table")
+        states["InvalidKey"] = {
+            "Type": "Pass",
+            "Parameters": {
+                "status": STATUS_FAILED,
+                "index.$": "$.index",
+                "error": {
+                    "Error": ERROR_INVALID_KEY,
+                    "Cause": f"the item's {keys.field!r} field is not a string; "
+                    "give each item its key as a string, or leave the field out",
+                },
+            },
+            "End": True,
+        }
+        for p in priorities:
+            states.update(_keyed_wait(p, keys.field, ticket_queue_url, keyed_table, callback_timeout_seconds))
     for p in priorities:
         if ticket_queue_url is not None:
-            states[f"Ticket{p}"] = {
-                "Type": "Task",
-                "Comment": "A ticket wakes one worker slot; it carries no payload.",
-                "Resource": "arn:aws:states:::sqs:sendMessage",
-                "Parameters": {
-                    "QueueUrl": ticket_queue_url,
-                    "MessageBody": {
-                        f"{FIELD_INDEX}.$": "$.index",
-                        f"{FIELD_EXECUTION}.$": "$.execution",
-                        FIELD_PRIORITY: p,
-                    },
-                },
-                "ResultPath": None,
-                "Retry": [_transient_retry()],
-                "Catch": _catch_to(f"Failed{p}"),
-                "Next": f"Enqueue{p}",
-            }
+            states[f"Ticket{p}"] = _ticket(p, ticket_queue_url, f"Enqueue{p}")
         states[f"Enqueue{p}"] = {
             "Type": "Task",
             "Comment": "Waits, using no compute, until the worker sends the item's final result.",
@@ -219,6 +256,88 @@ def build_item_processor(
     }
 
 
+def _ticket(priority: str, ticket_queue_url: str, then: str) -> dict[str, Any]:
+    return {
+        "Type": "Task",
+        "Comment": "A ticket wakes one worker slot; it carries no payload.",
+        "Resource": "arn:aws:states:::sqs:sendMessage",
+        "Parameters": {
+            "QueueUrl": ticket_queue_url,
+            "MessageBody": {
+                f"{FIELD_INDEX}.$": "$.index",
+                f"{FIELD_EXECUTION}.$": "$.execution",
+                FIELD_PRIORITY: priority,
+            },
+        },
+        "ResultPath": None,
+        "Retry": [_transient_retry()],
+        "Catch": _catch_to(f"Failed{priority}"),
+        "Next": then,
+    }
+
+
+def _keyed_wait(
+    p: str, field: str, ticket_queue_url: str, table: str, callback_timeout_seconds: int
+) -> dict[str, Any]:
+    """A keyed item's ticket, then its wait as a record of the keyed store (adapters.KeyedItems
+    writes the same two records in tests): the item, and its key's ledger counted up."""
+    key = f"$.item.{field}"
+    # Submission order across executions: the batch's start, then its execution, then the
+    # item's index made fixed-width so that it sorts as text.
+    padded = f"States.MathAdd($.index, {KEYED_INDEX_OFFSET})"
+    seq = f"States.Format('{{}}#{{}}#{{}}', $.submitted, $.execution, {padded})"
+    return {
+        f"KeyedTicket{p}": _ticket(p, ticket_queue_url, f"KeyedWait{p}"),
+        f"KeyedWait{p}": {
+            "Type": "Task",
+            "Comment": "Waits in its key's line, using no compute, until the worker sends its result.",
+            "Resource": "arn:aws:states:::aws-sdk:dynamodb:transactWriteItems.waitForTaskToken",
+            "Parameters": {
+                "TransactItems": [
+                    {
+                        "Put": {
+                            "TableName": table,
+                            "Item": {
+                                IDEMPOTENCY_KEY_ATTRIBUTE: {
+                                    "S.$": f"States.Format('{KEYED_WAIT_PREFIX}{p}#{{}}#{{}}', {key}, {seq})"
+                                },
+                                "wkey": {"S.$": f"States.Format('{p}#{{}}', {key})"},
+                                "wseq": {"S.$": seq},
+                                "token": {"S.$": "$$.Task.Token"},
+                                "item": {"S.$": "States.JsonToString($.item)"},
+                                "idx": {"N.$": "States.Format('{}', $.index)"},
+                                "execution": {"S.$": "$.execution"},
+                            },
+                        }
+                    },
+                    {
+                        "Update": {
+                            "TableName": table,
+                            "Key": {
+                                IDEMPOTENCY_KEY_ATTRIBUTE: {
+                                    "S.$": f"States.Format('{KEYED_LEDGER_PREFIX}{p}#{{}}', {key})"
+                                }
+                            },
+                            "UpdateExpression": KEYED_ARRIVAL_UPDATE,
+                            "ExpressionAttributeValues": {
+                                ":one": {"N": "1"},
+                                ":p": {"S": p},
+                                ":k": {"S.$": key},
+                                ":zero": {"N": "0"},
+                                ":now": {"S.$": "$$.State.EnteredTime"},
+                            },
+                        }
+                    },
+                ]
+            },
+            "TimeoutSeconds": callback_timeout_seconds,
+            "Retry": [{"ErrorEquals": WORKER_VERDICTS, "MaxAttempts": 0}, _transient_retry()],
+            "Catch": _catch_to(f"Failed{p}"),
+            "End": True,
+        },
+    }
+
+
 def _prefixed(state: dict[str, Any], prefix: str) -> dict[str, Any]:
     """`state` with every transition target renamed by `prefix`."""
 
@@ -251,6 +370,8 @@ def build_state_machine_definition(
     tolerated_failure_percentage: float = 5.0,
     direct_function_arn: str | None = None,
     ticket_queue_url: str | None = None,
+    keys: KeysSettings | None = None,
+    keyed_table: str | None = None,
 ) -> dict[str, Any]:
     """The parent state machine.
 
@@ -279,12 +400,16 @@ def build_state_machine_definition(
             direct_function_arn=direct_function_arn,
             prefix=prefix,
             ticket_queue_url=ticket_queue_url,
+            keys=keys,
+            keyed_table=keyed_table,
         )
 
     def fan_out(item: str, index: str) -> dict[str, Any]:
         return {
             "Type": "Map",
-            "ItemSelector": {"item.$": item, "index.$": index, "execution.$": "$$.Execution.Id"},
+            "ItemSelector": {"item.$": item, "index.$": index, "execution.$": "$$.Execution.Id"}
+            # Keyed items sort by their batch's start: ordered keys keep order across executions.
+            | ({"submitted.$": "$$.Execution.StartTime"} if keys is not None else {}),
             "MaxConcurrency": map_max_concurrency,
             # Children never fail by design (each ends in a result), so a failed child means
             # broken infrastructure; past this share the batch fails loudly instead of limping on.

@@ -535,6 +535,8 @@ KEYED_REPAIR_AFTER_S = 60.0
 """A ledger whose key has no waiting item is reset only when its last arrival is this old: the
 by_key index is eventually consistent, and a new item may not show in it yet."""
 KEYED_LEDGER_TTL_S = 30 * 86_400
+KEYED_LEASE_MAX_S = 900.0
+"""Lambda's longest timeout: the lease of a claim whose caller does not say when it must end."""
 _LEDGER_SAVE_TRIES = 3
 
 
@@ -565,7 +567,7 @@ class KeyedItems:
         self,
         client: Any,  # a boto3 DynamoDB client
         table: str,
-        rules: Callable[[str], KeyRule],
+        rules: Callable[[str, str], KeyRule],
         lease_s: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -578,9 +580,11 @@ class KeyedItems:
     def _id(self, value: str) -> dict[str, Any]:
         return {IDEMPOTENCY_KEY_ATTRIBUTE: {"S": value}}
 
-    def enqueue(self, priority: str, key: str, seq: str, token: str, body: str) -> None:
+    def enqueue(
+        self, priority: str, key: str, seq: str, *, token: str, item: Any, index: int, execution: str
+    ) -> None:
         """What the state machine's keyed wait step writes (transactWriteItems.waitForTaskToken);
-        here for tests and tools, the definition builds the same two writes."""
+        here for tests and tools: definition.py builds the same two writes."""
         now_iso = datetime.fromtimestamp(self._clock(), UTC).isoformat()
         self._client.transact_write_items(
             TransactItems=[
@@ -592,7 +596,9 @@ class KeyedItems:
                             "wkey": {"S": f"{priority}#{key}"},
                             "wseq": {"S": seq},
                             "token": {"S": token},
-                            "body": {"S": body},
+                            "item": {"S": json.dumps(item)},
+                            "idx": {"N": str(index)},
+                            "execution": {"S": execution},
                         },
                     }
                 },
@@ -600,8 +606,7 @@ class KeyedItems:
                     "Update": {
                         "TableName": self._table,
                         "Key": self._id(f"{contract.KEYED_LEDGER_PREFIX}{priority}#{key}"),
-                        "UpdateExpression": "ADD pending :one "
-                        "SET kpri = :p, kkey = :k, kfin = if_not_exists(vfinish, :zero), arrived = :now",
+                        "UpdateExpression": contract.KEYED_ARRIVAL_UPDATE,
                         "ExpressionAttributeValues": {
                             ":one": {"N": "1"},
                             ":p": {"S": priority},
@@ -614,10 +619,12 @@ class KeyedItems:
             ]
         )
 
-    def pick(self, priority: str) -> Claimed | None:
+    def pick(self, priority: str, lease_s: float | None = None) -> Claimed | None:
         """Claim the next item of `priority` by the fair-share rule, or None when no key with
-        waiting items has room. Costs a few reads per key looked at, never a scan."""
+        waiting items has room. Costs a few reads per key looked at, never a scan. The lease
+        (default: the store's) should end when the caller's invocation must: no call outlives it."""
         now = self._clock()
+        lease_until = now + (self._lease_s if lease_s is None else lease_s)
         clock = self._read_clock(priority)
         pages = self._client.get_paginator("query").paginate(
             TableName=self._table,
@@ -632,14 +639,16 @@ class KeyedItems:
                 looked += 1
                 if looked > KEYED_KEYS_LOOKED_AT_MAX:
                     return None
-                claimed = self._try_key(priority, entry["kkey"]["S"], clock, now)
+                claimed = self._try_key(priority, entry["kkey"]["S"], clock, now, lease_until)
                 if claimed is not None:
                     self._advance_clock(priority, claimed[1])
                     return claimed[0]
         return None
 
-    def _try_key(self, priority: str, key: str, clock: float, now: float) -> tuple[Claimed, float] | None:
-        rule = self._rules(key)
+    def _try_key(
+        self, priority: str, key: str, clock: float, now: float, lease_until: float
+    ) -> tuple[Claimed, float] | None:
+        rule = self._rules(key, priority)
         ledger, version, record = self._read_ledger(priority, key)
         if not ledger.has_room(rule, now):
             return None
@@ -652,7 +661,6 @@ class KeyedItems:
                 if rule.ordered:
                     return None  # the head holds its key's line: in flight or waiting to retry
                 continue
-            lease_until = now + self._lease_s
             if not self._claim(item, lease_until, now):
                 continue
             for _ in range(_LEDGER_SAVE_TRIES):
@@ -664,7 +672,7 @@ class KeyedItems:
                             key=key,
                             item_id=item[IDEMPOTENCY_KEY_ATTRIBUTE]["S"],
                             token=item["token"]["S"],
-                            body=item["body"]["S"],
+                            body=_message_body(item, priority),
                             attempts=int(item.get("attempts", {"N": "0"})["N"]) + 1,
                             lease_until=lease_until,
                         ),
@@ -839,6 +847,26 @@ class KeyedItems:
                 ConditionExpression="lease_until = :mine",
                 ExpressionAttributeValues={":mine": {"N": repr(lease_until)}, ":minus": {"N": "-1"}},
             )
+
+
+def _message_body(record: dict[str, Any], priority: str) -> str:
+    """The record as the body a queued payload has, so the worker parses both alike; a record
+    missing a field makes a body the parser refuses as malformed, naming what is missing."""
+    body: dict[str, Any] = {contract.FIELD_PRIORITY: priority}
+    for name, attribute in (
+        (contract.FIELD_TOKEN, "token"),
+        (contract.FIELD_EXECUTION, "execution"),
+    ):
+        if attribute in record:
+            body[name] = record[attribute]["S"]
+    if "idx" in record:
+        body[contract.FIELD_INDEX] = int(record["idx"]["N"])
+    if "item" in record:
+        try:
+            body[contract.FIELD_ITEM] = json.loads(record["item"]["S"])
+        except ValueError:
+            return str(record["item"]["S"])  # not JSON: the parser says so
+    return json.dumps(body)
 
 
 def _free(item: dict[str, Any], now: float) -> bool:

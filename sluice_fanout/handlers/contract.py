@@ -118,6 +118,15 @@ KEYED_INDEXES = {
     KEYED_BY_KEY_INDEX: (("wkey", "S"), ("wseq", "S")),
     KEYED_READY_INDEX: (("kpri", "S"), ("kfin", "N")),
 }
+ENV_KEYS = "SLUICE_KEYS"
+"""JSON object: the stack's `keys` setting (fair.KeysSettings.to_json); unset: no keyed items."""
+KEYED_ARRIVAL_UPDATE = (
+    "ADD pending :one SET kpri = :p, kkey = :k, kfin = if_not_exists(vfinish, :zero), arrived = :now"
+)
+"""What a keyed item's arrival does to its key's ledger: one more unfinished item, and the key
+in the ready index at its virtual finish."""
+KEYED_INDEX_OFFSET = 1_000_000_000
+"""Added to an item's index in its sort key, so that indexes below it sort as text."""
 CONTROLLER_SCHEDULE = "rate(1 minute)"  # EventBridge's shortest rate
 CONTROLLER_RUN_SECONDS = 60
 """One invocation steps every interval_seconds for this long, then the next scheduled one takes
@@ -165,6 +174,8 @@ ERROR_PERMANENT = "Sluice.PermanentFailure"
 ERROR_RETRIES_EXHAUSTED = "Sluice.RetriesExhausted"
 ERROR_MALFORMED = "Sluice.MalformedMessage"
 ERROR_UNKNOWN_PRIORITY = "Sluice.UnknownPriority"
+ERROR_INVALID_KEY = "Sluice.InvalidKey"
+"""The item's key field holds something other than a string (keys, docs/keys.md)."""
 ERROR_CHILD_FAILED = "Sluice.ChildExecutionFailed"
 ERROR_RESULT_MISSING = "Sluice.ResultMissing"
 

@@ -4,7 +4,7 @@ item is picked and called (the work-conserving ticket loop)."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sluice_fanout.handlers.worker_config import logger
 
@@ -99,3 +99,7 @@ class DeferredDeletes:
 
     def delete(self, queue_url: str, receipt_handle: str) -> None:
         self._completer.add(lambda: self._queues.delete(queue_url, receipt_handle))
+
+    def wrapping(self, wrap: Callable[[SqsQueues], Any]) -> DeferredDeletes:
+        """The same deferral around `wrap(queues)`: deletes still wait for the completion."""
+        return DeferredDeletes(cast("SqsQueues", wrap(self._queues)), self._completer)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-    from sluice_fanout.handlers.adapters import SqsQueues, TaskTokens
+    from sluice_fanout.handlers.adapters import Claimed, KeyedItems, SqsQueues, TaskTokens
     from sluice_fanout.handlers.worker_config import QueueRef, WorkerDeps
 
 MAX_EMPTY_TICKET_DELAY_S = 60
@@ -173,8 +173,13 @@ def work_ticket(ticket: Ticket, deps: WorkerDeps, remaining_ms: int) -> TicketEn
     pulls = [(name, 0) for name in order]
     if own in order and remaining_ms > (TICKET_PAYLOAD_WAIT_S + 1) * 1000:
         pulls.append((own, TICKET_PAYLOAD_WAIT_S))
+    # Within a priority, keyed items and unkeyed ones take turns by ticket: while both wait,
+    # each gets about half the slots of that priority (docs/keys.md).
+    keyed_first = index % 2 == 0
     for name, wait_s in pulls:
         queue = next(q for q in config.queues if q.priority == name)
+        if keyed_first and wait_s == 0 and (end := _work_keyed(name, queue, ticket, deps, remaining_ms)):
+            return end
         # A malformed payload has no ticket of its own (the state machine never sent it), and one
         # whose task has ended may be a duplicate SQS delivery of a payload already worked: the
         # ticket may belong to a real payload, so keep pulling. A surplus ticket is dropped as
@@ -193,6 +198,8 @@ def work_ticket(ticket: Ticket, deps: WorkerDeps, remaining_ms: int) -> TicketEn
                 return TicketEnd.WORKED
             deps.queues.change_visibility(config.ticket_queue_url, ticket.receipt_handle, delay)
             return TicketEnd.RETURNED
+        if not keyed_first and wait_s == 0 and (end := _work_keyed(name, queue, ticket, deps, remaining_ms)):
+            return end
     age_s = deps.clock() - ticket.sent_timestamp_ms / 1000
     if (
         ticket.receive_count >= config.orphan_ticket_receives
@@ -228,6 +235,73 @@ def work_ticket(ticket: Ticket, deps: WorkerDeps, remaining_ms: int) -> TicketEn
         },
     )
     return TicketEnd.RETURNED
+
+
+def _work_keyed(
+    name: str, queue: QueueRef, ticket: Ticket, deps: WorkerDeps, remaining_ms: int
+) -> TicketEnd | None:
+    """Work the fair key's next item of priority `name` for `ticket`; None when none can go
+    (no keys, nothing waiting, every waiting key at its cap)."""
+    keyed = deps.keyed
+    if keyed is None:
+        return None
+    for _ in range(MAX_DROPPED_PER_QUEUE):
+        claimed = keyed.pick(name, lease_s=remaining_ms / 1000)
+        if claimed is None:
+            return None
+        queues = _keyed_queues(deps.queues, keyed, claimed)
+        item_deps = dataclasses.replace(deps, queues=queues)
+        payload = {
+            "Body": claimed.body,
+            "MessageId": claimed.item_id,
+            "ReceiptHandle": claimed.item_id,
+            # Each claim is a real attempt, as each receive of a ticket-dispatch payload is.
+            "Attributes": {"ApproximateReceiveCount": str(claimed.attempts)},
+        }
+        try:
+            delay = work_payload(payload, queue, item_deps, remaining_ms)
+        except PayloadDropped:
+            queues.delete(queue.url, claimed.item_id)
+            continue
+        if delay is None:
+            queues.delete(queue.url, claimed.item_id)
+            return TicketEnd.WORKED
+        deps.queues.change_visibility(deps.config.ticket_queue_url, ticket.receipt_handle, delay)
+        return TicketEnd.RETURNED
+    return None
+
+
+class _KeyedQueues:
+    """SqsQueues for one claimed keyed item: its retry and its removal go to the keyed store,
+    everything else (the ticket, dead letters) to the queues as usual."""
+
+    def __init__(self, queues: SqsQueues, keyed: KeyedItems, claimed: Claimed) -> None:
+        self._queues = queues
+        self._keyed = keyed
+        self._claimed = claimed
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._queues, name)
+
+    def change_visibility(self, queue_url: str, receipt_handle: str, seconds: int) -> None:
+        if receipt_handle == self._claimed.item_id:
+            self._keyed.retry(self._claimed, seconds)
+        else:
+            self._queues.change_visibility(queue_url, receipt_handle, seconds)
+
+    def delete(self, queue_url: str, receipt_handle: str) -> None:
+        if receipt_handle == self._claimed.item_id:
+            self._keyed.done(self._claimed)
+        else:
+            self._queues.delete(queue_url, receipt_handle)
+
+
+def _keyed_queues(queues: SqsQueues, keyed: KeyedItems, claimed: Claimed) -> SqsQueues:
+    """Inside the Completer's deferral when there is one: a further item's record must leave
+    only after its token was completed, as its payload would."""
+    if isinstance(queues, DeferredDeletes):
+        return cast("SqsQueues", queues.wrapping(lambda inner: _KeyedQueues(inner, keyed, claimed)))
+    return cast("SqsQueues", _KeyedQueues(queues, keyed, claimed))
 
 
 def _ticket_priority(body: str) -> str | None:

@@ -23,12 +23,16 @@ counter, and the key would lose a slot for good; a lease runs out on its own.
 
 from __future__ import annotations
 
+import json
 import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from dataclasses import field as dataclass_field
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
 
 MAX_WEIGHT = 1000.0
 """Weights are relative; a ratio over 1000:1 between two keys is a cap, not a share."""
@@ -115,3 +119,83 @@ def release(ledger: Ledger, lease_until: float) -> Ledger:
     if lease_until in leases:
         leases.remove(lease_until)
     return replace(ledger, leases=tuple(leases))
+
+
+KEY_FIELD_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+"""The key field is a JSONPath step in the state machine (`$.item.<field>`): a plain name."""
+
+
+@dataclass(frozen=True)
+class KeysSettings:
+    """The stack's `keys` setting (docs/keys.md), as the component validates it and the worker
+    reads it back from its environment (`to_json` / `from_json`)."""
+
+    field: str = "key"
+    weights: Mapping[str, float] = dataclass_field(default_factory=dict)
+    concurrency: int | None = None
+    """Default cap per key; None: only the global limits."""
+    concurrency_per_key: Mapping[str, int] = dataclass_field(default_factory=dict)
+    ordered_priorities: tuple[str, ...] = ()
+
+    def rule(self, key: str, priority: str) -> KeyRule:
+        return KeyRule(
+            weight=self.weights.get(key, 1.0),
+            cap=self.concurrency_per_key.get(key, self.concurrency),
+            ordered=priority in self.ordered_priorities,
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "field": self.field,
+                "weights": dict(self.weights),
+                "concurrency": self.concurrency,
+                "concurrency_per_key": dict(self.concurrency_per_key),
+                "ordered_priorities": list(self.ordered_priorities),
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def parse(cls, raw: Any, priorities: Sequence[str], where: str = "keys") -> KeysSettings:
+        """From the component arg (snake_case keys) or the worker's environment; every refusal
+        names the value and what to write instead."""
+        if not isinstance(raw, Mapping):
+            raise KeyRuleError(f"{where} must be an object such as {{'field': 'tenant'}}, got {raw!r}")
+        known = {"field", "weights", "concurrency", "concurrency_per_key", "ordered_priorities"}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise KeyRuleError(f"{where} has unknown fields {unknown}; it takes {sorted(known)}")
+        name = raw.get("field", "key")
+        if not isinstance(name, str) or not KEY_FIELD_PATTERN.fullmatch(name):
+            raise KeyRuleError(
+                f"{where}.field must be a plain field name (letters, digits, _), got {name!r}; "
+                "it names the item field that holds the key, e.g. 'tenant'"
+            )
+        weights = raw.get("weights") or {}
+        caps = raw.get("concurrency_per_key") or {}
+        for label, table in (("weights", weights), ("concurrency_per_key", caps)):
+            if not isinstance(table, Mapping) or not all(isinstance(k, str) and k for k in table):
+                raise KeyRuleError(f"{where}.{label} must map key names to values, got {table!r}")
+        default_cap = raw.get("concurrency")
+        checks = [(f"{where}.weights[{k!r}]", {"weight": v}) for k, v in weights.items()]
+        checks += [(f"{where}.concurrency_per_key[{k!r}]", {"cap": v}) for k, v in caps.items()]
+        checks += [(f"{where}.concurrency", {"cap": default_cap})] if default_cap is not None else []
+        for label, values in checks:
+            try:
+                KeyRule(**values)
+            except KeyRuleError as exc:
+                raise KeyRuleError(f"{label}: {exc}") from None
+        ordered = raw.get("ordered_priorities") or []
+        if not isinstance(ordered, (list, tuple)) or not all(p in priorities for p in ordered):
+            raise KeyRuleError(
+                f"{where}.ordered_priorities must list some of the priorities {list(priorities)}, "
+                f"got {ordered!r}"
+            )
+        return cls(
+            field=name,
+            weights={k: float(v) for k, v in weights.items()},
+            concurrency=default_cap,
+            concurrency_per_key=dict(caps),
+            ordered_priorities=tuple(ordered),
+        )

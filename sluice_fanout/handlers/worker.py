@@ -14,9 +14,11 @@ from aws_lambda_powertools.utilities.batch import (
 
 from sluice_fanout.handlers import contract, dispatch_ticket, dispatch_yield
 from sluice_fanout.handlers.adapters import (
+    KEYED_LEASE_MAX_S,
     ControllerGrant,
     DynamoRateLimiter,
     DynamoStore,
+    KeyedItems,
     SqsQueues,
     TaskTokens,
 )
@@ -117,6 +119,9 @@ def _deps() -> WorkerDeps:
         if config.controlled
         else None,
         slot_time=slot_time,
+        keyed=KeyedItems(ddb, config.idempotency_table, keys.rule, lease_s=KEYED_LEASE_MAX_S)
+        if (keys := config.keys) is not None
+        else None,
     )
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Self
 from aws_lambda_powertools import Logger
 
 from sluice_fanout.handlers import contract
+from sluice_fanout.handlers.fair import KeyRuleError, KeysSettings
 from sluice_fanout.handlers.metrics import WorkerMetrics
 from sluice_fanout.handlers.settings import SettingsError, WorkerSettings
 from sluice_fanout.handlers.slot_time import SlotTime
@@ -18,7 +19,7 @@ from sluice_fanout.handlers.slot_time import SlotTime
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from sluice_fanout.handlers.adapters import ControllerGrant, SqsQueues, TaskTokens
+    from sluice_fanout.handlers.adapters import ControllerGrant, KeyedItems, SqsQueues, TaskTokens
     from sluice_fanout.handlers.once import OncePerItem, ResultSpill
     from sluice_fanout.handlers.rate import RateLimiter
     from sluice_fanout.handlers.target import Target
@@ -56,6 +57,8 @@ class WorkerConfig(WorkerSettings):
     ticket_queue_url: str = ""
     results_bucket: str = ""
     """Bucket for results too large for Step Functions; empty: such results fail the item."""
+    keys: KeysSettings | None = None
+    """Fair share between keys (docs/keys.md); None: no keyed items."""
     # Not settings: fixed behaviour of the ticket dispatch, fields so that tests can shorten them.
     orphan_ticket_receives: int = ORPHAN_TICKET_RECEIVES
     orphan_ticket_age_seconds: int = ORPHAN_TICKET_AGE_SECONDS
@@ -95,9 +98,18 @@ class WorkerConfig(WorkerSettings):
             raise error(
                 f"{contract.ENV_IDEMPOTENCY_TABLE} is not set; the worker needs its idempotency table"
             )
+        keys = None
+        if raw_keys := env.get(contract.ENV_KEYS):
+            try:
+                keys = KeysSettings.parse(
+                    json.loads(raw_keys), [q.priority for q in queues], contract.ENV_KEYS
+                )
+            except (ValueError, KeyRuleError) as exc:
+                raise error(f"{contract.ENV_KEYS}: {exc}") from exc
         return cls(
             **settings.values(),
             queues=queues,
+            keys=keys,
             idempotency_table=table,
             ticket_queue_url=env.get(contract.ENV_TICKET_QUEUE_URL, ""),
             results_bucket=env.get(contract.ENV_RESULTS_BUCKET, ""),
@@ -128,3 +140,5 @@ class WorkerDeps:
     the deployed limit is fixed."""
     slot_time: SlotTime = field(default_factory=SlotTime)
     """Where the invocation's time goes; its AWS clients are attached to it."""
+    keyed: KeyedItems | None = None
+    """Where keyed items wait (docs/keys.md); None: the stack has no keys."""

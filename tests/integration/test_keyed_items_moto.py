@@ -7,6 +7,7 @@ consistent at once) and its per-partition write limits on a hot key's ledger.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -45,12 +46,21 @@ def ddb() -> Iterator[Any]:
 
 def _store(ddb: Any, clock: Clock, rules: dict[str, KeyRule] | None = None) -> KeyedItems:
     known = rules or {}
-    return KeyedItems(ddb, TABLE, lambda key: known.get(key, KeyRule()), LEASE_S, clock)
+    return KeyedItems(ddb, TABLE, lambda key, _priority: known.get(key, KeyRule()), LEASE_S, clock)
 
 
 def _submit(store: KeyedItems, key: str, count: int, start: int = 0, priority: str = "BATCH") -> None:
     for n in range(start, start + count):
-        store.enqueue(priority, key, f"{n:09d}", token=f"token-{key}-{n}", body=f'{{"n": {n}}}')
+        store.enqueue(
+            priority, key, f"{n:09d}", token=f"token-{key}-{n}", item={"n": n}, index=n, execution="arn:x"
+        )
+
+
+def _n(claimed: Claimed) -> int:
+    body = json.loads(claimed.body)
+    assert body["token"] == f"token-{claimed.key}-{body['index']}"
+    assert body["priority"] == claimed.priority
+    return int(body["item"]["n"])
 
 
 def _ledger(ddb: Any, priority: str, key: str) -> dict[str, Any]:
@@ -117,23 +127,23 @@ def test_an_ordered_key_goes_one_at_a_time_in_order_and_a_retry_holds_its_line(d
     _submit(store, "order-7", 3)
     head = store.pick("BATCH")
     assert head is not None
-    assert head.body == '{"n": 0}'
+    assert _n(head) == 0
     assert store.pick("BATCH") is None
     store.retry(head, delay_s=5)
     assert store.pick("BATCH") is None  # the head waits out its delay; item 1 may not overtake
     clock.now += 5
     again = store.pick("BATCH")
     assert again is not None
-    assert again.body == '{"n": 0}'
+    assert _n(again) == 0
     assert again.attempts == 2
     store.done(again)
     bodies = []
     for _ in range(2):
         claimed = store.pick("BATCH")
         assert claimed is not None
-        bodies.append(claimed.body)
+        bodies.append(_n(claimed))
         store.done(claimed)
-    assert bodies == ['{"n": 1}', '{"n": 2}']
+    assert bodies == [1, 2]
     assert store.pick("BATCH") is None
     assert "kpri" not in _ledger(ddb, "BATCH", "order-7")  # out of the ready index
 
@@ -225,4 +235,4 @@ def test_workers_side_by_side_keep_every_cap_and_work_each_item_once(ddb: Any) -
     assert worst["b"] <= 2
     assert worst["c"] <= 1
     assert worst["d"] > 1  # the model ran calls side by side, so the caps above were tested
-    assert [c.body for c in worked if c.key == "c"] == [f'{{"n": {n}}}' for n in range(12)]
+    assert [_n(c) for c in worked if c.key == "c"] == list(range(12))

@@ -143,7 +143,7 @@ def test_the_circle_finder_finds_a_type_only_circle(tmp_path: Path) -> None:
     assert circles(import_graph(tmp_path)) == [["localcloud.a", "localcloud.b"]]
 
 
-PURE_HANDLERS = {"contract", "settings", "limits", "rate", "controller"}
+PURE_HANDLERS = {"contract", "settings", "limits", "rate", "controller", "fair"}
 """The handler modules the components may import: standard library only, so deploy time never
 pulls in boto3 or Powertools (docs/architecture.md)."""
 
