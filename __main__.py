@@ -43,7 +43,7 @@ STR_ARGS = (
 )
 BOOL_ARGS = ("dashboard", "alarms")
 OBJECT_ARGS = ("priorities", "throttle_rule", "input_bucket_arns")
-CAMEL_OBJECT_ARGS = ("adaptive",)
+CAMEL_OBJECT_ARGS = ("adaptive", "keys")
 """Objects whose keys are camelCase in config (`minConcurrency`) and snake_case as args."""
 HTTP_KEYS = {
     "url": "httpUrl",

@@ -25,6 +25,7 @@ from localcloud.moto_dynamodb import lean_dynamodb_expressions
 from localcloud.moto_fixes import (
     atomic_dynamodb_writes,
     aws_like_heartbeats,
+    iso_execution_start_time,
     order_free_metric_dimensions,
     outcome_before_status,
     serialized_cloudwatch,
@@ -136,6 +137,7 @@ def embedded_aws() -> Iterator[EmbeddedAws]:
         cleanup.enter_context(serialized_cloudwatch())
         cleanup.enter_context(untracked_model_instances())
         cleanup.enter_context(outcome_before_status())
+        cleanup.enter_context(iso_execution_start_time())
         cleanup.enter_context(lean_request_path())
         cleanup.enter_context(fast_step_functions(route, endpoint, cloud.count))
         cleanup.enter_context(aws_results_and_limits())

@@ -235,6 +235,7 @@ class MotoResources(pulumi.runtime.Mocks):
             ],
             BillingMode=i.get("billingMode", "PAY_PER_REQUEST"),
             SSESpecification={"Enabled": bool(i.get("serverSideEncryption", {}).get("enabled", False))},
+            **_indexes(i.get("globalSecondaryIndexes") or []),
         )
         ttl = i.get("ttl") or {}
         if ttl.get("enabled"):
@@ -304,3 +305,24 @@ def deploy(aws: EmbeddedAws, config: dict[str, Any], program: Path = ROOT / "__m
     return DeployedStack(
         outputs=outputs, mappings=mocks.mappings, resources=mocks.types, schedules=mocks.schedules
     )
+
+
+def _indexes(declared: list[dict[str, Any]]) -> dict[str, Any]:
+    """A table's global secondary indexes as Pulumi declared them (the keyed table's)."""
+    if not declared:
+        return {}
+    return {
+        "GlobalSecondaryIndexes": [
+            {
+                "IndexName": index["name"],
+                "KeySchema": [{"AttributeName": index["hashKey"], "KeyType": "HASH"}]
+                + (
+                    [{"AttributeName": index["rangeKey"], "KeyType": "RANGE"}]
+                    if index.get("rangeKey")
+                    else []
+                ),
+                "Projection": {"ProjectionType": index.get("projectionType", "ALL")},
+            }
+            for index in declared
+        ]
+    }

@@ -22,6 +22,7 @@ from moto.stepfunctions.parser.asl.eval.program_state import (
     ProgramTimedOut,
 )
 from moto.stepfunctions.parser.backend.execution import BaseExecutionWorkerCommunication
+from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
 from moto.stepfunctions.parser.models import StepFunctionsParserBackend
 
 if TYPE_CHECKING:
@@ -188,3 +189,30 @@ def untracked_model_instances() -> AbstractContextManager[Any]:
     process's largest growth per item at 100,000 items.
     """
     return mock.patch.object(BaseModel, "__new__", _untracked_new)
+
+
+def _iso_start_time(original: Any) -> Any:
+    def environment(self: ExecutionWorker) -> Any:
+        env = original(self)
+        execution = env.states.context_object.context_object_data["Execution"]
+        started = execution.get("StartTime")
+        if isinstance(started, datetime.datetime):
+            execution["StartTime"] = (
+                started.astimezone(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            )
+        return env
+
+    return environment
+
+
+def iso_execution_start_time() -> AbstractContextManager[Any]:
+    """`$$.Execution.StartTime` is a string, as on AWS (ISO 8601, e.g. 2026-12-04T19:50:09.944Z).
+
+    moto puts a datetime in the context object, which no intrinsic can format (States.Format
+    fails with "datetime is not JSON serializable"); keyed items sort by their batch's start.
+    """
+    return mock.patch.object(
+        ExecutionWorker,
+        "_get_evaluation_environment",
+        _iso_start_time(ExecutionWorker._get_evaluation_environment),
+    )

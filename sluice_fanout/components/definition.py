@@ -15,6 +15,7 @@ from sluice_fanout.handlers.contract import (
     FIELD_EXECUTION,
     FIELD_INDEX,
     FIELD_ITEM,
+    FIELD_KEYED,
     FIELD_PRIORITY,
     FIELD_TOKEN,
     IDEMPOTENCY_KEY_ATTRIBUTE,
@@ -256,7 +257,7 @@ def build_item_processor(
     }
 
 
-def _ticket(priority: str, ticket_queue_url: str, then: str) -> dict[str, Any]:
+def _ticket(priority: str, ticket_queue_url: str, then: str, *, keyed: bool = False) -> dict[str, Any]:
     return {
         "Type": "Task",
         "Comment": "A ticket wakes one worker slot; it carries no payload.",
@@ -267,6 +268,8 @@ def _ticket(priority: str, ticket_queue_url: str, then: str) -> dict[str, Any]:
                 f"{FIELD_INDEX}.$": "$.index",
                 f"{FIELD_EXECUTION}.$": "$.execution",
                 FIELD_PRIORITY: priority,
+                # Its item waits in the keyed table: a ticket that beats it waits there.
+                **({FIELD_KEYED: True} if keyed else {}),
             },
         },
         "ResultPath": None,
@@ -287,7 +290,7 @@ def _keyed_wait(
     padded = f"States.MathAdd($.index, {KEYED_INDEX_OFFSET})"
     seq = f"States.Format('{{}}#{{}}#{{}}', $.submitted, $.execution, {padded})"
     return {
-        f"KeyedTicket{p}": _ticket(p, ticket_queue_url, f"KeyedWait{p}"),
+        f"KeyedTicket{p}": _ticket(p, ticket_queue_url, f"KeyedWait{p}", keyed=True),
         f"KeyedWait{p}": {
             "Type": "Task",
             "Comment": "Waits in its key's line, using no compute, until the worker sends its result.",

@@ -21,6 +21,7 @@ from sluice_fanout.components.policies import (
     build_state_machine_policy,
 )
 from sluice_fanout.handlers import contract, limits
+from sluice_fanout.handlers.fair import KeysSettings
 
 COMPONENT = "FanOutWorkflow"
 DISTRIBUTED_MAP_MAX_CONCURRENCY = 10_000  # child executions a Distributed Map runs at once
@@ -61,6 +62,9 @@ class FanOutWorkflowArgs(TypedDict):
     queue_kms_key_arn: NotRequired[str]
     """The customer KMS key encrypting the queues (as given to PriorityQueues), if any: the role
     may then encrypt the messages it sends, with that key only."""
+    keys: NotRequired[KeysSettings]
+    """Fair share between keys (docs/keys.md, `ticket` dispatch only): throttled items with a
+    string in the key field wait in a keyed table this component creates. Default: none."""
 
 
 class FanOutWorkflow(pulumi.ComponentResource):
@@ -71,6 +75,9 @@ class FanOutWorkflow(pulumi.ComponentResource):
     results_bucket_arn: pulumi.Output[str]
     results_bucket: pulumi.Output[str]
     """Bucket for batches read from S3 (upload under `inputs/`) and Map results (`results/`)."""
+    keyed_table_name: pulumi.Output[str] | None
+    """With `keys`: the table where keyed items wait, and their keys' ledgers; else None."""
+    keyed_table_arn: pulumi.Output[str] | None
     aggregate_function_name: pulumi.Output[str]
     order_function_name: pulumi.Output[str]
     """Sorts a batch larger than the Map's concurrency by priority before the Map opens it."""
@@ -131,6 +138,9 @@ class FanOutWorkflow(pulumi.ComponentResource):
             },
         ).function
 
+        keys = args.get("keys")
+        keyed_table = keyed_table_for(name, child) if keys is not None else None
+
         # State machine.
         sm_role = aws.iam.Role(
             f"{name}-sfn-role",
@@ -151,6 +161,7 @@ class FanOutWorkflow(pulumi.ComponentResource):
                     function_arns=pulumi.Output.all(*function_arns),
                     bucket_arn=bucket.arn,
                     input_bucket_arns=input_bucket_arns,
+                    keyed_arn=keyed_table.arn if keyed_table is not None else None,
                 ).apply(
                     lambda a: build_state_machine_policy(
                         queue_arns=[a["queue_arns"][p] for p in priorities]
@@ -159,6 +170,7 @@ class FanOutWorkflow(pulumi.ComponentResource):
                         results_bucket_arn=a["bucket_arn"],
                         input_bucket_arns=a["input_bucket_arns"],
                         kms_key_arn=cfg.kms_key_arn,
+                        keyed_table_arn=a["keyed_arn"],
                     )
                 )
             ),
@@ -179,6 +191,7 @@ class FanOutWorkflow(pulumi.ComponentResource):
             bucket=bucket.bucket,
             direct_arn=direct_arn,
             ticket_url=args.get("ticket_queue_url"),
+            keyed_table=keyed_table.name if keyed_table is not None else None,
         ).apply(
             lambda a: build_state_machine_definition(
                 priorities=priorities,
@@ -193,6 +206,8 @@ class FanOutWorkflow(pulumi.ComponentResource):
                 tolerated_failure_percentage=cfg.tolerated_failure_percentage,
                 direct_function_arn=a["direct_arn"],
                 ticket_queue_url=a["ticket_url"],
+                keys=keys,
+                keyed_table=a["keyed_table"],
             )
         )
         state_machine = aws.sfn.StateMachine(
@@ -221,6 +236,8 @@ class FanOutWorkflow(pulumi.ComponentResource):
         self.state_machine_name = state_machine.name
         self.results_bucket = bucket.bucket
         self.results_bucket_arn = bucket.arn
+        self.keyed_table_name = keyed_table.name if keyed_table is not None else None
+        self.keyed_table_arn = keyed_table.arn if keyed_table is not None else None
         self.aggregate_function_name = aggregate.name
         self.order_function_name = order.name
         self.register_outputs(
@@ -231,8 +248,33 @@ class FanOutWorkflow(pulumi.ComponentResource):
                 "results_bucket_arn": self.results_bucket_arn,
                 "aggregate_function_name": self.aggregate_function_name,
                 "order_function_name": self.order_function_name,
+                "keyed_table_name": self.keyed_table_name,
             }
         )
+
+
+def keyed_table_for(name: str, opts: pulumi.ResourceOptions) -> aws.dynamodb.Table:
+    """Where keyed items wait (docs/keys.md): a table of its own, created only with keys, so a
+    stack without them gets nothing new and the idempotency table keeps its one job."""
+    attributes = {contract.IDEMPOTENCY_KEY_ATTRIBUTE: "S"}
+    indexes = []
+    for index, ((hash_name, hash_type), (range_name, range_type)) in contract.KEYED_INDEXES.items():
+        attributes |= {hash_name: hash_type, range_name: range_type}
+        indexes.append(
+            aws.dynamodb.TableGlobalSecondaryIndexArgs(
+                name=index, hash_key=hash_name, range_key=range_name, projection_type="ALL"
+            )
+        )
+    return aws.dynamodb.Table(
+        f"{name}-keyed",
+        billing_mode="PAY_PER_REQUEST",
+        hash_key=contract.IDEMPOTENCY_KEY_ATTRIBUTE,
+        attributes=[aws.dynamodb.TableAttributeArgs(name=n, type=t) for n, t in attributes.items()],
+        global_secondary_indexes=indexes,
+        ttl={"attribute_name": contract.IDEMPOTENCY_EXPIRY_ATTRIBUTE, "enabled": True},
+        server_side_encryption={"enabled": True},
+        opts=opts,
+    )
 
 
 @dataclass(frozen=True)

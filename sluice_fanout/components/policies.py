@@ -50,9 +50,10 @@ def build_worker_policy(
     secret_arn: str | None = None,
     ssm_parameter_arn: str | None = None,
     kms_key_arn: str | None = None,
+    keyed_table_arn: str | None = None,
 ) -> dict[str, Any]:
     """What the worker may do: consume its queues, dead-letter, answer tokens, keep its
-    idempotency records, spill large results, log.
+    idempotency records, spill large results, log; with keys, pick and finish keyed items.
 
     With `kms_key_arn` (the queues' customer key) it may also decrypt what it receives and
     encrypt what it sends to the DLQs.
@@ -98,6 +99,14 @@ def build_worker_policy(
         statements.append(_statement("ReadApiParameter", ["ssm:GetParameter"], [ssm_parameter_arn]))
     if kms_key_arn:
         statements.append(_queue_key_statement(kms_key_arn))
+    if keyed_table_arn:
+        statements.append(
+            _statement(
+                "WorkKeyedItems",
+                ["dynamodb:DeleteItem", "dynamodb:GetItem", "dynamodb:Query", "dynamodb:UpdateItem"],
+                [keyed_table_arn, f"{keyed_table_arn}/index/*"],
+            )
+        )
     return {"Version": "2012-10-17", "Statement": statements}
 
 
@@ -197,8 +206,11 @@ def build_state_machine_policy(
     results_bucket_arn: str,
     input_bucket_arns: Sequence[str],
     kms_key_arn: str | None = None,
+    keyed_table_arn: str | None = None,
 ) -> dict[str, Any]:
     """What the state machine needs before it exists (CreateStateMachine checks logging).
+    With `keyed_table_arn`, a keyed item's wait step writes its record and its key's ledger
+    (one TransactWriteItems: IAM checks its Put and its Update).
 
     With `kms_key_arn` (the queues' customer key) it may also encrypt the messages it sends.
     """
@@ -209,6 +221,11 @@ def build_state_machine_policy(
         "Statement": [
             _statement("EnqueueThrottledItems", ["sqs:SendMessage"], queue_arns),
             *key_statements,
+            *(
+                [_statement("WaitKeyedItems", ["dynamodb:PutItem", "dynamodb:UpdateItem"], [keyed_table_arn])]
+                if keyed_table_arn
+                else []
+            ),
             _statement(
                 "InvokeFunctions",
                 ["lambda:InvokeFunction"],

@@ -18,6 +18,7 @@ from sluice_fanout.components import validation as v
 from sluice_fanout.components.function import sluice_function
 from sluice_fanout.components.policies import build_worker_policy
 from sluice_fanout.handlers import contract, limits
+from sluice_fanout.handlers.fair import KeysSettings
 from sluice_fanout.handlers.rate import RATE_MAX_WAIT_SHARE, RATE_WINDOW_ALLOWANCE_S
 from sluice_fanout.handlers.settings import HttpTargetSettings, WorkerSettings
 
@@ -90,6 +91,11 @@ class PriorityWorkerArgs(TypedDict):
     with ticket_queue). Default ticket."""
     ticket_queue_url: NotRequired[pulumi.Input[str]]
     ticket_queue_arn: NotRequired[pulumi.Input[str]]
+    keys: NotRequired[KeysSettings]
+    """Fair share between keys (docs/keys.md); needs keyed_table_name and keyed_table_arn (from
+    FanOutWorkflow with the same keys). Default: none."""
+    keyed_table_name: NotRequired[pulumi.Input[str]]
+    keyed_table_arn: NotRequired[pulumi.Input[str]]
     share_period: NotRequired[int]
     """ticket: one item in every share_period gives each lower priority first pick. Default 10."""
     idempotency_ttl_seconds: NotRequired[int]
@@ -191,6 +197,10 @@ class PriorityWorker(pulumi.ComponentResource):
             env[contract.ENV_RESULTS_BUCKET] = args["results_bucket"]
         if settings.dispatch == contract.DISPATCH_TICKET:
             env[contract.ENV_TICKET_QUEUE_URL] = args["ticket_queue_url"]
+        keys = args.get("keys")
+        if keys is not None:
+            env[contract.ENV_KEYS] = keys.to_json()
+            env[contract.ENV_KEYED_TABLE] = args["keyed_table_name"]
         if http is not None:
             env[contract.ENV_HTTP_URL] = http["url"]
             defaults = HttpTargetSettings.defaults()
@@ -213,6 +223,7 @@ class PriorityWorker(pulumi.ComponentResource):
                 results_bucket_arn=args.get("results_bucket_arn"),
                 secret_arn=http.get("secret_arn") if http else None,
                 ssm_parameter_arn=http.get("ssm_parameter_arn") if http else None,
+                keyed_arn=args.get("keyed_table_arn") if keys is not None else None,
             ).apply(
                 lambda a: build_worker_policy(
                     queue_arns=[a["queue_arns"][p] for p in priorities]
@@ -224,6 +235,7 @@ class PriorityWorker(pulumi.ComponentResource):
                     secret_arn=a["secret_arn"],
                     ssm_parameter_arn=a["ssm_parameter_arn"],
                     kms_key_arn=cfg.kms_key_arn,
+                    keyed_table_arn=a["keyed_arn"],
                 )
             )
 

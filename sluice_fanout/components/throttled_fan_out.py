@@ -32,6 +32,7 @@ from sluice_fanout.components.priority_worker import (
 )
 from sluice_fanout.handlers import limits
 from sluice_fanout.handlers.contract import DISPATCH_TICKET
+from sluice_fanout.handlers.fair import KeyRuleError, KeysSettings
 from sluice_fanout.handlers.settings import DEFAULT_PRIORITIES, WorkerSettings
 
 COMPONENT = "ThrottledFanOut"
@@ -103,6 +104,11 @@ class ThrottledFanOutArgs(TypedDict):
     """First backoff after a retryable error. Default 2."""
     retry_max_seconds: NotRequired[float]
     """Backoff cap. Default 300."""
+    keys: NotRequired[Mapping[str, Any]]
+    """Fair share between keys within a priority (docs/keys.md; `ticket` dispatch only):
+    `field` (default `key`), `weights` {key: weight}, `concurrency` (a cap per key),
+    `concurrency_per_key` {key: cap}, `ordered_priorities`. Default: none, items are worked in
+    arrival order within a priority."""
     adaptive: NotRequired[AdaptiveArgs]
     """Let a scheduled controller move the worker's concurrency limit between
     adaptive.min_concurrency and `concurrency` from the API's 429s, errors and latency, and
@@ -200,6 +206,7 @@ class ThrottledFanOut(pulumi.ComponentResource):
             "high_age_alarm_seconds",
             "alarm_topic_arn",
             "adaptive",
+            "keys",
             *_QUEUE_ARGS,
             *_WORKER_ARGS,
             *_WORKFLOW_ARGS,
@@ -261,6 +268,10 @@ class ThrottledFanOut(pulumi.ComponentResource):
             **kms,
             **pick(_WORKFLOW_ARGS),
         }
+        if "keys" in args:
+            keys = _check_keys(name, args["keys"], priorities, dispatch)
+            worker_args_plain["keys"] = keys
+            workflow_args_plain["keys"] = keys
         # Check every sub-component's args before any resource exists, so a bad stack is
         # rejected whole at preview instead of half-built.
         check_queue_args(name, queue_args, COMPONENT)
@@ -324,6 +335,14 @@ class ThrottledFanOut(pulumi.ComponentResource):
                 "results_bucket": workflow.results_bucket,
                 "results_bucket_arn": workflow.results_bucket_arn,
                 **_ticket_args(queues),
+                **(
+                    {
+                        "keyed_table_name": workflow.keyed_table_name,
+                        "keyed_table_arn": workflow.keyed_table_arn,
+                    }
+                    if workflow.keyed_table_name is not None
+                    else {}
+                ),
             },
         )
         worker = PriorityWorker(f"{name}-worker", worker_args, child)
@@ -387,6 +406,21 @@ class ThrottledFanOut(pulumi.ComponentResource):
                 "controller_function_name": self.controller_function_name,
             }
         )
+
+
+def _check_keys(name: str, raw: Any, priorities: Sequence[str], dispatch: str) -> KeysSettings:
+    if dispatch != DISPATCH_TICKET:
+        raise v.fail(
+            COMPONENT,
+            name,
+            "keys",
+            "need the ticket dispatch (the worker picks the fair key's item)",
+            dispatch,
+        )
+    try:
+        return KeysSettings.parse(raw, priorities)
+    except KeyRuleError as exc:
+        raise v.SluiceConfigError(f"{COMPONENT} {name!r}: {exc}") from None
 
 
 def _ticket_args(queues: PriorityQueues) -> dict[str, Any]:

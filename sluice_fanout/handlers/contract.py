@@ -120,6 +120,8 @@ KEYED_INDEXES = {
 }
 ENV_KEYS = "SLUICE_KEYS"
 """JSON object: the stack's `keys` setting (fair.KeysSettings.to_json); unset: no keyed items."""
+ENV_KEYED_TABLE = "SLUICE_KEYED_TABLE"
+"""The DynamoDB table where keyed items wait (set with SLUICE_KEYS)."""
 KEYED_ARRIVAL_UPDATE = (
     "ADD pending :one SET kpri = :p, kkey = :k, kfin = if_not_exists(vfinish, :zero), arrived = :now"
 )
@@ -163,6 +165,8 @@ FIELD_ITEM = "item"
 FIELD_INDEX = "index"
 FIELD_PRIORITY = "priority"
 FIELD_EXECUTION = "execution"
+FIELD_KEYED = "keyed"
+"""On a ticket: its item waits in the keyed table, not on a priority queue."""
 
 # A task output of `{RESULT_POINTER_FIELD: {"bucket", "key", "bytes"}}` means the result is in S3.
 RESULT_POINTER_FIELD = "sluice_result_s3"

@@ -33,6 +33,9 @@ TICKET_PAYLOAD_WAIT_S = 1
 """How long a ticket that found nothing waits for its own payload (SQS long polling, whole s)."""
 NEXT_ITEM_ALLOWANCE = 2.0
 """A further item is started only with this many times the slowest item so far still left."""
+KEYED_WAIT_STEP_S = 0.1
+"""How often a keyed ticket that beat its record asks the keyed table again (a few reads each;
+no long polling there)."""
 RETURN_MARGIN_S = 2.0
 """Time kept to return the batch response after the last item."""
 
@@ -155,7 +158,7 @@ def keep_working(deps: WorkerDeps, deadline: float, longest_s: float) -> None:
         completer.drain()
 
 
-def work_ticket(ticket: Ticket, deps: WorkerDeps, remaining_ms: int) -> TicketEnd:
+def work_ticket(ticket: Ticket, deps: WorkerDeps, remaining_ms: int) -> TicketEnd:  # noqa: PLR0911 - one per way a ticket ends
     """Pull the highest-priority waiting payload for `ticket` and work it.
 
     The ticket is used up only with a finished payload, so tickets and payloads stay one to
@@ -171,13 +174,21 @@ def work_ticket(ticket: Ticket, deps: WorkerDeps, remaining_ms: int) -> TicketEn
     # priority's queue rather than going back for a second or more of back-off.
     own = _ticket_priority(ticket.body)
     pulls = [(name, 0) for name in order]
-    if own in order and remaining_ms > (TICKET_PAYLOAD_WAIT_S + 1) * 1000:
-        pulls.append((own, TICKET_PAYLOAD_WAIT_S))
+    waits = own in order and remaining_ms > (TICKET_PAYLOAD_WAIT_S + 1) * 1000
+    if waits and own is not None:
+        # A keyed item's record is written just after its ticket: such a ticket waits for it
+        # in the keyed table (a negative wait), any other on its priority's queue.
+        keyed_ticket = _ticket_field(ticket.body, contract.FIELD_KEYED) is True
+        pulls.append((own, -TICKET_PAYLOAD_WAIT_S if keyed_ticket else TICKET_PAYLOAD_WAIT_S))
     # Within a priority, keyed items and unkeyed ones take turns by ticket: while both wait,
     # each gets about half the slots of that priority (docs/keys.md).
     keyed_first = index % 2 == 0
     for name, wait_s in pulls:
         queue = next(q for q in config.queues if q.priority == name)
+        if wait_s < 0:
+            if end := _work_keyed(name, queue, ticket, deps, remaining_ms, wait_s=-wait_s):
+                return end
+            continue
         if keyed_first and wait_s == 0 and (end := _work_keyed(name, queue, ticket, deps, remaining_ms)):
             return end
         # A malformed payload has no ticket of its own (the state machine never sent it), and one
@@ -238,15 +249,20 @@ def work_ticket(ticket: Ticket, deps: WorkerDeps, remaining_ms: int) -> TicketEn
 
 
 def _work_keyed(
-    name: str, queue: QueueRef, ticket: Ticket, deps: WorkerDeps, remaining_ms: int
+    name: str, queue: QueueRef, ticket: Ticket, deps: WorkerDeps, remaining_ms: int, *, wait_s: float = 0
 ) -> TicketEnd | None:
     """Work the fair key's next item of priority `name` for `ticket`; None when none can go
-    (no keys, nothing waiting, every waiting key at its cap)."""
+    (no keys, nothing waiting, every waiting key at its cap), also after `wait_s` of asking."""
     keyed = deps.keyed
     if keyed is None:
         return None
+    asks = 1 + int(wait_s / KEYED_WAIT_STEP_S)
     for _ in range(MAX_DROPPED_PER_QUEUE):
         claimed = keyed.pick(name, lease_s=remaining_ms / 1000)
+        while claimed is None and asks > 1:
+            asks -= 1
+            deps.sleep(KEYED_WAIT_STEP_S)
+            claimed = keyed.pick(name, lease_s=remaining_ms / 1000)
         if claimed is None:
             return None
         queues = _keyed_queues(deps.queues, keyed, claimed)
@@ -305,11 +321,15 @@ def _keyed_queues(queues: SqsQueues, keyed: KeyedItems, claimed: Claimed) -> Sqs
 
 
 def _ticket_priority(body: str) -> str | None:
+    value = _ticket_field(body, contract.FIELD_PRIORITY)
+    return value if isinstance(value, str) else None
+
+
+def _ticket_field(body: str, name: str) -> Any:
     try:
-        value = json.loads(body).get(contract.FIELD_PRIORITY)
+        return json.loads(body).get(name)
     except (ValueError, AttributeError):
         return None
-    return value if isinstance(value, str) else None
 
 
 def _ticket_index(body: str) -> int:

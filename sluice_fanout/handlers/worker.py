@@ -119,7 +119,7 @@ def _deps() -> WorkerDeps:
         if config.controlled
         else None,
         slot_time=slot_time,
-        keyed=KeyedItems(ddb, config.idempotency_table, keys.rule, lease_s=KEYED_LEASE_MAX_S)
+        keyed=KeyedItems(ddb, config.keyed_table, keys.rule, lease_s=KEYED_LEASE_MAX_S)
         if (keys := config.keys) is not None
         else None,
     )

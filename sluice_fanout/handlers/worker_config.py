@@ -59,6 +59,7 @@ class WorkerConfig(WorkerSettings):
     """Bucket for results too large for Step Functions; empty: such results fail the item."""
     keys: KeysSettings | None = None
     """Fair share between keys (docs/keys.md); None: no keyed items."""
+    keyed_table: str = ""
     # Not settings: fixed behaviour of the ticket dispatch, fields so that tests can shorten them.
     orphan_ticket_receives: int = ORPHAN_TICKET_RECEIVES
     orphan_ticket_age_seconds: int = ORPHAN_TICKET_AGE_SECONDS
@@ -99,7 +100,10 @@ class WorkerConfig(WorkerSettings):
                 f"{contract.ENV_IDEMPOTENCY_TABLE} is not set; the worker needs its idempotency table"
             )
         keys = None
+        keyed_table = env.get(contract.ENV_KEYED_TABLE, "")
         if raw_keys := env.get(contract.ENV_KEYS):
+            if not keyed_table:
+                raise error(f"{contract.ENV_KEYED_TABLE} is required with {contract.ENV_KEYS}")
             try:
                 keys = KeysSettings.parse(
                     json.loads(raw_keys), [q.priority for q in queues], contract.ENV_KEYS
@@ -110,6 +114,7 @@ class WorkerConfig(WorkerSettings):
             **settings.values(),
             queues=queues,
             keys=keys,
+            keyed_table=keyed_table,
             idempotency_table=table,
             ticket_queue_url=env.get(contract.ENV_TICKET_QUEUE_URL, ""),
             results_bucket=env.get(contract.ENV_RESULTS_BUCKET, ""),
