@@ -10,7 +10,15 @@ from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 from unittest import mock
 
-from moto.dynamodb.comparisons import ConditionExpressionParser
+from moto.dynamodb.comparisons import ConditionExpressionParser, get_filter_expression
+from moto.dynamodb.exceptions import (
+    ConditionalCheckFailed,
+    MultipleTransactionsException,
+    TooManyTransactionsException,
+    TransactionCanceledException,
+    TransactWriteSingleOpException,
+)
+from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.parsing import validators
 from moto.dynamodb.parsing.ast_nodes import DepthFirstTraverser, Node  # type: ignore[attr-defined]  # moto declares it untyped
 from moto.dynamodb.parsing.expressions import UpdateExpressionParser  # type: ignore[attr-defined]  # moto declares it untyped
@@ -20,7 +28,13 @@ from localcloud.moto_version import MOTO_VERSION, UnsupportedMotoError, require_
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["MOTO_VERSION", "UnsupportedMotoError", "check_moto_version", "lean_dynamodb_expressions"]
+__all__ = [
+    "MOTO_VERSION",
+    "UnsupportedMotoError",
+    "check_moto_version",
+    "lean_dynamodb_expressions",
+    "lean_dynamodb_transactions",
+]
 
 CACHED_EXPRESSIONS = 1024
 """Distinct texts kept per kind: a stack uses a handful; a run with more only parses again."""
@@ -162,4 +176,101 @@ def lean_dynamodb_expressions() -> Iterator[None]:
                 _cached_lexing(ConditionExpressionParser._lex_condition_expression),
             )
         )
+        yield
+
+
+_Plan = tuple[str, dict[str, Any], str, dict[str, Any]]
+
+
+def _transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> None:
+    """moto's TransactWriteItems, keeping a copy of only the items it touches.
+
+    moto deep-copied every table a transaction names, to roll back on failure: a cost that grows
+    with the table, paid by every keyed item's arrival, claim and finish (thousands of waiting
+    records made each transaction tens of milliseconds). Here every condition is checked first,
+    against the items as they were (as DynamoDB evaluates a transaction), and nothing is written
+    unless all hold; a write that still fails restores the touched items. The emulator serializes
+    DynamoDB writes (moto_fixes.atomic_dynamodb_writes), so the check and the writes are atomic.
+    """
+    plans = _checked(self, transact_items)
+    before = [(name, key, copy.deepcopy(self.get_item(name, key))) for name, key, _, _ in plans]
+    try:
+        for plan in plans:
+            _apply(self, plan)
+    except Exception:
+        for table_name, key, item in before:
+            if item is None:
+                self.delete_item(table_name, key)
+            else:
+                self.put_item(table_name, item.to_json()["Attributes"])
+        raise
+
+
+def _checked(self: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> list[_Plan]:
+    """Each operation's table and key, once every condition held; else the cancellation."""
+    if len(transact_items) > 100:
+        raise TooManyTransactionsException
+    plans: list[_Plan] = []
+    seen: set[tuple[str, str]] = set()
+    errors: list[tuple[str | None, str | None, dict[str, Any] | None]] = []
+    for entry in transact_items:
+        if len(entry) > 1:
+            raise TransactWriteSingleOpException
+        op_type, op = next(iter(entry.items()))
+        if op_type not in {"ConditionCheck", "Put", "Delete", "Update"}:
+            raise ValueError("Unsupported transaction operation")
+        table_name = op["TableName"]
+        key = _key_of(self, table_name, op) if op_type == "Put" else op["Key"]
+        marker = (str(table_name), str(dict(sorted(key.items()))))
+        if marker in seen:
+            raise MultipleTransactionsException
+        seen.add(marker)
+        condition = op.get("ConditionExpression")
+        held = condition is None or get_filter_expression(
+            condition, op.get("ExpressionAttributeNames"), op.get("ExpressionAttributeValues")
+        ).expr(self.get_item(table_name, key))
+        errors.append(
+            (None, None, None) if held else ("ConditionalCheckFailed", ConditionalCheckFailed().message, None)
+        )
+        plans.append((table_name, key, op_type, op))
+    if any(code is not None for code, _, _ in errors):
+        raise TransactionCanceledException(errors)
+    return plans
+
+
+def _key_of(self: DynamoDBBackend, table_name: str, op: dict[str, Any]) -> dict[str, Any]:
+    table = self.get_table(table_name)
+    key = {table.hash_key_attr: op["Item"][table.hash_key_attr]}
+    if table.range_key_attr is not None:
+        key[table.range_key_attr] = op["Item"][table.range_key_attr]
+    return key
+
+
+def _apply(self: DynamoDBBackend, plan: _Plan) -> None:
+    table_name, key, op_type, op = plan
+    names = op.get("ExpressionAttributeNames") or {}
+    values = op.get("ExpressionAttributeValues") or {}
+    if op_type == "Put":
+        self.put_item(
+            table_name, op["Item"], expression_attribute_names=names, expression_attribute_values=values
+        )
+    elif op_type == "Delete":
+        self.delete_item(
+            table_name, key, expression_attribute_names=names, expression_attribute_values=values
+        )
+    elif op_type == "Update":
+        self.update_item(
+            table_name,
+            key,
+            update_expression=op["UpdateExpression"],
+            expression_attribute_names=names,
+            expression_attribute_values=values,
+        )
+
+
+@contextmanager
+def lean_dynamodb_transactions() -> Iterator[None]:
+    """TransactWriteItems without a copy of each table it names (see `_transact_write_items`)."""
+    check_moto_version()
+    with mock.patch.object(DynamoDBBackend, "transact_write_items", _transact_write_items):
         yield

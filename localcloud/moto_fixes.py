@@ -73,6 +73,9 @@ def aws_like_heartbeats() -> AbstractContextManager[Any]:
 
 
 _DYNAMODB_WRITES = ("put_item", "update_item", "delete_item", "transact_write_items")
+# Reads that walk a table's items: moto iterates its dict, and a write in another thread made
+# a query fail with "dictionary changed size during iteration" (DynamoDB reads never fail so).
+_DYNAMODB_WALKS = ("query", "scan")
 _dynamodb_lock = threading.RLock()
 
 
@@ -91,10 +94,11 @@ def atomic_dynamodb_writes() -> Iterator[None]:
     moto checks a write's condition and applies the write as separate steps with no lock, so two
     threads (two Lambda sandboxes, or the threaded moto server) can both pass `tat = :old`.
     DynamoDB applies each conditional write atomically; the rate limiter and the idempotency
-    records rely on it.
+    records rely on it. Queries and scans take the same lock: they walk the items a write
+    changes.
     """
     with ExitStack() as patches:
-        for name in _DYNAMODB_WRITES:
+        for name in (*_DYNAMODB_WRITES, *_DYNAMODB_WALKS):
             serialized = _serialized(getattr(DynamoDBBackend, name))
             patches.enter_context(mock.patch.object(DynamoDBBackend, name, serialized))
         yield

@@ -327,6 +327,7 @@ def _keyed_wait(
                                 ":p": {"S": p},
                                 ":k": {"S.$": key},
                                 ":zero": {"N": "0"},
+                                ":none": {"M": {}},
                                 ":now": {"S.$": "$$.State.EnteredTime"},
                             },
                         }

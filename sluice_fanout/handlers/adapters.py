@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import random
 import time
@@ -612,6 +613,7 @@ class KeyedItems:
                             ":p": {"S": priority},
                             ":k": {"S": key},
                             ":zero": {"N": "0"},
+                            ":none": {"M": {}},
                             ":now": {"S": now_iso},
                         },
                     }
@@ -621,232 +623,305 @@ class KeyedItems:
 
     def pick(self, priority: str, lease_s: float | None = None) -> Claimed | None:
         """Claim the next item of `priority` by the fair-share rule, or None when no key with
-        waiting items has room. Costs a few reads per key looked at, never a scan. The lease
-        (default: the store's) should end when the caller's invocation must: no call outlives it."""
+        waiting items has room. Three requests when the first key can go (the ready index,
+        the key's line, one transaction), never a scan. The lease (default: the store's)
+        should end when the caller's invocation must: no call outlives it."""
         now = self._clock()
         lease_until = now + (self._lease_s if lease_s is None else lease_s)
-        clock = self._read_clock(priority)
         pages = self._client.get_paginator("query").paginate(
             TableName=self._table,
             IndexName=contract.KEYED_READY_INDEX,
             KeyConditionExpression="kpri = :p",
             ExpressionAttributeValues={":p": {"S": priority}},
-            PaginationConfig={"PageSize": 10},
+            # Most picks take the first key: a small page, more only past keys at their cap.
+            PaginationConfig={"PageSize": 4},
         )
+        clock = 0.0
         looked = 0
         for page in pages:
-            for entry in page.get("Items", []):
+            for record in page.get("Items", []):
+                if record[IDEMPOTENCY_KEY_ATTRIBUTE]["S"] == self._clock_id(priority):
+                    clock = float(record.get("vclock", {"N": "0"})["N"])  # sorts first: kfin -1
+                    continue
                 looked += 1
                 if looked > KEYED_KEYS_LOOKED_AT_MAX:
                     return None
-                claimed = self._try_key(priority, entry["kkey"]["S"], clock, now, lease_until)
+                claimed = self._try_key(priority, record, clock, now, lease_until)
                 if claimed is not None:
-                    self._advance_clock(priority, claimed[1])
-                    return claimed[0]
+                    return claimed
         return None
 
+    def _clock_id(self, priority: str) -> str:
+        return contract.KEYED_LEDGER_PREFIX + priority
+
+    def _ledger_id(self, priority: str, key: str) -> str:
+        return f"{contract.KEYED_LEDGER_PREFIX}{priority}#{key}"
+
     def _try_key(
-        self, priority: str, key: str, clock: float, now: float, lease_until: float
-    ) -> tuple[Claimed, float] | None:
+        self, priority: str, record: dict[str, Any], clock: float, now: float, lease_until: float
+    ) -> Claimed | None:
+        key = record["kkey"]["S"]
         rule = self._rules(key, priority)
-        ledger, version, record = self._read_ledger(priority, key)
+        ledger, version, expired = _ledger_of(record, now)
+        has_finish = "vfinish" in record
         if not ledger.has_room(rule, now):
             return None
-        line = self._line(priority, key, head_only=rule.ordered)
+        line = self._line(priority, key, head_only=rule.ordered, in_flight=len(ledger.live(now)))
         if not line:
-            self._repair(priority, key, record, now)
+            self._leave_if_done(priority, key, record, now)
             return None
         for item in line:
             if not _free(item, now):
                 if rule.ordered:
                     return None  # the head holds its key's line: in flight or waiting to retry
                 continue
-            if not self._claim(item, lease_until, now):
-                continue
-            for _ in range(_LEDGER_SAVE_TRIES):
+            for attempt in range(_LEDGER_SAVE_TRIES):
                 booked, start = fair.dispatch(ledger, rule, clock, now, lease_until)
-                if self._save_ledger(priority, key, booked, version):
-                    return (
-                        Claimed(
-                            priority=priority,
-                            key=key,
-                            item_id=item[IDEMPOTENCY_KEY_ATTRIBUTE]["S"],
-                            token=item["token"]["S"],
-                            body=_message_body(item, priority),
-                            attempts=int(item.get("attempts", {"N": "0"})["N"]) + 1,
-                            lease_until=lease_until,
-                        ),
-                        start,
+                outcome = self._claim(
+                    priority,
+                    key,
+                    item,
+                    expired,
+                    booked,
+                    version,
+                    start,
+                    now,
+                    rule=rule,
+                    clock=clock,
+                    # Its finish is past the clock: it starts at its finish, whatever it is now.
+                    busy=has_finish and ledger.finish >= clock,
+                )
+                if outcome == "claimed":
+                    return Claimed(
+                        priority=priority,
+                        key=key,
+                        item_id=item[IDEMPOTENCY_KEY_ATTRIBUTE]["S"],
+                        token=item["token"]["S"],
+                        body=_message_body(item, priority),
+                        attempts=int(item.get("attempts", {"N": "0"})["N"]) + 1,
+                        lease_until=lease_until,
                     )
-                ledger, version, record = self._read_ledger(priority, key)
-                if not ledger.has_room(rule, now):
+                if outcome == "item taken" or attempt + 1 == _LEDGER_SAVE_TRIES:
                     break
-            self._unclaim(item[IDEMPOTENCY_KEY_ATTRIBUTE]["S"], lease_until)
-            return None
+                # The ledger moved (another worker's claim or release): read it again.
+                fresh = self._client.get_item(
+                    TableName=self._table, Key=self._id(self._ledger_id(priority, key)), ConsistentRead=True
+                ).get("Item", {})
+                ledger, version, expired = _ledger_of(fresh, now)
+                has_finish = "vfinish" in fresh
+                if not ledger.has_room(rule, now):
+                    return None
         return None
 
+    def _claim(  # noqa: PLR0917 - one transaction's parts
+        self,
+        priority: str,
+        key: str,
+        item: dict[str, Any],
+        expired: list[str],
+        booked: Ledger,
+        version: int,
+        start: float,
+        now: float,
+        *,
+        rule: KeyRule,
+        clock: float,
+        busy: bool,
+    ) -> str:
+        """One transaction: the item leased, the key's ledger booked (if nobody changed it since
+        it was read), and the priority's clock moved to the start. 'claimed', 'item taken' or
+        'ledger moved'."""
+        lease_until = booked.leases[-1]
+        names = {f"#x{n}": name for n, name in enumerate(expired)}
+        removal = f" REMOVE {', '.join(f'leases.{name}' for name in names)}" if names else ""
+        common = {":l": {"N": repr(lease_until)}, ":exp": {"N": str(int(now + KEYED_LEDGER_TTL_S))}}
+        booking: dict[str, Any]
+        if rule.limit is None and busy:
+            # A busy key with no cap of its own: booked by adding to its finish, so workers that
+            # pick it at once do not take turns at its version (the cap needs no count here).
+            booking = {
+                "UpdateExpression": "SET leases.#new = :l, #exp = :exp ADD vfinish :inc, kfin :inc, kver :one"
+                + removal,
+                "ConditionExpression": "vfinish >= :clock",
+                "ExpressionAttributeValues": common
+                | {":inc": {"N": repr(1 / rule.weight)}, ":one": {"N": "1"}, ":clock": {"N": repr(clock)}},
+            }
+        else:
+            booking = {
+                "UpdateExpression": "SET vfinish = :f, kfin = :f, leases.#new = :l, kver = :next, #exp = :exp"
+                + removal,
+                "ConditionExpression": "kver = :read" if version else "attribute_not_exists(kver)",
+                "ExpressionAttributeValues": common
+                | {":f": {"N": repr(booked.finish)}, ":next": {"N": str(version + 1)}}
+                | ({":read": {"N": str(version)}} if version else {}),
+            }
+        try:
+            self._client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Update": {
+                            "TableName": self._table,
+                            "Key": {IDEMPOTENCY_KEY_ATTRIBUTE: item[IDEMPOTENCY_KEY_ATTRIBUTE]},
+                            "UpdateExpression": "SET lease_until = :l ADD attempts :one",
+                            "ConditionExpression": f"attribute_exists({IDEMPOTENCY_KEY_ATTRIBUTE}) "
+                            "AND (attribute_not_exists(lease_until) OR lease_until <= :now) "
+                            "AND (attribute_not_exists(ready_at) OR ready_at <= :now)",
+                            "ExpressionAttributeValues": {
+                                ":l": {"N": repr(lease_until)},
+                                ":now": {"N": repr(now)},
+                                ":one": {"N": "1"},
+                            },
+                        }
+                    },
+                    {
+                        "Update": {
+                            "TableName": self._table,
+                            "Key": self._id(self._ledger_id(priority, key)),
+                            "ExpressionAttributeNames": {
+                                "#new": _lease_name(item[IDEMPOTENCY_KEY_ATTRIBUTE]["S"]),
+                                "#exp": IDEMPOTENCY_EXPIRY_ATTRIBUTE,
+                            }
+                            | names,
+                            **booking,
+                        }
+                    },
+                    {
+                        "Update": {
+                            "TableName": self._table,
+                            "Key": self._id(self._clock_id(priority)),
+                            # In the ready index ahead of every key (kfin -1), so the pick's
+                            # query reads it for free. Not conditional: a race between two
+                            # workers can set it back by a step, which gives a key that becomes
+                            # active then at most that much head start.
+                            "UpdateExpression": "SET vclock = :s, kpri = :p, kfin = :first, kkey = :none",
+                            "ExpressionAttributeValues": {
+                                ":s": {"N": repr(start)},
+                                ":p": {"S": priority},
+                                ":first": {"N": "-1"},
+                                ":none": {"S": ""},
+                            },
+                        }
+                    },
+                ]
+            )
+        except self._client.exceptions.TransactionCanceledException as exc:
+            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+            return "item taken" if reasons and reasons[0] == "ConditionalCheckFailed" else "ledger moved"
+        return "claimed"
+
     def done(self, claimed: Claimed) -> None:
-        """The item left its key's line: worked, or failed for good."""
-        self._client.delete_item(TableName=self._table, Key=self._id(claimed.item_id))
-        self._release(claimed, pending=-1)
+        """The item left its key's line (worked, or failed for good): its record goes and its
+        key's count and lease with it, in one transaction."""
+        # Already gone is a duplicate finish (the lease ran out and another worker finished it):
+        # then nothing changes, the count included.
+        with contextlib.suppress(self._client.exceptions.TransactionCanceledException):
+            self._client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Delete": {
+                            "TableName": self._table,
+                            "Key": self._id(claimed.item_id),
+                            "ConditionExpression": f"attribute_exists({IDEMPOTENCY_KEY_ATTRIBUTE})",
+                        }
+                    },
+                    self._release_update(claimed, pending=-1),
+                ]
+            )
 
     def retry(self, claimed: Claimed, delay_s: float) -> None:
         """The item goes back to its place in its key's line, free again after `delay_s`."""
-        # Only with our lease: if it ran out and another worker holds the item, its outcome decides.
-        with contextlib.suppress(self._client.exceptions.ConditionalCheckFailedException):
-            self._client.update_item(
-                TableName=self._table,
-                Key=self._id(claimed.item_id),
-                UpdateExpression="SET ready_at = :at REMOVE lease_until",
-                ConditionExpression="lease_until = :mine",
-                ExpressionAttributeValues={
-                    ":at": {"N": repr(self._clock() + delay_s)},
-                    ":mine": {"N": repr(claimed.lease_until)},
-                },
-            )
-        self._release(claimed, pending=0)
-
-    def _read_clock(self, priority: str) -> float:
-        item = self._client.get_item(
-            TableName=self._table, Key=self._id(contract.KEYED_LEDGER_PREFIX + priority), ConsistentRead=True
-        ).get("Item", {})
-        return float(item.get("vclock", {"N": "0"})["N"])
-
-    def _advance_clock(self, priority: str, start: float) -> None:
-        # Only forward: two workers may book starts out of order; the later write of the
-        # smaller one loses, which is what the rule's clock (the largest start so far) wants.
-        with contextlib.suppress(self._client.exceptions.ConditionalCheckFailedException):
-            self._client.update_item(
-                TableName=self._table,
-                Key=self._id(contract.KEYED_LEDGER_PREFIX + priority),
-                UpdateExpression="SET vclock = :s",
-                ConditionExpression="attribute_not_exists(vclock) OR vclock < :s",
-                ExpressionAttributeValues={":s": {"N": repr(start)}},
-            )
-
-    def _read_ledger(self, priority: str, key: str) -> tuple[Ledger, int, dict[str, Any]]:
-        record = self._client.get_item(
-            TableName=self._table,
-            Key=self._id(f"{contract.KEYED_LEDGER_PREFIX}{priority}#{key}"),
-            ConsistentRead=True,
-        ).get("Item", {})
-        ledger = Ledger(
-            finish=float(record.get("vfinish", {"N": "0"})["N"]),
-            leases=tuple(float(v["N"]) for v in record.get("leases", {"L": []})["L"]),
-        )
-        return ledger, int(record.get("kver", {"N": "0"})["N"]), record
-
-    def _save_ledger(self, priority: str, key: str, ledger: Ledger, version: int) -> bool:
         try:
-            self._client.update_item(
-                TableName=self._table,
-                Key=self._id(f"{contract.KEYED_LEDGER_PREFIX}{priority}#{key}"),
-                UpdateExpression="SET vfinish = :f, kfin = :f, leases = :l, kver = :next, #exp = :exp",
-                ConditionExpression="attribute_not_exists(kver) OR kver = :read"
-                if version == 0
-                else "kver = :read",
-                ExpressionAttributeNames={"#exp": IDEMPOTENCY_EXPIRY_ATTRIBUTE},
-                ExpressionAttributeValues={
-                    ":f": {"N": repr(ledger.finish)},
-                    ":l": {"L": [{"N": repr(v)} for v in ledger.leases]},
-                    ":next": {"N": str(version + 1)},
-                    ":read": {"N": str(version)},
-                    ":exp": {"N": str(int(self._clock() + KEYED_LEDGER_TTL_S))},
-                },
+            self._client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Update": {
+                            "TableName": self._table,
+                            "Key": self._id(claimed.item_id),
+                            "UpdateExpression": "SET ready_at = :at REMOVE lease_until",
+                            # Only with our lease: if it ran out and another worker holds the
+                            # item now, that worker's outcome decides.
+                            "ConditionExpression": "lease_until = :mine",
+                            "ExpressionAttributeValues": {
+                                ":at": {"N": repr(self._clock() + delay_s)},
+                                ":mine": {"N": repr(claimed.lease_until)},
+                            },
+                        }
+                    },
+                    self._release_update(claimed, pending=0),
+                ]
             )
-        except self._client.exceptions.ConditionalCheckFailedException:
-            return False
-        return True
+        except self._client.exceptions.TransactionCanceledException:
+            self._client.update_item(**self._release_update(claimed, pending=0)["Update"])
 
-    def _release(self, claimed: Claimed, pending: int) -> None:
-        for _ in range(_LEDGER_SAVE_TRIES * 3):
-            ledger, version, _record = self._read_ledger(claimed.priority, claimed.key)
-            if self._save_ledger(
-                claimed.priority, claimed.key, fair.release(ledger, claimed.lease_until), version
-            ):
-                break
-        # A lease not removed runs out on its own; the count must move whatever happened above.
-        key = self._id(f"{contract.KEYED_LEDGER_PREFIX}{claimed.priority}#{claimed.key}")
-        if pending:
-            left = self._client.update_item(
-                TableName=self._table,
-                Key=key,
-                UpdateExpression="ADD pending :d",
-                ExpressionAttributeValues={":d": {"N": str(pending)}},
-                ReturnValues="UPDATED_NEW",
-            )["Attributes"]
-            if int(left["pending"]["N"]) <= 0:
-                self._leave_ready(key, "pending <= :zero", {":zero": {"N": "0"}})
+    def _release_update(self, claimed: Claimed, pending: int) -> dict[str, Any]:
+        # Bumps the version: a worker booking the ledger from an older read must read it again,
+        # or its write would put this lease back.
+        return {
+            "Update": {
+                "TableName": self._table,
+                "Key": self._id(self._ledger_id(claimed.priority, claimed.key)),
+                "UpdateExpression": "REMOVE leases.#lease ADD kver :one, pending :d",
+                "ExpressionAttributeNames": {"#lease": _lease_name(claimed.item_id)},
+                "ExpressionAttributeValues": {":one": {"N": "1"}, ":d": {"N": str(pending)}},
+            }
+        }
 
-    def _leave_ready(self, key: dict[str, Any], condition: str, values: dict[str, Any]) -> None:
-        # Conditional: an arrival between the read and this write puts the key back.
+    def _leave_if_done(self, priority: str, key: str, record: dict[str, Any], now: float) -> None:
+        """A key in the ready index with no waiting item leaves it: at once when its count says
+        every item finished, else (its count went up twice for one item: a retried write) once
+        its last arrival is old enough for the by_key index to show any item it has."""
+        pending = int(record.get("pending", {"N": "0"})["N"])
+        if pending > 0:
+            arrived = record.get("arrived", {}).get("S")
+            if arrived is None or now - datetime.fromisoformat(arrived).timestamp() < KEYED_REPAIR_AFTER_S:
+                return
+        # Conditional: an arrival since the read puts the key back.
         with contextlib.suppress(self._client.exceptions.ConditionalCheckFailedException):
             self._client.update_item(
                 TableName=self._table,
-                Key=key,
+                Key=self._id(self._ledger_id(priority, key)),
                 UpdateExpression="SET pending = :zero REMOVE kpri, kfin",
-                ConditionExpression=condition,
-                ExpressionAttributeValues={":zero": {"N": "0"}} | values,
+                ConditionExpression="pending = :read",
+                ExpressionAttributeValues={":zero": {"N": "0"}, ":read": {"N": str(pending)}},
             )
 
-    def _repair(self, priority: str, key: str, record: dict[str, Any], now: float) -> None:
-        """A key in the ready index with no waiting item (its count went up twice for one item:
-        a retried write) leaves the index, once its last arrival is old enough to be indexed."""
-        arrived = record.get("arrived", {}).get("S")
-        if arrived is None or "pending" not in record:
-            return
-        if now - datetime.fromisoformat(arrived).timestamp() < KEYED_REPAIR_AFTER_S:
-            return
-        self._leave_ready(
-            self._id(f"{contract.KEYED_LEDGER_PREFIX}{priority}#{key}"),
-            "pending = :read",
-            {":read": record["pending"]},
-        )
-
-    def _line(self, priority: str, key: str, *, head_only: bool) -> list[dict[str, Any]]:
-        """The key's waiting items in submission order: only the head for an ordered key."""
+    def _line(self, priority: str, key: str, *, head_only: bool, in_flight: int) -> list[dict[str, Any]]:
+        """The key's waiting items in submission order, up to the first free one: only the head
+        for an ordered key. The first page is just past the key's calls in flight (usually the
+        only records ahead of a free one); a later page is bigger, for items waiting to retry."""
         items: list[dict[str, Any]] = []
-        pages = self._client.get_paginator("query").paginate(
-            TableName=self._table,
-            IndexName=contract.KEYED_BY_KEY_INDEX,
-            KeyConditionExpression="wkey = :k",
-            ExpressionAttributeValues={":k": {"S": f"{priority}#{key}"}},
-            PaginationConfig={"PageSize": 1 if head_only else KEYED_LINE_PAGE},
-        )
-        for number, page in enumerate(pages):
+        start: dict[str, Any] | None = None
+        for number in range(KEYED_LINE_PAGES_MAX):
+            size = 1 if head_only else (in_flight + 2 if number == 0 else KEYED_LINE_PAGE)
+            page = self._client.query(
+                TableName=self._table,
+                IndexName=contract.KEYED_BY_KEY_INDEX,
+                KeyConditionExpression="wkey = :k",
+                ExpressionAttributeValues={":k": {"S": f"{priority}#{key}"}},
+                Limit=size,
+                **({"ExclusiveStartKey": start} if start else {}),
+            )
             items.extend(page.get("Items", []))
-            if head_only or number + 1 >= KEYED_LINE_PAGES_MAX or any(_free(i, self._clock()) for i in items):
+            start = page.get("LastEvaluatedKey")
+            if head_only or start is None or any(_free(i, self._clock()) for i in items):
                 break
         return items[:1] if head_only else items
 
-    def _claim(self, item: dict[str, Any], lease_until: float, now: float) -> bool:
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key={IDEMPOTENCY_KEY_ATTRIBUTE: item[IDEMPOTENCY_KEY_ATTRIBUTE]},
-                UpdateExpression="SET lease_until = :l ADD attempts :one",
-                ConditionExpression=f"attribute_exists({IDEMPOTENCY_KEY_ATTRIBUTE}) "
-                "AND (attribute_not_exists(lease_until) OR lease_until <= :now) "
-                "AND (attribute_not_exists(ready_at) OR ready_at <= :now)",
-                ExpressionAttributeValues={
-                    ":l": {"N": repr(lease_until)},
-                    ":now": {"N": repr(now)},
-                    ":one": {"N": "1"},
-                },
-            )
-        except self._client.exceptions.ConditionalCheckFailedException:
-            return False
-        return True
 
-    def _unclaim(self, item_id: str, lease_until: float) -> None:
-        with contextlib.suppress(self._client.exceptions.ConditionalCheckFailedException):
-            self._client.update_item(
-                TableName=self._table,
-                Key=self._id(item_id),
-                UpdateExpression="REMOVE lease_until ADD attempts :minus",
-                ConditionExpression="lease_until = :mine",
-                ExpressionAttributeValues={":mine": {"N": repr(lease_until)}, ":minus": {"N": "-1"}},
-            )
+def _lease_name(item_id: str) -> str:
+    """A lease's name in its ledger's map: from the item it is for (one lease per item at a
+    time), in characters a map key may have."""
+    return "l" + hashlib.sha256(item_id.encode()).hexdigest()[:20]
+
+
+def _ledger_of(record: dict[str, Any], now: float) -> tuple[Ledger, int, list[str]]:
+    """The ledger, its version, and the names of its leases that ran out (to drop)."""
+    leases = {name: float(v["N"]) for name, v in record.get("leases", {}).get("M", {}).items()}
+    return (
+        Ledger(finish=float(record.get("vfinish", {"N": "0"})["N"]), leases=tuple(sorted(leases.values()))),
+        int(record.get("kver", {"N": "0"})["N"]),
+        sorted(name for name, expiry in leases.items() if expiry <= now),
+    )
 
 
 def _message_body(record: dict[str, Any], priority: str) -> str:

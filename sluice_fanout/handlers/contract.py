@@ -123,7 +123,8 @@ ENV_KEYS = "SLUICE_KEYS"
 ENV_KEYED_TABLE = "SLUICE_KEYED_TABLE"
 """The DynamoDB table where keyed items wait (set with SLUICE_KEYS)."""
 KEYED_ARRIVAL_UPDATE = (
-    "ADD pending :one SET kpri = :p, kkey = :k, kfin = if_not_exists(vfinish, :zero), arrived = :now"
+    "ADD pending :one SET kpri = :p, kkey = :k, kfin = if_not_exists(vfinish, :zero), arrived = :now, "
+    "leases = if_not_exists(leases, :none)"
 )
 """What a keyed item's arrival does to its key's ledger: one more unfinished item, and the key
 in the ready index at its virtual finish."""
