@@ -10,7 +10,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 NODE_STAMP := node_modules/.installed
 OUT := out
 
-.PHONY: test lint typecheck pytest venv tools demo bench bench-capacity bench-scale clean
+.PHONY: test lint typecheck pytest venv tools demo bench bench-capacity bench-scale bench-fairness clean
 
 test: lint typecheck pytest
 
@@ -57,6 +57,12 @@ bench: $(LOCAL_STAMP)
 bench-capacity: $(LOCAL_STAMP)
 	mkdir -p $(OUT)
 	$(BIN)/python -m localcloud capacity --out $(OUT)/capacity.json --markdown $(OUT)/capacity.md --plot $(OUT)/capacity.png
+
+# The fairness benchmark behind BENCHMARKS.md's keys section: 5,000 noisy and 50 quiet items,
+# keys off, on, and the quiet tenant alone (about 15 minutes on 2 cores).
+bench-fairness: $(LOCAL_STAMP)
+	mkdir -p $(OUT)
+	$(BIN)/python -m localcloud fairness --out $(OUT)/fairness.json --markdown $(OUT)/fairness.md --plot $(OUT)/fairness.png
 
 # The scale benchmark behind BENCHMARKS.md's scale section: one execution each of 1,000, 10,000
 # and 100,000 items from S3 (sizes: make bench-scale SCALE_SIZES="1000 10000").

@@ -239,6 +239,21 @@ def run_capacity_command(
     return 0 if ok else 1
 
 
+def run_fairness_command(
+    scale: float, out: Path | None, markdown: Path | None, plot_path: Path | None
+) -> int:
+    from localcloud import fairness_bench  # noqa: PLC0415 - only this command needs it
+
+    def done(mode: str, figures: dict[str, Any]) -> None:
+        quiet = figures.get("quiet", {})
+        console.print(f"{mode}: quiet p95 wait {quiet.get('p95_wait_s')} s, {figures['calls_per_s']} calls/s")
+
+    results = fairness_bench.run(fairness_bench.Plan().scaled(scale), done)
+    console.print(fairness_bench.markdown(results), highlight=False)
+    fairness_bench.write(results, out, markdown, plot_path)
+    return 0 if all(results[m]["executions_not_succeeded"] == 0 for m in fairness_bench.MODES) else 1
+
+
 def scale_table(results: dict[str, Any]) -> Table:
     from localcloud import scale_bench  # noqa: PLC0415 - only the scale command needs it
 
@@ -283,7 +298,7 @@ def run_scale_command(
     return 0 if scale_bench.ok(results) else 1
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one return per command
     parser = argparse.ArgumentParser(prog="python -m localcloud", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="deploy the stack to the embedded AWS and push a mixed batch")
@@ -300,6 +315,14 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--out", type=Path, help="write the figures as JSON here")
     bench.add_argument("--markdown", type=Path, help="write the table as Markdown here")
     bench.add_argument("--plot", type=Path, help="write a PNG comparing the modes")
+    fairness = sub.add_parser(
+        "fairness",
+        help="a noisy tenant's backlog and a quiet tenant's few items: keys off, on, and quiet alone",
+    )
+    fairness.add_argument("--scale", type=float, default=1.0, help="multiply both tenants' item counts")
+    fairness.add_argument("--out", type=Path, help="write the figures as JSON here")
+    fairness.add_argument("--markdown", type=Path, help="write the table as Markdown here")
+    fairness.add_argument("--plot", type=Path, help="write a PNG of waits and throughput")
     capacity = sub.add_parser(
         "capacity", help="the API's capacity halves mid-run, then recovers: adaptive limit vs fixed"
     )
@@ -339,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
             markdown=args.markdown,
             plot_path=args.plot,
         )
+    if args.command == "fairness":
+        return run_fairness_command(args.scale, args.out, args.markdown, args.plot)
     if args.command == "capacity":
         return run_capacity_command(args.time_scale, args.out, args.markdown, args.plot)
     if args.command == "bench":

@@ -539,6 +539,10 @@ KEYED_LEDGER_TTL_S = 30 * 86_400
 KEYED_LEASE_MAX_S = 900.0
 """Lambda's longest timeout: the lease of a claim whose caller does not say when it must end."""
 _LEDGER_SAVE_TRIES = 3
+KEYED_CLAIM_SPREAD = 4
+"""How many of a key's first free items a claim chooses among (see `_try_key`)."""
+KEYED_PICK_TRIES = 3
+"""Picks that lost every claim to other workers are tried again this many times in all."""
 
 
 @dataclass(frozen=True)
@@ -577,6 +581,8 @@ class KeyedItems:
         self._rules = rules
         self._lease_s = lease_s
         self._clock = clock
+        self._random = random.Random()  # noqa: S311 - spreading claims, not secrets
+        self._contended = False
 
     def _id(self, value: str) -> dict[str, Any]:
         return {IDEMPOTENCY_KEY_ATTRIBUTE: {"S": value}}
@@ -626,6 +632,14 @@ class KeyedItems:
         waiting items has room. Three requests when the first key can go (the ready index,
         the key's line, one transaction), never a scan. The lease (default: the store's)
         should end when the caller's invocation must: no call outlives it."""
+        for _ in range(KEYED_PICK_TRIES):
+            self._contended = False
+            claimed = self._pick_once(priority, lease_s)
+            if claimed is not None or not self._contended:
+                return claimed
+        return None
+
+    def _pick_once(self, priority: str, lease_s: float | None) -> Claimed | None:
         now = self._clock()
         lease_until = now + (self._lease_s if lease_s is None else lease_s)
         pages = self._client.get_paginator("query").paginate(
@@ -651,6 +665,18 @@ class KeyedItems:
                     return claimed
         return None
 
+    def holds_anything(self, priority: str) -> bool:
+        """Whether any key of `priority` has an unfinished item (the orphan-ticket check: a
+        ticket is never dropped while a keyed item could still need it)."""
+        page = self._client.query(
+            TableName=self._table,
+            IndexName=contract.KEYED_READY_INDEX,
+            KeyConditionExpression="kpri = :p AND kfin >= :zero",  # past the clock (kfin -1)
+            ExpressionAttributeValues={":p": {"S": priority}, ":zero": {"N": "0"}},
+            Limit=1,
+        )
+        return bool(page.get("Items"))
+
     def _clock_id(self, priority: str) -> str:
         return contract.KEYED_LEDGER_PREFIX + priority
 
@@ -670,11 +696,16 @@ class KeyedItems:
         if not line:
             self._leave_if_done(priority, key, record, now)
             return None
-        for item in line:
-            if not _free(item, now):
-                if rule.ordered:
-                    return None  # the head holds its key's line: in flight or waiting to retry
-                continue
+        if rule.ordered and not _free(line[0], now):
+            return None  # the head holds its key's line: in flight or waiting to retry
+        free = [item for item in line if _free(item, now)]
+        if not rule.ordered:
+            # Workers that pick the same key at once would all reach for its oldest free item and
+            # all but one lose the claim: each starts at one of the first few, so an unordered
+            # key's items go roughly, not strictly, in submission order.
+            spread = self._random.randrange(min(len(free), KEYED_CLAIM_SPREAD)) if free else 0
+            free = free[spread:] + free[:spread]
+        for item in free:
             for attempt in range(_LEDGER_SAVE_TRIES):
                 booked, start = fair.dispatch(ledger, rule, clock, now, lease_until)
                 outcome = self._claim(
@@ -702,6 +733,7 @@ class KeyedItems:
                         lease_until=lease_until,
                     )
                 if outcome == "item taken" or attempt + 1 == _LEDGER_SAVE_TRIES:
+                    self._contended = True
                     break
                 # The ledger moved (another worker's claim or release): read it again.
                 fresh = self._client.get_item(
@@ -892,7 +924,9 @@ class KeyedItems:
         items: list[dict[str, Any]] = []
         start: dict[str, Any] | None = None
         for number in range(KEYED_LINE_PAGES_MAX):
-            size = 1 if head_only else (in_flight + 2 if number == 0 else KEYED_LINE_PAGE)
+            size = (
+                1 if head_only else (in_flight + KEYED_CLAIM_SPREAD + 1 if number == 0 else KEYED_LINE_PAGE)
+            )
             page = self._client.query(
                 TableName=self._table,
                 IndexName=contract.KEYED_BY_KEY_INDEX,

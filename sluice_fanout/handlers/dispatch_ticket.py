@@ -216,6 +216,7 @@ def work_ticket(ticket: Ticket, deps: WorkerDeps, remaining_ms: int) -> TicketEn
         ticket.receive_count >= config.orphan_ticket_receives
         and age_s >= config.orphan_ticket_age_seconds
         and not any(deps.queues.holds_anything(q.url) for q in config.queues)
+        and not (deps.keyed is not None and any(deps.keyed.holds_anything(p) for p in config.priorities))
     ):
         # Its payload never arrived (or was dead-lettered) and nothing anywhere could need it.
         # The state machine sends the ticket first and retries the payload's send for up to

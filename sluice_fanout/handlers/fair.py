@@ -177,7 +177,10 @@ class KeysSettings:
         for label, table in (("weights", weights), ("concurrency_per_key", caps)):
             if not isinstance(table, Mapping) or not all(isinstance(k, str) and k for k in table):
                 raise KeyRuleError(f"{where}.{label} must map key names to values, got {table!r}")
-        default_cap = raw.get("concurrency")
+        # Pulumi config set --path stores numbers as text: "2" is read as 2.
+        weights = {k: _number(v) for k, v in weights.items()} if isinstance(weights, Mapping) else weights
+        caps = {k: _number(v) for k, v in caps.items()} if isinstance(caps, Mapping) else caps
+        default_cap = _number(raw.get("concurrency"))
         checks = [(f"{where}.weights[{k!r}]", {"weight": v}) for k, v in weights.items()]
         checks += [(f"{where}.concurrency_per_key[{k!r}]", {"cap": v}) for k, v in caps.items()]
         checks += [(f"{where}.concurrency", {"cap": default_cap})] if default_cap is not None else []
@@ -199,3 +202,15 @@ class KeysSettings:
             concurrency_per_key=dict(caps),
             ordered_priorities=tuple(ordered),
         )
+
+
+def _number(value: Any) -> Any:
+    """A number written as text (as Pulumi's config stores it) as that number; anything else
+    as given, for the rule's check to refuse by name."""
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return int(number) if number.is_integer() and "." not in value else number
+    return value

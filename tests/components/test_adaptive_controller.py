@@ -399,3 +399,36 @@ def test_build_controller_settings_is_the_contract_shape() -> None:
     # contract.ENV_CONTROLLER_SETTINGS: these four are required; `breaker` null or an object.
     assert {"min_limit", "max_limit", "interval_seconds", "signal_delay_seconds", "breaker"} == set(document)
     assert set(document["breaker"]) <= {"error_threshold", "min_calls", "open_seconds", "probe_limit"}
+
+
+def test_keys_reach_the_worker_and_the_state_machine_waits_in_the_keyed_table() -> None:
+    rec, _ = run({"concurrency": 8, "http_target": HTTP, "keys": {"field": "tenant", "weights": {"acme": 2}}})
+    env = rec.named("orders-worker-function").inputs["environment"]["variables"]
+    assert json.loads(env[contract.ENV_KEYS])["field"] == "tenant"
+    assert json.loads(env[contract.ENV_KEYS])["weights"] == {"acme": 2.0}
+    table = rec.named("orders-workflow-keyed")
+    assert {i["name"] for i in table.inputs["globalSecondaryIndexes"]} == set(contract.KEYED_INDEXES)
+    assert env[contract.ENV_KEYED_TABLE] == table.inputs.get("name", env[contract.ENV_KEYED_TABLE])
+    definition = json.loads(rec.named("orders-workflow-state-machine").inputs["definition"])
+    states = definition["States"]["FanOutInline"]["ItemProcessor"]["States"]
+    assert states["Inline-KeyedWaitBATCH"]["Resource"].endswith(
+        "dynamodb:transactWriteItems.waitForTaskToken"
+    )
+
+
+def test_no_keyed_table_without_keys(adaptive: tuple[Recorder, Any]) -> None:
+    rec, _ = adaptive
+    assert not [r for r in rec.resources if r.name.endswith("-keyed")]
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        ({"dispatch": "yield", "keys": {}}, "need the ticket dispatch"),
+        ({"keys": {"weights": {"acme": -1}}}, "keys.weights['acme']"),
+    ],
+)
+def test_bad_keys_are_refused_before_anything_exists(args: dict[str, Any], named: str) -> None:
+    with pytest.raises(Exception, match="keys") as raised:
+        run({"concurrency": 8, "http_target": HTTP} | args)
+    assert named in str(raised.value)

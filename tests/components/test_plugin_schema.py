@@ -60,6 +60,11 @@ NON_SCALAR_INPUTS: dict[str, dict[str, Any]] = {
         "additionalProperties": {"$ref": "pulumi.json#/Any", "plain": True},
         "plain": True,
     },
+    "keys": {
+        "type": "object",
+        "additionalProperties": {"$ref": "pulumi.json#/Any", "plain": True},
+        "plain": True,
+    },
     # Inputs: may be another resource's output in the consumer's program.
     "directFunctionArn": {"type": "string"},
     "inputBucketArns": {"type": "array", "items": {"type": "string"}, "plain": True},

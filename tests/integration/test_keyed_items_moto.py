@@ -239,3 +239,21 @@ def test_workers_side_by_side_keep_every_cap_and_work_each_item_once(ddb: Any) -
     assert worst["c"] <= 1
     assert worst["all"] > 2  # calls ran side by side, so the caps above were tested
     assert [_n(c) for c in worked if c.key == "c"] == list(range(12))
+
+
+def test_it_says_whether_a_priority_holds_anything(ddb: Any) -> None:
+    """A ticket is dropped as an orphan only when nothing anywhere could need it."""
+    clock = Clock()
+    store = _store(ddb, clock, {"k": KeyRule(cap=1)})
+    assert not store.holds_anything("BATCH")
+    _submit(store, "k", 2)
+    claimed = store.pick("BATCH")
+    assert claimed is not None
+    assert store.holds_anything("BATCH")  # the clock record alone would not count
+    assert not store.holds_anything("HIGH")
+    store.done(claimed)
+    claimed = store.pick("BATCH")
+    assert claimed is not None
+    store.done(claimed)
+    assert store.pick("BATCH") is None  # finds the key's line empty: it leaves the index
+    assert not store.holds_anything("BATCH")
