@@ -21,7 +21,11 @@ from moto.moto_api._internal.models import moto_api_backend
 
 from localcloud.front import FrontServer, InProcess, lean_request_path
 from localcloud.lambda_runner import LambdaRunner
-from localcloud.moto_dynamodb import lean_dynamodb_expressions, lean_dynamodb_transactions
+from localcloud.moto_dynamodb import (
+    indexed_dynamodb_queries,
+    lean_dynamodb_expressions,
+    lean_dynamodb_transactions,
+)
 from localcloud.moto_fixes import (
     atomic_dynamodb_writes,
     aws_like_heartbeats,
@@ -131,7 +135,8 @@ def embedded_aws() -> Iterator[EmbeddedAws]:
 
         cleanup.enter_context(aws_like_heartbeats())
         cleanup.enter_context(safe_sqs_queues())
-        # Before the lock below, so that the lock wraps it too.
+        # Before the lock below, so that the lock wraps them too.
+        cleanup.enter_context(indexed_dynamodb_queries())
         cleanup.enter_context(lean_dynamodb_transactions())
         cleanup.enter_context(atomic_dynamodb_writes())
         cleanup.enter_context(lean_dynamodb_expressions())

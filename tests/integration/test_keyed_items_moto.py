@@ -18,7 +18,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from localcloud.moto_dynamodb import lean_dynamodb_transactions
+from localcloud.moto_dynamodb import indexed_dynamodb_queries, lean_dynamodb_transactions
 from localcloud.moto_fixes import atomic_dynamodb_writes
 from sluice_fanout.handlers.adapters import KEYED_REPAIR_AFTER_S, Claimed, KeyedItems
 from sluice_fanout.handlers.contract import IDEMPOTENCY_KEY_ATTRIBUTE, KEYED_LEDGER_PREFIX
@@ -39,8 +39,8 @@ class Clock:
 
 @pytest.fixture
 def ddb() -> Iterator[Any]:
-    # The embedded AWS's transactions (checked, then written), under its write lock.
-    with mock_aws(), lean_dynamodb_transactions(), atomic_dynamodb_writes():
+    # The embedded AWS's index queries and transactions (checked, then written), under its lock.
+    with mock_aws(), indexed_dynamodb_queries(), lean_dynamodb_transactions(), atomic_dynamodb_writes():
         client = boto3.client("dynamodb", region_name="us-east-1")
         create_idempotency_table(client, TABLE, keyed=True)
         yield client
