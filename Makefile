@@ -59,7 +59,7 @@ bench-capacity: $(LOCAL_STAMP)
 	$(BIN)/python -m localcloud capacity --out $(OUT)/capacity.json --markdown $(OUT)/capacity.md --plot $(OUT)/capacity.png
 
 # The fairness benchmark behind BENCHMARKS.md's keys section: 5,000 noisy and 50 quiet items,
-# keys off, on, and the quiet tenant alone (about 15 minutes on 2 cores).
+# keys off, on, and the quiet tenant alone (about 10 minutes on 2 cores).
 bench-fairness: $(LOCAL_STAMP)
 	mkdir -p $(OUT)
 	$(BIN)/python -m localcloud fairness --out $(OUT)/fairness.json --markdown $(OUT)/fairness.md --plot $(OUT)/fairness.png
