@@ -361,19 +361,25 @@ def peaks_of_result_file_reads() -> None:
     print(whole, streamed, chunked, len(data))
 
 
-def test_a_result_file_is_never_held_parsed_whole() -> None:
-    """100,000 records parsed whole were about four times the file in live objects. Measured in
-    a process of its own: in the full run, other tests' servers allocated during the measurement
-    and once pushed the chunked read's peak over its bound."""
-    done = subprocess.run(
-        [sys.executable, "-c", "from tests.unit.test_aggregate import peaks_of_result_file_reads as p; p()"],
+def _printed_in_own_process(function: str) -> list[int]:
+    """The numbers a function of this module prints, run in a fresh interpreter (tracemalloc
+    then sees only its allocations)."""
+    done = subprocess.run(  # noqa: S603 - this interpreter, and a function name of this module
+        [sys.executable, "-c", f"from tests.unit.test_aggregate import {function} as f; f()"],
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
         cwd=ROOT,
     )
-    whole, streamed, chunked, file_size = (int(word) for word in done.stdout.split())
+    return [int(word) for word in done.stdout.split()]
+
+
+def test_a_result_file_is_never_held_parsed_whole() -> None:
+    """100,000 records parsed whole were about four times the file in live objects. Measured in
+    a process of its own: in the full run, other tests' servers allocated during the measurement
+    and once pushed the chunked read's peak over its bound."""
+    whole, streamed, chunked, file_size = _printed_in_own_process("peaks_of_result_file_reads")
     assert streamed * 20 < whole
     # From S3 in chunks, not even the file's bytes or text are held: a chunk and a record.
     assert chunked * 10 < file_size
@@ -412,13 +418,5 @@ def test_the_aggregate_holds_what_it_lists_not_the_batch() -> None:
     assert summary["total"] == 3_000
     assert summary["failed"] == 1_000
     assert [f["index"] for f in summary["failures"]] == list(range(0, 3 * MAX_FAILURES_LISTED, 3))
-    done = subprocess.run(
-        [sys.executable, "-c", "from tests.unit.test_aggregate import peaks_of_summaries as p; p()"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-        cwd=ROOT,
-    )
-    small, large = (int(word) for word in done.stdout.split())
+    small, large = _printed_in_own_process("peaks_of_summaries")
     assert large < small * 1.5
