@@ -559,7 +559,7 @@ class Claimed:
 
 
 class KeyedItems:
-    """Waiting keyed items and their keys' ledgers in the idempotency table (docs/keys.md).
+    """Waiting keyed items and their keys' ledgers in the keyed table (docs/keys.md).
 
     A waiting item is one record (`wait#priority#key#seq`), the state machine's wait step writes
     it with its task token; a key's ledger is one record per priority (`keys#priority#key`,
@@ -582,7 +582,6 @@ class KeyedItems:
         self._lease_s = lease_s
         self._clock = clock
         self._random = random.Random()  # noqa: S311 - spreading claims, not secrets
-        self._contended = False
 
     def _id(self, value: str) -> dict[str, Any]:
         return {IDEMPOTENCY_KEY_ATTRIBUTE: {"S": value}}
@@ -633,13 +632,13 @@ class KeyedItems:
         the key's line, one transaction), never a scan. The lease (default: the store's)
         should end when the caller's invocation must: no call outlives it."""
         for _ in range(KEYED_PICK_TRIES):
-            self._contended = False
-            claimed = self._pick_once(priority, lease_s)
-            if claimed is not None or not self._contended:
+            claimed, contended = self._pick_once(priority, lease_s)
+            if claimed is not None or not contended:
                 return claimed
         return None
 
-    def _pick_once(self, priority: str, lease_s: float | None) -> Claimed | None:
+    def _pick_once(self, priority: str, lease_s: float | None) -> tuple[Claimed | None, bool]:
+        """The claimed item, or None and whether a claim was lost to another worker."""
         now = self._clock()
         lease_until = now + (self._lease_s if lease_s is None else lease_s)
         pages = self._client.get_paginator("query").paginate(
@@ -652,6 +651,7 @@ class KeyedItems:
         )
         clock = 0.0
         looked = 0
+        contended = False
         for page in pages:
             for record in page.get("Items", []):
                 if record[IDEMPOTENCY_KEY_ATTRIBUTE]["S"] == self._clock_id(priority):
@@ -659,11 +659,12 @@ class KeyedItems:
                     continue
                 looked += 1
                 if looked > KEYED_KEYS_LOOKED_AT_MAX:
-                    return None
-                claimed = self._try_key(priority, record, clock, now, lease_until)
+                    return None, contended
+                claimed, lost = self._try_key(priority, record, clock, now, lease_until)
                 if claimed is not None:
-                    return claimed
-        return None
+                    return claimed, False
+                contended = contended or lost
+        return None, contended
 
     def holds_anything(self, priority: str) -> bool:
         """Whether any key of `priority` has an unfinished item (the orphan-ticket check: a
@@ -685,19 +686,20 @@ class KeyedItems:
 
     def _try_key(
         self, priority: str, record: dict[str, Any], clock: float, now: float, lease_until: float
-    ) -> Claimed | None:
+    ) -> tuple[Claimed | None, bool]:
+        """The key's next item claimed, or None and whether a claim was lost to another worker."""
         key = record["kkey"]["S"]
         rule = self._rules(key, priority)
         ledger, version, expired = _ledger_of(record, now)
         has_finish = "vfinish" in record
         if not ledger.has_room(rule, now):
-            return None
-        line = self._line(priority, key, head_only=rule.ordered, in_flight=len(ledger.live(now)))
+            return None, False
+        line = self._line(priority, key, now, head_only=rule.ordered, in_flight=len(ledger.live(now)))
         if not line:
             self._leave_if_done(priority, key, record, now)
-            return None
+            return None, False
         if rule.ordered and not _free(line[0], now):
-            return None  # the head holds its key's line: in flight or waiting to retry
+            return None, False  # the head holds its key's line: in flight or waiting to retry
         free = [item for item in line if _free(item, now)]
         if not rule.ordered:
             # Workers that pick the same key at once would all reach for its oldest free item and
@@ -705,6 +707,7 @@ class KeyedItems:
             # key's items go roughly, not strictly, in submission order.
             spread = self._random.randrange(min(len(free), KEYED_CLAIM_SPREAD)) if free else 0
             free = free[spread:] + free[:spread]
+        lost = False
         for item in free:
             for attempt in range(_LEDGER_SAVE_TRIES):
                 booked, start = fair.dispatch(ledger, rule, clock, now, lease_until)
@@ -723,7 +726,7 @@ class KeyedItems:
                     busy=has_finish and ledger.finish >= clock,
                 )
                 if outcome == "claimed":
-                    return Claimed(
+                    claimed = Claimed(
                         priority=priority,
                         key=key,
                         item_id=item[IDEMPOTENCY_KEY_ATTRIBUTE]["S"],
@@ -732,8 +735,9 @@ class KeyedItems:
                         attempts=int(item.get("attempts", {"N": "0"})["N"]) + 1,
                         lease_until=lease_until,
                     )
+                    return claimed, False
                 if outcome == "item taken" or attempt + 1 == _LEDGER_SAVE_TRIES:
-                    self._contended = True
+                    lost = True
                     break
                 # The ledger moved (another worker's claim or release): read it again.
                 fresh = self._client.get_item(
@@ -742,8 +746,8 @@ class KeyedItems:
                 ledger, version, expired = _ledger_of(fresh, now)
                 has_finish = "vfinish" in fresh
                 if not ledger.has_room(rule, now):
-                    return None
-        return None
+                    return None, lost
+        return None, lost
 
     def _claim(  # noqa: PLR0917 - one transaction's parts
         self,
@@ -917,7 +921,9 @@ class KeyedItems:
                 ExpressionAttributeValues={":zero": {"N": "0"}, ":read": {"N": str(pending)}},
             )
 
-    def _line(self, priority: str, key: str, *, head_only: bool, in_flight: int) -> list[dict[str, Any]]:
+    def _line(
+        self, priority: str, key: str, now: float, *, head_only: bool, in_flight: int
+    ) -> list[dict[str, Any]]:
         """The key's waiting items in submission order, up to the first free one: only the head
         for an ordered key. The first page is just past the key's calls in flight (usually the
         only records ahead of a free one); a later page is bigger, for items waiting to retry."""
@@ -937,7 +943,7 @@ class KeyedItems:
             )
             items.extend(page.get("Items", []))
             start = page.get("LastEvaluatedKey")
-            if head_only or start is None or any(_free(i, self._clock()) for i in items):
+            if head_only or start is None or any(_free(i, now) for i in items):
                 break
         return items[:1] if head_only else items
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Self
 from aws_lambda_powertools import Logger
 
 from sluice_fanout.handlers import contract
-from sluice_fanout.handlers.fair import KeyRuleError, KeysSettings
+from sluice_fanout.handlers.fair import KeysSettings
 from sluice_fanout.handlers.metrics import WorkerMetrics
 from sluice_fanout.handlers.settings import SettingsError, WorkerSettings
 from sluice_fanout.handlers.slot_time import SlotTime
@@ -108,7 +108,7 @@ class WorkerConfig(WorkerSettings):
                 keys = KeysSettings.parse(
                     json.loads(raw_keys), [q.priority for q in queues], contract.ENV_KEYS
                 )
-            except (ValueError, KeyRuleError) as exc:
+            except ValueError as exc:  # KeyRuleError is one too
                 raise error(f"{contract.ENV_KEYS}: {exc}") from exc
         return cls(
             **settings.values(),
