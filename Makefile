@@ -48,8 +48,8 @@ demo: $(LOCAL_STAMP)
 	mkdir -p $(OUT)
 	$(BIN)/python -m localcloud demo --report $(OUT)/demo-report.json --plot $(OUT)/demo.png
 
-# The dispatch benchmark behind BENCHMARKS.md (about 10 minutes on 2 cores).
-bench: $(LOCAL_STAMP)
+# The dispatch and fairness benchmarks behind BENCHMARKS.md (about 15 minutes on 2 cores).
+bench: $(LOCAL_STAMP) bench-fairness
 	mkdir -p $(OUT)
 	$(BIN)/python -m localcloud bench --out $(OUT)/bench.json --markdown $(OUT)/bench.md --plot $(OUT)/bench.png
 

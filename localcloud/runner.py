@@ -187,8 +187,13 @@ def observed_sends(observers: list[Callable[[str], None]]) -> Iterator[None]:
 
 
 def run_scenario(
-    scenario: Scenario, on_tick: Callable[[LegacyApi, list[ExecutionRecord]], None] | None = None
+    scenario: Scenario,
+    on_tick: Callable[[LegacyApi, list[ExecutionRecord]], None] | None = None,
+    on_deployed: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> RunResult:
+    """Run `scenario` on a fresh embedded AWS. `on_tick` is called every poll with the API and
+    the executions so far; `on_deployed` once with the endpoint and the stack outputs, before the
+    first batch (for operator commands run against the stack mid-run)."""
     # A hang must outlast the worker's timeout to kill it mid-item, and stay bounded.
     worker_timeout = float(stack_config(scenario, "")["sluice:workerTimeoutSeconds"])
     faults = CompletionFaults(scenario.completion_faults, hang_s=worker_timeout + 2)
@@ -196,21 +201,24 @@ def run_scenario(
     with embedded_aws() as aws, faults.installed(), observed_sends(sends):
         api = LegacyApi(scenario.api).start()
         try:
-            result = _run(aws, api, scenario, on_tick, sends)
+            result = _run(aws, api, scenario, on_tick, sends, on_deployed)
         finally:
             api.stop()
     result.completion_calls = dict(faults.calls)
     return result
 
 
-def _run(
+def _run(  # noqa: PLR0917 - the run's parts, passed through from run_scenario
     aws: EmbeddedAws,
     api: LegacyApi,
     scenario: Scenario,
     on_tick: Callable[[LegacyApi, list[ExecutionRecord]], None] | None,
     sends: list[Callable[[str], None]],
+    on_deployed: Callable[[str, dict[str, Any]], None] | None,
 ) -> RunResult:
     stack = deploy(aws, stack_config(scenario, api.url))
+    if on_deployed is not None:
+        on_deployed(aws.endpoint, stack.outputs)
     before = aws.snapshot()
     sfn, sqs, s3 = aws.client("stepfunctions"), aws.client("sqs"), aws.client("s3")
     enqueued_at: dict[str, float] = {}
@@ -232,7 +240,7 @@ def _run(
     mappings = EventSourceMappings(stack.mappings, aws.runner, sqs)
     mappings.start()
     worker = stack.outputs["workerFunctionName"]
-    control = _Control(aws, stack, mappings) if stack.schedules else None
+    control = _Control(aws, stack, mappings)
     executions: list[ExecutionRecord] = []
     t0 = time.time()
     deadline = t0 + scenario.deadline_s
@@ -265,8 +273,7 @@ def _run(
             if record.status == "RUNNING":
                 sfn.stop_execution(executionArn=record.arn, error="Sluice.RunDeadline")
         mappings.stop()
-        if control is not None:
-            control.stop()
+        control.stop()
     dead_letters = [
         {"queue": priority, "body": m["Body"], "reason": _reason(m)}
         for priority, url in stack.outputs["dlqUrls"].items()
@@ -286,17 +293,18 @@ def _run(
         requests=requests,
         parent_transitions=sum(_transitions(sfn, r.arn) for r in executions),
         dead_letters=dead_letters,
-        limits=control.limits() if control else [],
+        limits=control.limits(),
         capacity=api.capacity_snapshot(),
-        controller_logs=control.logs() if control else [],
-        scheduled=list(control.schedules.fired) if control else [],
+        controller_logs=control.logs(),
+        scheduled=list(control.schedules.fired) if control.schedules else [],
     )
 
 
 class _Control:
-    """The adaptive controller's surroundings on the embedded AWS: its schedule fires (the first
-    time at once, so a short run need not wait a minute), the worker's EMF lines become
-    CloudWatch metrics, and the runner and mappings follow what it sets through the Lambda API."""
+    """The control plane on the embedded AWS: the runner and mappings follow what is set through
+    the Lambda API (by the adaptive controller or `sluice limits set`); with a controller, its
+    schedule fires (the first time at once, so a short run need not wait a minute) and the
+    worker's EMF lines become CloudWatch metrics."""
 
     def __init__(self, aws: EmbeddedAws, stack: DeployedStack, mappings: EventSourceMappings) -> None:
         self._aws = aws
@@ -304,7 +312,8 @@ class _Control:
         self._functions = sorted({s.function_name for s in stack.schedules})
         # Monotonic times of the sync, as epoch seconds like the API's calls.
         self._epoch_offset = time.time() - time.monotonic()
-        self.emf = EmfForwarder(aws.client("cloudwatch"), aws.runner, [worker]).start()
+        adaptive = bool(stack.schedules)
+        self.emf = EmfForwarder(aws.client("cloudwatch"), aws.runner, [worker]).start() if adaptive else None
         self.sync = ControlPlaneSync(
             aws.client("lambda"),
             aws.runner,
@@ -312,14 +321,20 @@ class _Control:
             functions=[worker],
             mapping_ids={m.uuid: m.uuid for m in stack.mappings},
         ).start()
-        self.schedules = Schedules(
-            [(s.function_name, s.expression) for s in stack.schedules], aws.runner, fire_now=True
-        ).start()
+        self.schedules = (
+            Schedules(
+                [(s.function_name, s.expression) for s in stack.schedules], aws.runner, fire_now=True
+            ).start()
+            if adaptive
+            else None
+        )
 
     def stop(self) -> None:
-        self.schedules.stop()
+        if self.schedules is not None:
+            self.schedules.stop()
         self.sync.stop()
-        self.emf.stop()
+        if self.emf is not None:
+            self.emf.stop()
 
     def limits(self) -> list[tuple[float, str, int | bool | None]]:
         return [(c.t + self._epoch_offset, c.what, c.value) for c in self.sync.timeline]

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 COMMANDS = {
     "dlq": "inspect the dead-letter queues and redrive them to their source queues",
+    "limits": "show and change the worker's limits at run time, without a deploy",
 }
 """Subcommand -> its one-line help; the code is `sluice_fanout.cli.<subcommand>`."""
 

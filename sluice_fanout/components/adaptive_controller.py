@@ -336,6 +336,7 @@ class AdaptiveController(pulumi.ComponentResource):
                     mapping_arns=[event_source_mapping_arn(a["worker_arn"], u) for u in a["uuids"]],
                     state_table_arn=a["table_arn"],
                     state_key=contract.CONTROLLER_STATE_PREFIX + a["worker_name"],
+                    limits_key=contract.LIMITS_PREFIX + a["worker_name"],
                     log_group_arn=a["log_group_arn"],
                 )
             )

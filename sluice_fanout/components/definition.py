@@ -9,6 +9,7 @@ from sluice_fanout.handlers.contract import (
     DIRECT_PATH,
     ERROR_INVALID_KEY,
     ERROR_MALFORMED,
+    ERROR_ORDER_BROKEN,
     ERROR_PERMANENT,
     ERROR_RETRIES_EXHAUSTED,
     ERROR_UNKNOWN_PRIORITY,
@@ -37,7 +38,15 @@ DEFAULT_THROTTLE_RULE: dict[str, Any] = {"Variable": "$.item.priority", "IsPrese
 
 # Error names the worker reports are verdicts (it already retried); the state machine must not
 # send the item round again. Anything else a Task reports is a transient integration error.
-WORKER_VERDICTS = [ERROR_PERMANENT, ERROR_RETRIES_EXHAUSTED, ERROR_MALFORMED, ERROR_UNKNOWN_PRIORITY]
+WORKER_VERDICTS = [
+    ERROR_PERMANENT,
+    ERROR_RETRIES_EXHAUSTED,
+    ERROR_MALFORMED,
+    ERROR_UNKNOWN_PRIORITY,
+    ERROR_ORDER_BROKEN,
+]
+"""The worker's final word on an item: never retried by the state machine (each would write the
+item again)."""
 LAMBDA_TRANSIENT_ERRORS = [
     "Lambda.ServiceException",
     "Lambda.AWSLambdaException",

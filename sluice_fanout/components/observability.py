@@ -39,6 +39,8 @@ class ObservabilityArgs(TypedDict):
     """An existing SNS topic told of every ALARM and OK; none: alarms only change state."""
     dashboard: NotRequired[bool]
     """Create the dashboard. Default True."""
+    keyed: NotRequired[bool]
+    """The stack has `keys`: the dashboard shows the top keys by items waiting. Default False."""
     alarms: NotRequired[bool]
     """Create the alarms. Default True."""
 
@@ -85,6 +87,7 @@ class Observability(pulumi.ComponentResource):
                             concurrency=args["concurrency"],
                             state_machine_arn=n["state_machine_arn"],
                             high_age_alarm_seconds=args["high_age_alarm_seconds"],
+                            keyed=args.get("keyed", False),
                         )
                     )
                 ),

@@ -8,11 +8,15 @@ from typing import TYPE_CHECKING, Any
 
 from sluice_fanout.handlers.contract import (
     DIMENSION_FUNCTION,
+    DIMENSION_KEY,
     DIMENSION_PRIORITY,
     DIMENSION_SERVICE,
     METRIC_API_LATENCY,
     METRIC_FAILED,
     METRIC_FORCED,
+    METRIC_KEY_WAITING_ITEMS,
+    METRIC_KEYS_WAITING,
+    METRIC_OTHER_KEYS_WAITING_ITEMS,
     METRIC_PROCESSED,
     METRIC_QUEUE_WAIT,
     METRIC_RETRIED,
@@ -89,6 +93,44 @@ def _sluice(metric: str, function_name: str, priorities: Sequence[str]) -> list[
     ]
 
 
+TOP_KEYS_SHOWN = 10
+
+
+def top_keys_query(function_name: str) -> str:
+    """Metrics Insights: the keys with the most items waiting, any priority (the worker names
+    at most a few per priority per minute, so the query reads a bounded set)."""
+    schema = ", ".join(
+        (METRICS_NAMESPACE, DIMENSION_FUNCTION, DIMENSION_KEY, DIMENSION_PRIORITY, DIMENSION_SERVICE)
+    )
+    # A Lambda function name is letters, digits, - and _ only: nothing in it can end the quote.
+    return (
+        f"SELECT MAX({METRIC_KEY_WAITING_ITEMS}) FROM SCHEMA({schema}) "  # noqa: S608 - Metrics Insights, not a database
+        f"WHERE {DIMENSION_FUNCTION} = '{function_name}' GROUP BY {DIMENSION_KEY}, {DIMENSION_PRIORITY} "
+        f"ORDER BY MAX() DESC LIMIT {TOP_KEYS_SHOWN}"
+    )
+
+
+def _keys_widgets(region: str, function_name: str, priorities: Sequence[str]) -> list[dict[str, Any]]:
+    top = _widget(
+        "Top keys by items waiting",
+        region,
+        [
+            [{"expression": top_keys_query(function_name), "id": "topkeys", "label": ""}],
+            *_sluice(METRIC_OTHER_KEYS_WAITING_ITEMS, function_name, priorities),
+        ],
+        "Maximum",
+    )
+    return [
+        top,
+        _widget(
+            "Keys with items waiting",
+            region,
+            _sluice(METRIC_KEYS_WAITING, function_name, priorities),
+            "Maximum",
+        ),
+    ]
+
+
 def build_dashboard_body(
     *,
     region: str,
@@ -101,9 +143,11 @@ def build_dashboard_body(
     concurrency: int,
     state_machine_arn: str,
     high_age_alarm_seconds: int,
+    keyed: bool = False,
 ) -> dict[str, Any]:
     """The dashboard: queues, DLQs, the worker against its limit, executions, and the worker's
-    own item metrics, all by priority. Names by priority, highest first."""
+    own item metrics, all by priority (and, with `keys`, the top keys by items waiting). Names
+    by priority, highest first."""
     queues = {p: queue_names[p] for p in priorities}
     dlqs = {p: dlq_names[p] for p in priorities}
     if ticket_queue_name is not None:
@@ -175,6 +219,8 @@ def build_dashboard_body(
             "API latency p90 (ms)", region, _sluice(METRIC_API_LATENCY, function_name, priorities), "p90"
         ),
     ]
+    if keyed:
+        widgets += _keys_widgets(region, function_name, priorities)
     for i, widget in enumerate(widgets):
         widget |= {
             "x": (i % 2) * WIDGET_WIDTH,

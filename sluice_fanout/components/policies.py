@@ -123,13 +123,16 @@ def build_controller_policy(
     mapping_arns: Sequence[str],
     state_table_arn: str,
     state_key: str,
+    limits_key: str,
     log_group_arn: str,
 ) -> dict[str, Any]:
     """What the adaptive controller may do: read the worker's metrics, set the worker's reserved
-    concurrency and its mappings' MaximumConcurrency and Enabled, keep its one state item, log.
+    concurrency and its mappings' MaximumConcurrency and Enabled, keep its one state item, read
+    the operator's run-time limits, log.
 
     The table is the worker's idempotency table; dynamodb:LeadingKeys confines the controller to
-    its own item (`state_key`), so it can never read or overwrite an item's stored outcome.
+    its own item (`state_key`) and to reading `limits_key`, so it can never read or overwrite an
+    item's stored outcome.
     """
     state = _statement(
         "KeepControllerState",
@@ -137,6 +140,8 @@ def build_controller_policy(
         [state_table_arn],
     )
     state["Condition"] = {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [state_key]}}
+    operator = _statement("ReadOperatorLimits", ["dynamodb:GetItem"], [state_table_arn])
+    operator["Condition"] = {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [limits_key]}}
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -154,6 +159,7 @@ def build_controller_policy(
                 mapping_arns,
             ),
             state,
+            operator,
             _statement(
                 "WriteOwnLogs",
                 ["logs:CreateLogStream", "logs:PutLogEvents"],

@@ -19,7 +19,7 @@ from sluice_fanout.components.function import sluice_function
 from sluice_fanout.components.policies import build_worker_policy
 from sluice_fanout.handlers import contract, limits
 from sluice_fanout.handlers.fair import KeysSettings
-from sluice_fanout.handlers.rate import RATE_MAX_WAIT_SHARE, RATE_WINDOW_ALLOWANCE_S
+from sluice_fanout.handlers.rate import longest_rate_wait, rate_wait_allowed
 from sluice_fanout.handlers.settings import HttpTargetSettings, WorkerSettings
 
 COMPONENT = "PriorityWorker"
@@ -192,6 +192,7 @@ class PriorityWorker(pulumi.ComponentResource):
             **settings.to_env(),
             contract.ENV_QUEUES: queues_env,
             contract.ENV_IDEMPOTENCY_TABLE: table.name,
+            contract.ENV_CONCURRENCY: str(cfg.concurrency),
         }
         if "results_bucket" in args:
             env[contract.ENV_RESULTS_BUCKET] = args["results_bucket"]
@@ -331,12 +332,8 @@ def _check_http_target(c: str, name: str, http: Any) -> Mapping[str, Any]:
 
 
 def _check_rate_fits(c: str, name: str, rate: float, concurrency: int, timeout_seconds: int) -> None:
-    # At most `concurrency` invocations hold a reserved slot, so a call waits at most that many
-    # intervals; the worker waits at most half its remaining time (the rest is for the call,
-    # a second for what comes before the reservation). Beyond that items would bounce.
-    longest_wait = concurrency * (1 + RATE_WINDOW_ALLOWANCE_S) / rate
-    allowed = timeout_seconds * RATE_MAX_WAIT_SHARE - 1
-    if longest_wait > allowed:
+    longest_wait = longest_rate_wait(concurrency, rate)
+    if longest_wait > rate_wait_allowed(timeout_seconds):
         raise v.fail(
             c,
             name,

@@ -377,6 +377,7 @@ class ThrottledFanOut(pulumi.ComponentResource):
                 "state_machine_arn": workflow.state_machine_arn,
                 "concurrency": worker_settings.concurrency,
                 "high_age_alarm_seconds": high_age,
+                "keyed": "keys" in args,
                 "alarm_topic_arn": topic,
                 "dashboard": dashboard,
                 "alarms": alarms,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import random
+import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
@@ -31,7 +33,22 @@ from sluice_fanout.handlers.controller import (
 )
 from sluice_fanout.handlers.fair import KeyRule, Ledger
 from sluice_fanout.handlers.limits import SFN_MAX_CAUSE_CHARS, SFN_MAX_ERROR_CHARS
-from sluice_fanout.handlers.rate import RATE_RESERVATION_LEAD_S, Denied, Grant, RateLimiterContended, reserve
+from sluice_fanout.handlers.rate import (
+    RATE_RESERVATION_LEAD_S,
+    Denied,
+    Grant,
+    RateLimiterContended,
+    interval_for,
+    reserve,
+)
+from sluice_fanout.handlers.runtime_limits import (
+    CONCURRENCY,
+    Effective,
+    LimitsError,
+    Overrides,
+    StoredLimits,
+)
+from sluice_fanout.handlers.runtime_limits import Deployed as LimitsDeployed
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -186,16 +203,18 @@ class DynamoRateLimiter:
         client: Any,  # a boto3 DynamoDB client; no stubs are pinned for it
         table: str,
         function_name: str,
-        interval: float,
+        interval: float | Callable[[], float],
         *,
         clock: Callable[[], float] = time.time,
         pause: Callable[[float], None] = time.sleep,
         lead: float = RATE_RESERVATION_LEAD_S,
     ) -> None:
+        """`interval`: seconds between slots, or where to read them at each reservation (a limit
+        changed at run time, `LiveLimits`)."""
         self._client = client
         self._table = table
         self._key = {IDEMPOTENCY_KEY_ATTRIBUTE: {"S": RATE_KEY_PREFIX + function_name}}
-        self._interval = interval
+        self._interval = interval if callable(interval) else lambda: interval
         self._clock = clock
         self._pause = pause
         self._lead = lead
@@ -206,7 +225,7 @@ class DynamoRateLimiter:
         for _ in range(RATE_MAX_TRIES):
             now = self._clock()
             known = None if self._known is None else float(self._known)
-            decision = reserve(known, now, self._interval, max_wait, self._lead)
+            decision = reserve(known, now, self._interval(), max_wait, self._lead)
             if isinstance(decision, Denied):
                 # Judged on a TAT that can only be older (lower) than the stored one: the real
                 # wait is at least as long, so nothing is reserved on a stale guess.
@@ -388,19 +407,20 @@ class LambdaControls:
             mappings[uuid] = (enabled, (esm.get("ScalingConfig") or {}).get("MaximumConcurrency"))
         return Deployed(None if reserved is None else int(reserved), mappings)
 
-    def apply(self, limit: int, paused: bool, now: Deployed) -> list[str]:
+    def apply(self, limit: int, paused: bool | None, now: Deployed) -> list[str]:
+        """`paused` None leaves each mapping enabled or disabled as it is (`sluice limits set`)."""
         changes: list[str] = []
         pollers = max(limits.ESM_MIN_MAXIMUM_CONCURRENCY, limit)
         updates = {}
         for uuid, (enabled, maximum) in now.mappings.items():
             update: dict[str, Any] = {}
-            if enabled == paused:
+            if paused is not None and enabled == paused:
                 update["Enabled"] = not paused
             if maximum != pollers:
                 update["ScalingConfig"] = {"MaximumConcurrency": pollers}
             if update:
                 updates[uuid] = update
-        down = paused or now.reserved is None or limit < now.reserved
+        down = bool(paused) or now.reserved is None or limit < now.reserved
         if not down:
             self._reserve(limit, now, changes)
         for uuid, update in updates.items():
@@ -527,6 +547,195 @@ class ControllerGrant:
         return now > 0 and (self._limit is None or now >= self._limit)
 
 
+class LimitsStore:
+    """The run-time limits item `limits#<worker>` in the idempotency table (`sluice limits`,
+    docs/limits.md). Versioned: a change is written only over the version it read, so two
+    operators' changes never silently overwrite each other."""
+
+    def __init__(self, client: Any, table: str, worker: str) -> None:  # a boto3 DynamoDB client
+        self._client = client
+        self._table = table
+        self._key = {IDEMPOTENCY_KEY_ATTRIBUTE: {"S": contract.LIMITS_PREFIX + worker}}
+
+    def load(self) -> StoredLimits | None:
+        item = self._client.get_item(TableName=self._table, Key=self._key, ConsistentRead=True).get("Item")
+        if item is None:
+            return None
+        try:
+            return StoredLimits(
+                Overrides.from_json(item["limits"]["S"]),
+                int(item["version"]["N"]),
+                float(item["updated_at"]["N"]),
+                item["updated_by"]["S"],
+            )
+        except (KeyError, ValueError) as exc:  # LimitsError and JSONDecodeError are ValueErrors
+            raise LimitsUnreadableError(f"{self._key}: {exc!r}") from exc
+
+    def save(self, overrides: Overrides, read: StoredLimits | None, *, by: str, at: float) -> StoredLimits:
+        """Store `overrides` over `read` (None: no item was there); raises StateConflict if
+        someone else changed them since."""
+        version = 1 if read is None else read.version + 1
+        item = self._key | {
+            "limits": {"S": overrides.to_json()},
+            "version": {"N": str(version)},
+            "updated_at": {"N": f"{at:.3f}"},
+            "updated_by": {"S": by},
+        }
+        condition: dict[str, Any] = (
+            {"ConditionExpression": f"attribute_not_exists({IDEMPOTENCY_KEY_ATTRIBUTE})"}
+            if read is None
+            else {
+                "ConditionExpression": "version = :read",
+                "ExpressionAttributeValues": {":read": {"N": str(read.version)}},
+            }
+        )
+        try:
+            self._client.put_item(TableName=self._table, Item=item, **condition)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
+            raise StateConflict(f"the limits changed since version {version - 1} was read") from exc
+        return StoredLimits(overrides, version, at, by)
+
+
+class LimitsUnreadableError(Exception):
+    """The stored limits item is not what this release writes."""
+
+
+LIMITS_REFRESH_S = 5.0
+"""How old a worker's copy of the run-time limits may get: with the item in hand, a change
+reaches every worker within 10 s at one GetItem per sandbox per 5 s."""
+
+
+class LiveLimits:
+    """The limits a worker sandbox obeys now: the stored overrides over its deployed settings,
+    read again when older than `refresh_s`. A read that fails keeps the last limits (the
+    deployed ones before any read); overrides that no longer fit the deployment (say its keys
+    setting was removed) are ignored, with a warning, until they are changed."""
+
+    def __init__(
+        self,
+        store: LimitsStore,
+        deployed: LimitsDeployed,
+        logger: WarningLogger,
+        refresh_s: float = LIMITS_REFRESH_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._deployed = deployed
+        self._logger = logger
+        self._refresh_s = refresh_s
+        self._clock = clock
+        self._lock = threading.Lock()  # the worker's completer thread reads too
+        self._read_at: float | None = None
+        self._version = 0
+        self._effective = Effective(deployed.concurrency, deployed.calls_per_second, deployed.keys)
+        self._override: int | None = None
+
+    def now(self) -> Effective:
+        with self._lock:
+            now = self._clock()
+            if self._read_at is None or now - self._read_at >= self._refresh_s:
+                self._read_at = now
+                self._refresh()
+            return self._effective
+
+    def keys_rule(self, key: str, priority: str) -> KeyRule:
+        """A key's weight, cap and order as they stand now (`KeyedItems`' rules)."""
+        keys = self.now().keys
+        return KeyRule() if keys is None else keys.rule(key, priority)
+
+    def concurrency_override(self) -> int | None:
+        """The operator's concurrency, or None when the deployed one holds."""
+        self.now()
+        return self._override
+
+    def _refresh(self) -> None:
+        try:
+            stored = self._store.load()
+        except (ClientError, LimitsUnreadableError) as exc:
+            self._logger.warning("run-time limits unreadable; keeping the last", extra={"error": str(exc)})
+            return
+        version = 0 if stored is None else stored.version
+        if version == self._version:
+            return
+        self._version = version
+        overrides = Overrides() if stored is None else stored.overrides
+        try:
+            self._effective = overrides.apply(self._deployed)
+        except LimitsError as exc:
+            self._logger.warning(
+                "run-time limits do not fit this deployment; obeying the deployed ones",
+                extra={"error": str(exc), "version": version},
+            )
+            overrides = Overrides()
+            self._effective = overrides.apply(self._deployed)
+        value = overrides.values.get(CONCURRENCY)
+        self._override = None if value is None else int(value)
+
+
+class LimitsGrant:
+    """Whether an invocation may keep its slot under the operator's concurrency: not once it is
+    lower than when the invocation started (an override that appears counts as lower). Like
+    ControllerGrant, every such invocation stops after its item and the mappings start only as
+    many as the new limit allows."""
+
+    def __init__(self, live: LiveLimits) -> None:
+        self._live = live
+        self._start = math.inf
+
+    def _ceiling(self) -> float:
+        value = self._live.concurrency_override()
+        return math.inf if value is None else value
+
+    def start(self) -> None:
+        self._start = self._ceiling()
+
+    def granted(self) -> bool:
+        return self._ceiling() >= self._start
+
+
+class AllGrants:
+    """A slot is kept only while every grant keeps it."""
+
+    def __init__(self, *grants: ControllerGrant | LimitsGrant) -> None:
+        self._grants = grants
+
+    def start(self) -> None:
+        for grant in self._grants:
+            grant.start()
+
+    def granted(self) -> bool:
+        return all(grant.granted() for grant in self._grants)
+
+
+class LiveRate:
+    """The calls-per-second limit as it stands now: none (every call goes at once), or the
+    shared limiter spaced by the current rate. The limiter's item is the same whatever the rate,
+    so a change applies from the next reservation on."""
+
+    def __init__(
+        self,
+        live: LiveLimits,
+        client: Any,  # a boto3 DynamoDB client
+        table: str,
+        function_name: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._live = live
+        self._clock = clock
+        self._interval = 1.0
+        self._limiter = DynamoRateLimiter(client, table, function_name, lambda: self._interval)
+
+    def reserve(self, max_wait: float) -> Grant | Denied:
+        rate = self._live.now().calls_per_second
+        if rate is None:
+            now = self._clock()
+            return Grant(at=now, wait=0.0, tat=now)
+        self._interval = interval_for(rate)
+        return self._limiter.reserve(max_wait)
+
+
 KEYED_KEYS_LOOKED_AT_MAX = 32
 """Keys one pick reads before it gives up: past the keys at their cap (at most the global
 concurrency of them) and a few whose items are all in flight or retrying."""
@@ -541,6 +750,9 @@ KEYED_LEASE_MAX_S = 900.0
 _LEDGER_SAVE_TRIES = 3
 KEYED_CLAIM_SPREAD = 4
 """How many of a key's first free items a claim chooses among (see `_try_key`)."""
+KEYED_BACKLOG_KEYS_MAX = 2_000
+"""Keys one backlog report reads per priority (the ready index, a few hundred bytes each): past
+it the report says so and names the largest of those read."""
 KEYED_PICK_TRIES = 3
 """Picks that lost every claim to other workers are tried again this many times in all."""
 
@@ -556,6 +768,11 @@ class Claimed:
     body: str
     attempts: int
     lease_until: float
+    ordered: bool = False
+    """Its key's items reach the API one at a time, in order."""
+    order_broken: str | None = None
+    """Why it must fail without a call: an item ahead of it in its ordered key failed for good
+    (`break_order`); None: work it."""
 
 
 class KeyedItems:
@@ -582,6 +799,9 @@ class KeyedItems:
         self._lease_s = lease_s
         self._clock = clock
         self._random = random.Random()  # noqa: S311 - spreading claims, not secrets
+        self._turn_lock = threading.Lock()
+        self._next_turn_at = 0.0
+        """When this sandbox next asks for the backlog report's turn."""
 
     def _id(self, value: str) -> dict[str, Any]:
         return {IDEMPOTENCY_KEY_ATTRIBUTE: {"S": value}}
@@ -666,6 +886,57 @@ class KeyedItems:
                 contended = contended or lost
         return None, contended
 
+    def waiting(
+        self, priority: str, limit: int = KEYED_BACKLOG_KEYS_MAX
+    ) -> tuple[list[tuple[str, int]], bool]:
+        """Items waiting by key (unfinished, less those at the API under a live lease) for the
+        keys of `priority` with unfinished items, and whether that is all of them: at most
+        `limit` keys are read (the ready index, only the fields needed)."""
+        now = self._clock()
+        pages = self._client.get_paginator("query").paginate(
+            TableName=self._table,
+            IndexName=contract.KEYED_READY_INDEX,
+            KeyConditionExpression="kpri = :p AND kfin >= :zero",  # past the clock (kfin -1)
+            ExpressionAttributeValues={":p": {"S": priority}, ":zero": {"N": "0"}},
+            ProjectionExpression="kkey, pending, leases",
+        )
+        counts: list[tuple[str, int]] = []
+        for page in pages:
+            for record in page.get("Items", []):
+                if len(counts) >= limit:
+                    return counts, False
+                live = sum(1 for v in record.get("leases", {}).get("M", {}).values() if float(v["N"]) > now)
+                pending = int(record.get("pending", {"N": "0"})["N"])
+                counts.append((record["kkey"]["S"], max(0, pending - live)))
+        return counts, True
+
+    def report_turn(self, interval_s: float) -> bool:
+        """Whether this invocation reports the keys' backlog now: one report per worker function
+        per `interval_s`, by whichever invocation updates the turn item first; a sandbox asks
+        at most once per interval, so the turn costs one conditional write per sandbox per
+        interval."""
+        now = self._clock()
+        with self._turn_lock:
+            if now < self._next_turn_at:
+                return False
+            self._next_turn_at = now + interval_s
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=self._id(contract.KEYED_REPORT_TURN_ID),
+                UpdateExpression="SET turn_until = :next",
+                ConditionExpression="attribute_not_exists(turn_until) OR turn_until <= :now",
+                ExpressionAttributeValues={
+                    ":next": {"N": f"{now + interval_s:.3f}"},
+                    ":now": {"N": f"{now:.3f}"},
+                },
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
+            return False
+        return True
+
     def holds_anything(self, priority: str) -> bool:
         """Whether any key of `priority` has an unfinished item (the orphan-ticket check: a
         ticket is never dropped while a keyed item could still need it)."""
@@ -692,6 +963,7 @@ class KeyedItems:
         rule = self._rules(key, priority)
         ledger, version, expired = _ledger_of(record, now)
         has_finish = "vfinish" in record
+        marks = record  # the ledger as last read: its order-break marks
         if not ledger.has_room(rule, now):
             return None, False
         line = self._line(priority, key, now, head_only=rule.ordered, in_flight=len(ledger.live(now)))
@@ -734,6 +1006,8 @@ class KeyedItems:
                         body=_message_body(item, priority),
                         attempts=int(item.get("attempts", {"N": "0"})["N"]) + 1,
                         lease_until=lease_until,
+                        ordered=rule.ordered,
+                        order_broken=_order_broken(marks, item["wseq"]["S"]) if rule.ordered else None,
                     )
                     return claimed, False
                 if outcome == "item taken" or attempt + 1 == _LEDGER_SAVE_TRIES:
@@ -745,6 +1019,7 @@ class KeyedItems:
                 ).get("Item", {})
                 ledger, version, expired = _ledger_of(fresh, now)
                 has_finish = "vfinish" in fresh
+                marks = fresh
                 if not ledger.has_room(rule, now):
                     return None, lost
         return None, lost
@@ -844,6 +1119,32 @@ class KeyedItems:
             reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
             return "item taken" if reasons and reasons[0] == "ConditionalCheckFailed" else "ledger moved"
         return "claimed"
+
+    def break_order(self, claimed: Claimed, error: str) -> None:
+        """Mark the failure of `claimed`, an ordered key's item, on its key's ledger: the key's
+        items behind it from batches started before now will fail without a call
+        (`Claimed.order_broken`), so none overtakes it. Written before its lease is released,
+        so the next item of the key is claimed with the mark in place."""
+        try:
+            body = json.loads(claimed.body)
+        except ValueError:
+            body = {}
+        seq = claimed.item_id.removeprefix(f"{contract.KEYED_WAIT_PREFIX}{claimed.priority}#{claimed.key}#")
+        cause = (
+            f"item {body.get(contract.FIELD_INDEX)} of {body.get(contract.FIELD_EXECUTION)}, ahead of "
+            f"this one in ordered key {claimed.key!r}, failed ({error}); the key's items of batches "
+            "started before that failure fail too rather than overtake it: redrive them in order"
+        )
+        self._client.update_item(
+            TableName=self._table,
+            Key=self._id(self._ledger_id(claimed.priority, claimed.key)),
+            UpdateExpression="SET broken_after = :after, broken_before = :before, broken_cause = :cause",
+            ExpressionAttributeValues={
+                ":after": {"S": seq},
+                ":before": {"S": _sfn_time(self._clock())},
+                ":cause": {"S": cause},
+            },
+        )
 
     def done(self, claimed: Claimed) -> None:
         """The item left its key's line (worked, or failed for good): its record goes and its
@@ -946,6 +1247,21 @@ class KeyedItems:
             if head_only or start is None or any(_free(i, now) for i in items):
                 break
         return items[:1] if head_only else items
+
+
+def _sfn_time(epoch_s: float) -> str:
+    """A time as Step Functions writes `$$.Execution.StartTime` (ISO 8601, milliseconds, Z), so
+    it compares as text with the start times that begin every keyed item's sequence."""
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _order_broken(ledger: dict[str, Any], seq: str) -> str | None:
+    """The cause to fail the item `seq` with, when it is behind its ordered key's failed item and
+    from a batch started before that failure."""
+    after, before = ledger.get("broken_after", {}).get("S"), ledger.get("broken_before", {}).get("S")
+    if after is None or before is None or not after < seq < before:
+        return None
+    return str(ledger["broken_cause"]["S"])
 
 
 def _lease_name(item_id: str) -> str:

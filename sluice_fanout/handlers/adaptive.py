@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -14,7 +15,13 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import BotoCoreError, ClientError
 
 from sluice_fanout.handlers import contract
-from sluice_fanout.handlers.adapters import CloudWatchSignals, DynamoStore, LambdaControls
+from sluice_fanout.handlers.adapters import (
+    CloudWatchSignals,
+    DynamoStore,
+    LambdaControls,
+    LimitsStore,
+    LimitsUnreadableError,
+)
 from sluice_fanout.handlers.controller import (
     BreakerDecision,
     BreakerSettings,
@@ -30,6 +37,7 @@ from sluice_fanout.handlers.controller import (
     next_breaker,
     next_limit,
 )
+from sluice_fanout.handlers.runtime_limits import CONCURRENCY
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -143,8 +151,9 @@ class Signals(Protocol):
 class Controls(Protocol):
     def deployed(self) -> Deployed: ...
 
-    def apply(self, limit: int, paused: bool, now: Deployed) -> list[str]:
-        """Make the worker run with `limit`, paused or not; returns the changes made.
+    def apply(self, limit: int, paused: bool | None, now: Deployed) -> list[str]:
+        """Make the worker run with `limit`, paused or not (None: each mapping stays as it is);
+        returns the changes made.
 
         The worker's reserved concurrency is the limit (the hard cap in both dispatch modes);
         every mapping's MaximumConcurrency is max(2, limit) (AWS's minimum is 2) so its pollers do
@@ -175,6 +184,9 @@ class AdaptiveDeps:
     store: Store
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
+    ceiling: Callable[[], int | None] = lambda: None
+    """The operator's run-time concurrency (`sluice limits set concurrency=N`): the highest limit
+    now, in place of the deployed `concurrency`; None: the deployed one."""
 
 
 @dataclass(frozen=True)
@@ -201,6 +213,10 @@ def step(deps: AdaptiveDeps, window_end: int) -> Step | None:
     write with StateConflict and stops, so only one acts); then applies it (`Controls.apply`).
     """
     cfg = deps.config
+    rule = cfg.limit
+    if (ceiling := deps.ceiling()) is not None:
+        # The operator's limit wins as the ceiling; below it the controller moves as usual.
+        rule = replace(rule, max_limit=ceiling, min_limit=min(rule.min_limit, ceiling))
     version = 0
     try:
         stored = deps.store.load()
@@ -210,12 +226,12 @@ def step(deps: AdaptiveDeps, window_end: int) -> Step | None:
     deployed = deps.controls.deployed()
     if stored is None:
         # First run: start from what is deployed (the stack's `concurrency`, the max).
-        start = deployed.reserved if deployed.reserved is not None else cfg.limit.max_limit
-        stored = Stored(cfg.limit.clamp(start), ControllerState(), BreakerState(), 0, version)
+        start = deployed.reserved if deployed.reserved is not None else rule.max_limit
+        stored = Stored(rule.clamp(start), ControllerState(), BreakerState(), 0, version)
     if window_end <= stored.window_end:
         return None
     signal = deps.signals.read(window_end - cfg.interval_seconds, window_end)
-    decision = next_limit(stored.limit, signal, stored.controller, cfg.limit)
+    decision = next_limit(rule.clamp(stored.limit), signal, stored.controller, rule)
     breaker = None if cfg.breaker is None else next_breaker(stored.breaker, signal, window_end, cfg.breaker)
     limit = decision.limit
     if breaker is not None and breaker.limit_cap is not None:
@@ -296,6 +312,7 @@ def _deps() -> AdaptiveDeps:
 
     config = AdaptiveConfig.from_env(os.environ)
     client_config = Config(retries={"mode": "standard", "max_attempts": 5})
+    ddb = boto3.client("dynamodb", config=client_config)
     return AdaptiveDeps(
         config=config,
         signals=CloudWatchSignals(
@@ -304,8 +321,23 @@ def _deps() -> AdaptiveDeps:
         controls=LambdaControls(
             boto3.client("lambda", config=client_config), config.worker, config.mappings, logger
         ),
-        store=DynamoStore(boto3.client("dynamodb", config=client_config), config.table, config.worker),
+        store=DynamoStore(ddb, config.table, config.worker),
+        ceiling=functools.partial(operator_ceiling, LimitsStore(ddb, config.table, config.worker)),
     )
+
+
+def operator_ceiling(store: LimitsStore) -> int | None:
+    """The operator's concurrency from the run-time limits item; None if there is none or it
+    cannot be read (the deployed ceiling holds: the controller never goes above it anyway)."""
+    try:
+        stored = store.load()
+    except (ClientError, LimitsUnreadableError) as exc:
+        logger.warning(
+            "run-time limits unreadable; the deployed concurrency is the ceiling", extra={"error": str(exc)}
+        )
+        return None
+    value = None if stored is None else stored.overrides.values.get(CONCURRENCY)
+    return None if value is None else int(value)
 
 
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:  # noqa: ARG001 - a schedule's event carries nothing the controller needs

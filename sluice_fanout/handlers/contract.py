@@ -31,6 +31,9 @@ ENV_CONTROLLED = "SLUICE_CONTROLLED"
 """`true` when an adaptive controller moves the worker's limit (its state item is read)."""
 ENV_CALLS_PER_SECOND = "SLUICE_CALLS_PER_SECOND"
 """The API's published rate; set only when the stack sets one."""
+ENV_CONCURRENCY = "SLUICE_CONCURRENCY"
+"""The stack's `concurrency` as deployed (the worker's reserved concurrency may differ at run
+time: the adaptive controller, `sluice limits set`); `sluice limits` shows and checks against it."""
 
 
 # CloudWatch metrics the worker emits (EMF lines in its log, so no PutMetricData permission) and
@@ -64,6 +67,21 @@ METRIC_API_THROTTLED = "ApiThrottled"
 """Count: calls the target refused with RetryLater (HTTP 429)."""
 METRIC_API_ERRORS = "ApiErrors"
 """Count: calls that failed with a retryable error (5xx, timeout, any other exception)."""
+# Keys (docs/keys.md): reported once a minute per worker function, by one of its invocations.
+METRIC_KEYS_WAITING = "KeysWaiting"
+"""Count: keys of a priority with at least one item waiting."""
+METRIC_KEY_WAITING_ITEMS = "KeyWaitingItems"
+"""Count: items waiting of one key, with a Key dimension, for the few keys with the most only
+(bounded: the distinct Key values in any hour are at most KEY_BACKLOG_TOP per priority per report)."""
+METRIC_OTHER_KEYS_WAITING_ITEMS = "OtherKeysWaitingItems"
+"""Count: items waiting of the keys not named by KeyWaitingItems."""
+DIMENSION_KEY = "Key"
+KEY_BACKLOG_TOP = 5
+"""Keys named per priority in each report."""
+KEY_BACKLOG_INTERVAL_S = 60.0
+"""One report per worker function per this many seconds (CloudWatch's standard resolution)."""
+KEYED_REPORT_TURN_ID = "turn#backlog"
+"""The keyed table's item whose conditional update gives one invocation the report's turn."""
 API_SIGNAL_METRICS = (METRIC_API_CALLS, METRIC_API_THROTTLED, METRIC_API_ERRORS)
 HIGH_RESOLUTION_METRICS = (*API_SIGNAL_METRICS, METRIC_API_LATENCY)
 """Stored at 1-second resolution: the controller reads them in windows of 1 to 30 s, and
@@ -105,6 +123,9 @@ null (no breaker) or an object with error_threshold, min_calls, open_seconds, pr
 CONTROLLER_HANDLER = "sluice_fanout.handlers.adaptive.lambda_handler"
 CONTROLLER_STATE_PREFIX = "controller#"
 """State item key: prefix + worker function name (next to the rate limiter's `rate#` item)."""
+LIMITS_PREFIX = "limits#"
+"""Run-time limits item key (`sluice limits`, docs/limits.md): prefix + worker function name, in
+the idempotency table beside the controller's state."""
 # Keyed items (docs/keys.md): records in the idempotency table and its two sparse indexes.
 KEYED_WAIT_PREFIX = "wait#"
 """A waiting keyed item: prefix + priority#key#seq; seq sorts in submission order."""
@@ -181,6 +202,9 @@ ERROR_MALFORMED = "Sluice.MalformedMessage"
 ERROR_UNKNOWN_PRIORITY = "Sluice.UnknownPriority"
 ERROR_INVALID_KEY = "Sluice.InvalidKey"
 """The item's key field holds something other than a string (keys, docs/keys.md)."""
+ERROR_ORDER_BROKEN = "Sluice.OrderBroken"
+"""An item of an ordered key behind one that failed for good, from a batch started before that
+failure: failed without a call rather than overtaking it (docs/keys.md)."""
 ERROR_CHILD_FAILED = "Sluice.ChildExecutionFailed"
 ERROR_RESULT_MISSING = "Sluice.ResultMissing"
 

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, cast
 
-from sluice_fanout.handlers import contract, priority
+from botocore.exceptions import ClientError
+
+from sluice_fanout.handlers import contract, fair, priority
 from sluice_fanout.handlers.attempt import MessageReturned, PayloadDropped, item_keys, work_item
 from sluice_fanout.handlers.completion import handle_malformed
 from sluice_fanout.handlers.deferred import Completer, DeferredDeletes, DeferredTokens
@@ -86,6 +88,7 @@ def record_handler(deps: WorkerDeps) -> Callable[[SQSRecord, int], None]:
 def handle_ticket(record: SQSRecord, deps: WorkerDeps, remaining_ms: int) -> None:
     """Work the delivered ticket, then keep the slot busy with the next ones (`keep_working`)."""
     deadline = deps.timer() + remaining_ms / 1000
+    report_backlog(deps)
     if deps.grant is not None:
         deps.grant.start()
     started = deps.timer()
@@ -98,6 +101,28 @@ def handle_ticket(record: SQSRecord, deps: WorkerDeps, remaining_ms: int) -> Non
         # windows of seconds.
         deps.metrics.flush()
         keep_working(deps, deadline, worked_s)
+
+
+def report_backlog(deps: WorkerDeps) -> None:
+    """Once a minute per worker function: keys with items waiting, by priority, as metrics (the
+    dashboard's top keys). A report that fails is logged and skipped; it never costs a ticket."""
+    keyed = deps.keyed
+    if keyed is None:
+        return
+    try:
+        if not keyed.report_turn(contract.KEY_BACKLOG_INTERVAL_S):
+            return
+        for name in deps.config.priorities:
+            counts, complete = keyed.waiting(name)
+            deps.metrics.backlog(name, fair.backlog(counts, contract.KEY_BACKLOG_TOP))
+            if not complete:
+                logger.warning(
+                    "more keys waiting than one report reads", extra={"priority": name, "read": len(counts)}
+                )
+    except ClientError:
+        logger.exception("keys backlog report failed; the next turn tries again")
+        return
+    deps.metrics.flush()
 
 
 def keep_working(deps: WorkerDeps, deadline: float, longest_s: float) -> None:
@@ -267,7 +292,18 @@ def _work_keyed(
         if claimed is None:
             return None
         queues = _keyed_queues(deps.queues, keyed, claimed)
-        item_deps = dataclasses.replace(deps, queues=queues)
+        if claimed.order_broken is not None:
+            # One ticket per item: this one is used up by failing its item, with no call.
+            deps.tokens.fail(claimed.token, contract.ERROR_ORDER_BROKEN, claimed.order_broken)
+            deps.metrics.count(contract.METRIC_FAILED, name)
+            logger.warning(
+                "ordered item failed behind a failed one",
+                extra={"key": claimed.key, "item": claimed.item_id, "cause": claimed.order_broken},
+            )
+            queues.delete(queue.url, claimed.item_id)
+            return TicketEnd.WORKED
+        tokens = _FailureNoted(deps.tokens, claimed.token)
+        item_deps = dataclasses.replace(deps, queues=queues, tokens=cast("TaskTokens", tokens))
         payload = {
             "Body": claimed.body,
             "MessageId": claimed.item_id,
@@ -281,11 +317,30 @@ def _work_keyed(
             queues.delete(queue.url, claimed.item_id)
             continue
         if delay is None:
+            if claimed.ordered and tokens.error is not None:
+                keyed.break_order(claimed, tokens.error)  # before the delete releases its lease
             queues.delete(queue.url, claimed.item_id)
             return TicketEnd.WORKED
         deps.queues.change_visibility(deps.config.ticket_queue_url, ticket.receipt_handle, delay)
         return TicketEnd.RETURNED
     return None
+
+
+class _FailureNoted:
+    """TaskTokens that note the error a claimed item's token was failed with."""
+
+    def __init__(self, tokens: TaskTokens, token: str) -> None:
+        self._tokens = tokens
+        self._token = token
+        self.error: str | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tokens, name)
+
+    def fail(self, token: str, error: str, cause: str) -> bool:
+        if token == self._token:
+            self.error = error
+        return self._tokens.fail(token, error, cause)
 
 
 class _KeyedQueues:

@@ -23,6 +23,7 @@ counter, and the key would lose a slot for good; a lease runs out on its own.
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import re
@@ -119,6 +120,26 @@ def release(ledger: Ledger, lease_until: float) -> Ledger:
     if lease_until in leases:
         leases.remove(lease_until)
     return replace(ledger, leases=tuple(leases))
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """The keys of one priority with items waiting, the largest few by name: CloudWatch bills
+    every distinct dimension value, so metrics by key name only these (docs/keys.md)."""
+
+    keys: int
+    """Keys with at least one item waiting."""
+    top: tuple[tuple[str, int], ...]
+    """(key, items waiting), most first, ties by name: at most the `top` asked for."""
+    rest: int
+    """Items waiting of the keys not named."""
+
+
+def backlog(waiting: Iterable[tuple[str, int]], top: int) -> Backlog:
+    """The `top` keys by items waiting, and the count and items of the rest."""
+    counts = [(key, n) for key, n in waiting if n > 0]
+    named = heapq.nsmallest(top, counts, key=lambda kn: (-kn[1], kn[0]))
+    return Backlog(len(counts), tuple(named), sum(n for _, n in counts) - sum(n for _, n in named))
 
 
 KEY_FIELD_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aws_lambda_powertools.metrics import MetricResolution, MetricUnit
 from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import AmazonCloudWatchEMFProvider
 
 from sluice_fanout.handlers import contract
+
+if TYPE_CHECKING:
+    from sluice_fanout.handlers.fair import Backlog
 
 
 class WorkerMetrics:
@@ -30,21 +35,41 @@ class WorkerMetrics:
         self.function_name = function_name
         self._namespace = namespace
         self._service = service
-        self._by_priority: dict[str, AmazonCloudWatchEMFProvider] = {}
+        self._by_priority: dict[str | tuple[str, str], AmazonCloudWatchEMFProvider] = {}
+        """By priority, and by (priority, key) for the keys a backlog names."""
 
-    def _provider(self, priority: str) -> AmazonCloudWatchEMFProvider:
-        if priority not in self._by_priority:
-            self._by_priority[priority] = AmazonCloudWatchEMFProvider(
+    def _provider(self, priority: str, key: str | None = None) -> AmazonCloudWatchEMFProvider:
+        where = priority if key is None else (priority, key)
+        if where not in self._by_priority:
+            dimensions = {
+                contract.DIMENSION_FUNCTION: self.function_name,
+                contract.DIMENSION_PRIORITY: priority,
+            }
+            if key is not None:
+                dimensions[contract.DIMENSION_KEY] = key
+            self._by_priority[where] = AmazonCloudWatchEMFProvider(
                 namespace=self._namespace,
                 # Given, not read from POWERTOOLS_SERVICE_NAME, so the dimension set is the same
                 # wherever the worker runs and the dashboard's queries match it.
                 service=self._service,
-                default_dimensions={
-                    contract.DIMENSION_FUNCTION: self.function_name,
-                    contract.DIMENSION_PRIORITY: priority,
-                },
+                default_dimensions=dimensions,
             )
-        return self._by_priority[priority]
+        return self._by_priority[where]
+
+    def backlog(self, priority: str, backlog: Backlog) -> None:
+        """Keys waiting in `priority`: their number, the few largest by name, the rest summed.
+        The Key dimension carries only the named few, so the metrics stay bounded whatever the
+        number of keys."""
+        self._provider(priority).add_metric(
+            name=contract.METRIC_KEYS_WAITING, unit=MetricUnit.Count, value=backlog.keys
+        )
+        self._provider(priority).add_metric(
+            name=contract.METRIC_OTHER_KEYS_WAITING_ITEMS, unit=MetricUnit.Count, value=backlog.rest
+        )
+        for key, waiting in backlog.top:
+            self._provider(priority, key).add_metric(
+                name=contract.METRIC_KEY_WAITING_ITEMS, unit=MetricUnit.Count, value=waiting
+            )
 
     def count(self, name: str, priority: str) -> None:
         self._provider(priority).add_metric(

@@ -27,6 +27,18 @@ RATE_MAX_WAIT_SHARE = 0.5
 time: the other half is for the call itself."""
 
 
+def longest_rate_wait(concurrency: int, calls_per_second: float) -> float:
+    """Longest a call waits for its slot: at most `concurrency` invocations hold a reserved slot,
+    so a call waits at most that many intervals."""
+    return concurrency * interval_for(calls_per_second)
+
+
+def rate_wait_allowed(timeout_seconds: int) -> float:
+    """Longest wait a worker of this timeout can afford: half its time (the rest is for the
+    call), less a second for what comes before the reservation. Beyond it items would bounce."""
+    return timeout_seconds * RATE_MAX_WAIT_SHARE - 1
+
+
 def interval_for(calls_per_second: float) -> float:
     """Seconds between granted slots for a published rate."""
     if not calls_per_second > 0:

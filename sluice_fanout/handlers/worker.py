@@ -15,16 +15,20 @@ from aws_lambda_powertools.utilities.batch import (
 from sluice_fanout.handlers import contract, dispatch_ticket, dispatch_yield
 from sluice_fanout.handlers.adapters import (
     KEYED_LEASE_MAX_S,
+    AllGrants,
     ControllerGrant,
-    DynamoRateLimiter,
     DynamoStore,
     KeyedItems,
+    LimitsGrant,
+    LimitsStore,
+    LiveLimits,
+    LiveRate,
     SqsQueues,
     TaskTokens,
 )
 from sluice_fanout.handlers.metrics import WorkerMetrics
 from sluice_fanout.handlers.once import OncePerItem, ResultSpill
-from sluice_fanout.handlers.rate import interval_for
+from sluice_fanout.handlers.runtime_limits import Deployed as LimitsDeployed
 from sluice_fanout.handlers.slot_time import SlotTime
 from sluice_fanout.handlers.target import load_target
 from sluice_fanout.handlers.worker_config import LOCAL_FUNCTION_NAME, WorkerConfig, WorkerDeps, logger
@@ -99,6 +103,17 @@ def _deps() -> WorkerDeps:
     s3 = boto3.client("s3", config=client_config)
     for client in (ddb, sqs, sfn, s3):
         slot_time.attach(client)
+    live = LiveLimits(
+        LimitsStore(ddb, config.idempotency_table, function_name),
+        LimitsDeployed(
+            int(raw) if (raw := os.environ.get(contract.ENV_CONCURRENCY)) else None,
+            config.calls_per_second,
+            config.keys,
+            config.priorities,
+        ),
+        logger,
+    )
+    limits_grant = LimitsGrant(live)
     return WorkerDeps(
         config=config,
         queues=SqsQueues(sqs),
@@ -108,19 +123,19 @@ def _deps() -> WorkerDeps:
         # Lambda sets it; the dashboard and alarms query the same name (the function's).
         metrics=WorkerMetrics(function_name),
         spill=ResultSpill(s3, config.results_bucket) if config.results_bucket else None,
-        # One limiter per function: every invocation of it shares the item `rate#<function>`.
-        limiter=DynamoRateLimiter(
-            ddb, config.idempotency_table, function_name, interval_for(config.calls_per_second)
+        # One limiter per function: every invocation of it shares the item `rate#<function>`;
+        # its rate is the operator's (`sluice limits`) if set, so it exists with or without one.
+        limiter=LiveRate(live, ddb, config.idempotency_table, function_name),
+        # The controller's state item and the run-time limits sit in the same table, under the
+        # worker's name.
+        grant=AllGrants(
+            ControllerGrant(DynamoStore(ddb, config.idempotency_table, function_name)), limits_grant
         )
-        if config.calls_per_second
-        else None,
-        # The controller's state item sits in the same table, under the worker's name.
-        grant=ControllerGrant(DynamoStore(ddb, config.idempotency_table, function_name))
         if config.controlled
-        else None,
+        else limits_grant,
         slot_time=slot_time,
-        keyed=KeyedItems(ddb, config.keyed_table, keys.rule, lease_s=KEYED_LEASE_MAX_S)
-        if (keys := config.keys) is not None
+        keyed=KeyedItems(ddb, config.keyed_table, live.keys_rule, lease_s=KEYED_LEASE_MAX_S)
+        if config.keys is not None
         else None,
     )
 

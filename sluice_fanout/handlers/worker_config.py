@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Protocol, Self
 
 from aws_lambda_powertools import Logger
 
@@ -19,7 +19,7 @@ from sluice_fanout.handlers.slot_time import SlotTime
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from sluice_fanout.handlers.adapters import ControllerGrant, KeyedItems, SqsQueues, TaskTokens
+    from sluice_fanout.handlers.adapters import KeyedItems, SqsQueues, TaskTokens
     from sluice_fanout.handlers.once import OncePerItem, ResultSpill
     from sluice_fanout.handlers.rate import RateLimiter
     from sluice_fanout.handlers.target import Target
@@ -121,6 +121,15 @@ class WorkerConfig(WorkerSettings):
         )
 
 
+class SlotGrant(Protocol):
+    """Whether an invocation that keeps its slot for more items may still keep it."""
+
+    def start(self) -> None:
+        """Note the limits when the invocation starts: later checks compare with them."""
+
+    def granted(self) -> bool: ...
+
+
 @dataclass(frozen=True)
 class WorkerDeps:
     config: WorkerConfig
@@ -140,9 +149,9 @@ class WorkerDeps:
     """Where each real call reserves its slot under the calls-per-second limit; None: no limit."""
     sleep: Callable[[float], None] = time.sleep
     """How the worker waits for its slot."""
-    grant: ControllerGrant | None = None
-    """Whether the adaptive controller still grants this invocation's slot; None: no controller,
-    the deployed limit is fixed."""
+    grant: SlotGrant | None = None
+    """Whether the adaptive controller and the operator's run-time concurrency (`sluice limits`)
+    still grant this invocation's slot; None: the deployed limit is fixed."""
     slot_time: SlotTime = field(default_factory=SlotTime)
     """Where the invocation's time goes; its AWS clients are attached to it."""
     keyed: KeyedItems | None = None

@@ -249,6 +249,7 @@ def test_the_controller_policy(adaptive: tuple[Recorder, Any]) -> None:
         ],
         state_table_arn=f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/orders-worker-idempotency",
         state_key="controller#orders-worker-function",
+        limits_key="limits#orders-worker-function",
         log_group_arn=f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:orders-controller-logs",
     )
     assert rec.named("orders-controller-policy").inputs["role"] == "orders-controller-role-id"
@@ -263,6 +264,7 @@ def test_build_controller_policy_grants_exactly_what_the_controller_does() -> No
         mapping_arns=mappings,
         state_table_arn=table,
         state_key="controller#w",
+        limits_key="limits#w",
         log_group_arn=logs,
     )
     assert policy["Statement"] == [
@@ -291,6 +293,14 @@ def test_build_controller_policy_grants_exactly_what_the_controller_does() -> No
             "Resource": [table],
             # Never the idempotency records that share the table.
             "Condition": {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["controller#w"]}},
+        },
+        {
+            "Sid": "ReadOperatorLimits",
+            "Effect": "Allow",
+            "Action": ["dynamodb:GetItem"],
+            "Resource": [table],
+            # Reads the operator's limits (`sluice limits`), never writes them.
+            "Condition": {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["limits#w"]}},
         },
         {
             "Sid": "WriteOwnLogs",

@@ -143,6 +143,7 @@ POLICIES = {
         ],
         state_table_arn=f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/idempotency",
         state_key="controller#worker",
+        limits_key="limits#worker",
         log_group_arn=LOGS,
     ),
 }

@@ -29,7 +29,7 @@ TICKETS = "orders-queues-dispatch-tickets"
 TICKETS_DLQ = "orders-queues-dispatch-tickets-dlq"
 
 
-def dashboard(*, ticket: bool = True, age: int = 300) -> dict[str, Any]:
+def dashboard(*, ticket: bool = True, age: int = 300, keyed: bool = False) -> dict[str, Any]:
     return build_dashboard_body(
         region=REGION,
         priorities=PRIORITIES,
@@ -41,6 +41,7 @@ def dashboard(*, ticket: bool = True, age: int = 300) -> dict[str, Any]:
         concurrency=4,
         state_machine_arn=SM_ARN,
         high_age_alarm_seconds=age,
+        keyed=keyed,
     )
 
 
@@ -165,6 +166,30 @@ def test_dashboard_widgets_are_exact() -> None:
         }, title
 
 
+def test_a_stack_with_keys_shows_its_top_keys_by_items_waiting() -> None:
+    plain, keyed = dashboard()["widgets"], dashboard(keyed=True)["widgets"]
+    assert keyed[: len(plain)] == plain
+    top, count = (w["properties"] for w in keyed[len(plain) :])
+    assert top["title"] == "Top keys by items waiting"
+    assert top["metrics"][0] == [
+        {
+            "expression": "SELECT MAX(KeyWaitingItems) "
+            "FROM SCHEMA(Sluice, FunctionName, Key, Priority, service) "
+            "WHERE FunctionName = 'orders-worker-function' "
+            "GROUP BY Key, Priority ORDER BY MAX() DESC LIMIT 10",
+            "id": "topkeys",
+            "label": "",
+        }
+    ]
+    assert top["metrics"][1:] == [
+        ["Sluice", "OtherKeysWaitingItems", "FunctionName", FN, "Priority", p, "service", "sluice-worker",
+         {"label": f"OtherKeysWaitingItems {p}"}]
+        for p in PRIORITIES
+    ]  # fmt: skip
+    assert count["title"] == "Keys with items waiting"
+    assert [m[1] for m in count["metrics"]] == ["KeysWaiting"] * 3
+
+
 def test_the_yield_dispatch_dashboard_has_no_ticket_queue() -> None:
     widgets = {w["properties"]["title"]: w["properties"] for w in dashboard(ticket=False)["widgets"]}
     assert widgets["Queue depth (visible messages)"]["metrics"] == [
@@ -261,6 +286,12 @@ def test_the_stack_creates_the_dashboard_and_alarms_from_the_builders() -> None:
         f"orders-observability-alarm-{role}": {camel(k): v for k, v in spec.items()}
         for role, spec in expected_alarms([TOPIC]).items()
     }
+
+
+def test_a_stack_with_keys_gets_the_keys_dashboard() -> None:
+    rec = build({"concurrency": 4, "http_target": HTTP, "keys": {"field": "tenant"}})
+    (board,) = rec.of_type("aws:cloudwatch/dashboard:Dashboard")
+    assert json.loads(board.inputs["dashboardBody"]) == dashboard(keyed=True)
 
 
 def test_dashboard_and_alarms_can_each_be_turned_off() -> None:

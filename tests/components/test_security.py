@@ -420,6 +420,7 @@ WORKER_ENV = {
     contract.ENV_HTTP_TIMEOUT_SECONDS,
     contract.ENV_HTTP_AUTH_HEADER,
     contract.ENV_IDEMPOTENCY_TABLE,
+    contract.ENV_CONCURRENCY,
     contract.ENV_IDEMPOTENCY_TTL_SECONDS,
     contract.ENV_RESULTS_BUCKET,
     contract.ENV_SHARE_PERIOD,

@@ -29,8 +29,10 @@ WIRING = {
     contract.ENV_IDEMPOTENCY_TABLE,
     contract.ENV_TICKET_QUEUE_URL,
     contract.ENV_RESULTS_BUCKET,
+    contract.ENV_CONCURRENCY,
 }
-"""What the deploy wires in beside the settings: resource names only it knows."""
+"""What the deploy wires in beside the settings: resource names only it knows, and the deployed
+concurrency (the base of the run-time limits, `sluice limits`)."""
 STACKS: dict[str, dict[str, Any]] = {
     "defaults": {"concurrency": 4, "http_target": HTTP},
     "yield": {"concurrency": 4, "dispatch": "yield", "http_target": HTTP},

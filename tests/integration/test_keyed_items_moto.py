@@ -257,3 +257,80 @@ def test_it_says_whether_a_priority_holds_anything(ddb: Any) -> None:
     store.done(claimed)
     assert store.pick("BATCH") is None  # finds the key's line empty: it leaves the index
     assert not store.holds_anything("BATCH")
+
+
+def test_waiting_counts_each_keys_items_less_those_at_the_api(ddb: Any) -> None:
+    clock = Clock()
+    store = _store(ddb, clock)
+    _submit(store, "a", 3)
+    _submit(store, "b", 2)
+    _submit(store, "c", 1, priority="HIGH")
+    claimed = [store.pick("BATCH"), store.pick("BATCH")]  # one of each key: a then b, by fair share
+    assert sorted(c.key for c in claimed if c) == ["a", "b"]
+    counts, complete = store.waiting("BATCH")
+    assert (sorted(counts), complete) == ([("a", 2), ("b", 1)], True)
+    clock.now += LEASE_S + 1  # both leases ran out: the items count as waiting again
+    assert sorted(store.waiting("BATCH")[0]) == [("a", 3), ("b", 2)]
+    counts, complete = store.waiting("BATCH", limit=1)
+    assert (len(counts), complete) == (1, False)
+    assert store.waiting("HIGH") == ([("c", 1)], True)
+    assert store.waiting("NORMAL") == ([], True)
+
+
+def test_one_backlog_report_per_interval_whichever_sandbox_asks(ddb: Any) -> None:
+    clock = Clock()
+    first, second = _store(ddb, clock), _store(ddb, clock)
+    assert first.report_turn(60)
+    assert not second.report_turn(60)  # the turn is taken for this minute
+    clock.now += 30
+    assert not first.report_turn(60)  # asked too recently: not even a write
+    clock.now += 31
+    assert second.report_turn(60)
+    assert not first.report_turn(60)
+
+
+def _submit_seq(store: KeyedItems, key: str, seq: str, n: int) -> None:
+    execution = seq.split("#")[1]
+    store.enqueue("BATCH", key, seq, token=f"token-{key}-{n}", item={"n": n}, index=n, execution=execution)
+
+
+def test_a_failed_ordered_item_fails_the_items_behind_it_from_earlier_batches(ddb: Any) -> None:
+    clock = Clock()  # 1970-01-12T13:46:40Z: the failure comes between the two batches' starts
+    store = _store(ddb, clock, {"ord": KeyRule(cap=1, ordered=True)})
+    for n in range(3):
+        _submit_seq(store, "ord", f"1970-01-12T13:00:00.000Z#arn:early#{n:09d}", n)
+    _submit_seq(store, "ord", "1970-01-12T14:00:00.000Z#arn:late#000000000", 3)
+    head = store.pick("BATCH")
+    assert head is not None
+    assert (head.ordered, head.order_broken, _n(head)) == (True, None, 0)
+    store.break_order(head, "Sluice.PermanentFailure")
+    store.done(head)
+    behind = []
+    for _ in range(2):
+        claimed = store.pick("BATCH")  # one at a time: an ordered key's cap is 1
+        assert claimed is not None
+        behind.append(claimed)
+        assert claimed.order_broken is not None
+        assert (
+            "item 0 of arn:early, ahead of this one in ordered key 'ord', failed (Sluice.PermanentFailure)"
+            in (claimed.order_broken)
+        )
+        store.done(claimed)
+    assert [_n(c) for c in behind] == [1, 2]
+    later = store.pick("BATCH")  # its batch started after the failure: it goes on
+    assert later is not None
+    assert (later.order_broken, _n(later)) == (None, 3)
+
+
+def test_an_unordered_key_has_no_order_to_break(ddb: Any) -> None:
+    clock = Clock()
+    store = _store(ddb, clock)
+    for n in range(2):
+        _submit_seq(store, "free", f"1970-01-12T13:00:00.000Z#arn:early#{n:09d}", n)
+    first = store.pick("BATCH")
+    assert first is not None
+    assert not first.ordered
+    store.done(first)
+    second = store.pick("BATCH")
+    assert second is not None
+    assert second.order_broken is None

@@ -3,6 +3,7 @@ and applies, and when it stops."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,9 @@ from sluice_fanout.handlers.adaptive import (
 from sluice_fanout.handlers.controller import (
     BreakerMode,
     BreakerSettings,
+    BreakerState,
     ControllerSettings,
+    ControllerState,
     Deployed,
     Signal,
     StateConflict,
@@ -275,3 +278,22 @@ def test_an_unreadable_state_starts_afresh_over_it() -> None:
     assert done.limit == 6
     assert fakes.stored is not None
     assert fakes.stored.version == 8  # written over the unreadable version 7
+
+
+def test_the_operators_concurrency_is_the_ceiling_the_controller_moves_below() -> None:
+    healthy = Signal(calls=50, throttled=0, errors=0, latency_ms=100.0, in_flight=6.0)
+    fakes = Fakes([healthy, healthy, THROTTLED], stored=Stored(6, ControllerState(), BreakerState(), 0, 1))
+    ceiling: list[int | None] = [3]
+    deps = dataclasses.replace(deps_for(fakes, config()), ceiling=lambda: ceiling[0])
+    first = step(deps, 1_000)
+    assert first is not None
+    assert first.limit == 3  # above the operator's 3 before: brought down to it at once
+    assert fakes.deployed == Deployed(3, {"m1": (True, 3)})
+    ceiling[0] = None  # unset: the deployed 8 is the ceiling again, and the rule climbs back
+    second = step(deps, 1_005)
+    assert second is not None
+    assert second.limit == 4
+    ceiling[0] = 1  # below the controller's min_limit: the operator still wins
+    third = step(deps, 1_010)
+    assert third is not None
+    assert third.limit == 1
