@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from sluice_fanout.cli.common import command_parser, read_stack_outputs
 from sluice_fanout.handlers.contract import ATTR_DEAD_LETTER_REASON, FIELD_TOKEN
 
 if TYPE_CHECKING:
@@ -510,12 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--region", help="AWS region (default: from the queue URL, else boto3's chain)")
     common.add_argument("--endpoint-url", help="SQS endpoint, e.g. the embedded AWS's http://127.0.0.1:PORT")
-    parser = argparse.ArgumentParser(
-        prog="sluice dlq",
-        description=__doc__,
-        epilog=HELP_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("sluice dlq", __doc__, HELP_EPILOG)
     sub = parser.add_subparsers(dest="command", required=True)
     inspect = sub.add_parser("inspect", parents=[common], help="depth and a peek per DLQ, consuming nothing")
     inspect.add_argument("--peek", type=int, default=DEFAULT_PEEK, help="messages shown per DLQ (0: none)")
@@ -551,16 +547,8 @@ def options_from(args: argparse.Namespace) -> Options:
             "or --dlq-url URL [--source-url URL] ..."
         )
     if args.stack_outputs is not None:
-        origin = str(args.stack_outputs)
-        try:
-            outputs = json.loads(args.stack_outputs.read_text())
-        except OSError as exc:
-            raise DlqInputError(f"--stack-outputs {origin}: cannot read it: {exc.strerror}") from exc
-        except ValueError as exc:
-            raise DlqInputError(
-                f"--stack-outputs {origin}: not JSON ({exc}); write it with `pulumi stack output --json`"
-            ) from exc
-        pairs = pair_stack_outputs(outputs, origin)
+        outputs = read_stack_outputs(args.stack_outputs, DlqInputError)
+        pairs = pair_stack_outputs(outputs, str(args.stack_outputs))
     else:
         pairs = pair_explicit(flags)
     extra: dict[str, Any] = {}

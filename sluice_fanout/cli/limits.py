@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from sluice_fanout.cli.common import command_parser, read_stack_outputs
 from sluice_fanout.handlers import contract
 from sluice_fanout.handlers.adapters import LambdaControls, LimitsStore, LimitsUnreadableError
 from sluice_fanout.handlers.controller import StateConflict
@@ -319,12 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--region", help="AWS region (default: the state machine's, else boto3's chain)")
     common.add_argument("--endpoint-url", help="AWS endpoint, e.g. the embedded AWS's http://127.0.0.1:PORT")
     common.add_argument("--json", action="store_true", help="print the limits as JSON")
-    parser = argparse.ArgumentParser(
-        prog="sluice limits",
-        description=__doc__,
-        epilog=HELP_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("sluice limits", __doc__, HELP_EPILOG)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("show", parents=[common], help="each limit: deployed, overridden, in effect")
     setter = sub.add_parser("set", parents=[common], help="override limits: NAME=VALUE ...")
@@ -334,21 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_outputs(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except OSError as exc:
-        raise LimitsInputError(f"--stack-outputs {path}: cannot read it: {exc.strerror}") from exc
-    except ValueError as exc:
-        raise LimitsInputError(
-            f"--stack-outputs {path}: not JSON ({exc}); write it with `pulumi stack output --json`"
-        ) from exc
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        stack = stack_from_outputs(_read_outputs(args.stack_outputs), str(args.stack_outputs))
+        stack = stack_from_outputs(
+            read_stack_outputs(args.stack_outputs, LimitsInputError), str(args.stack_outputs)
+        )
         region = args.region or stack.region
         session = boto3.session.Session(region_name=region)
         worker = Worker(session.client("lambda", endpoint_url=args.endpoint_url), stack)

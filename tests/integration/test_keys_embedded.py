@@ -16,6 +16,7 @@ from localcloud.legacy_api import ApiProfile, Call
 from localcloud.runner import RunResult, run_scenario
 from localcloud.scenario import Batch, Scenario
 from sluice_fanout.handlers.contract import KEYED_INDEX_OFFSET
+from tests.support.api_calls import most_at_once
 
 pytestmark = pytest.mark.slow
 
@@ -67,15 +68,6 @@ def _calls_by_tenant(result: RunResult) -> dict[str, list[Call]]:
     return calls
 
 
-def _most_at_once(calls: list[Call]) -> int:
-    edges = sorted([(c.start, 1) for c in calls] + [(c.end, -1) for c in calls])
-    now = most = 0
-    for _, step in edges:
-        now += step
-        most = max(most, now)
-    return most
-
-
 def test_every_item_ends_and_a_bad_key_is_refused_by_name(keyed: RunResult) -> None:
     assert [r.status for r in keyed.executions] == ["SUCCEEDED", "SUCCEEDED"]
     first, second = (r.output for r in keyed.executions)
@@ -92,10 +84,10 @@ def test_every_item_ends_and_a_bad_key_is_refused_by_name(keyed: RunResult) -> N
 
 def test_no_key_ever_has_more_calls_than_its_cap(keyed: RunResult) -> None:
     calls = _calls_by_tenant(keyed)
-    assert _most_at_once(calls["capped"]) == 1
-    assert _most_at_once(calls["ord"]) == 1
-    assert _most_at_once(calls["noisy"]) > 1  # an uncapped key uses several slots
-    assert _most_at_once(keyed.calls) <= 4
+    assert most_at_once(calls["capped"]) == 1
+    assert most_at_once(calls["ord"]) == 1
+    assert most_at_once(calls["noisy"]) > 1  # an uncapped key uses several slots
+    assert most_at_once(keyed.calls) <= 4
 
 
 def test_an_ordered_key_reaches_the_api_in_submission_order(keyed: RunResult) -> None:

@@ -22,6 +22,7 @@ from localcloud.legacy_api import ApiProfile, Call, LegacyApi
 from localcloud.runner import ExecutionRecord, RunResult, run_scenario
 from localcloud.scenario import Batch, Scenario
 from sluice_fanout.cli import limits
+from tests.support.api_calls import most_at_once
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -90,15 +91,6 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunResult, Operator]:
     return result, operator
 
 
-def _most_at_once(calls: Sequence[Call]) -> int:
-    edges = sorted([(c.start, 1) for c in calls] + [(c.end, -1) for c in calls])
-    now = most = 0
-    for _, step in edges:
-        now += step
-        most = max(most, now)
-    return most
-
-
 def _most_in_a_second(calls: Sequence[Call]) -> int:
     starts = sorted(c.start for c in calls)
     most, first = 0, 0
@@ -131,11 +123,11 @@ def test_the_workers_obey_new_concurrency_and_key_caps_within_10_s(run: tuple[Ru
     before = [c for c in result.calls if c.start < operator.set_at]
     after = [c for c in result.calls if c.start >= operator.set_at + OBEY_WITHIN_S]
     # The deployed limits were in force before, so each check below could fail.
-    assert _most_at_once(before) > 2
-    assert _most_at_once(_by_tenant(before)["a"]) > 1
+    assert most_at_once(before) > 2
+    assert most_at_once(_by_tenant(before)["a"]) > 1
     assert len(after) > 50  # enough calls after the change to judge it
-    assert _most_at_once(after) <= 2
-    assert _most_at_once(_by_tenant(after)["a"]) <= 1
+    assert most_at_once(after) <= 2
+    assert most_at_once(_by_tenant(after)["a"]) <= 1
 
 
 def test_the_workers_obey_a_new_rate_within_10_s(run: tuple[RunResult, Operator]) -> None:
