@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import copy
 import functools
 import inspect
@@ -12,7 +13,7 @@ from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 from unittest import mock
 
-from moto.dynamodb.comparisons import ConditionExpressionParser, get_filter_expression
+from moto.dynamodb.comparisons import ConditionExpressionParser, OpDefault, get_filter_expression
 from moto.dynamodb.exceptions import (
     ConditionalCheckFailed,
     MultipleTransactionsException,
@@ -21,6 +22,7 @@ from moto.dynamodb.exceptions import (
     TransactWriteSingleOpException,
 )
 from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.models.dynamo_type import DynamoType
 from moto.dynamodb.models.table import GlobalSecondaryIndex, Table
 from moto.dynamodb.parsing import validators
 from moto.dynamodb.parsing.ast_nodes import DepthFirstTraverser, Node  # type: ignore[attr-defined]  # moto declares it untyped
@@ -282,35 +284,81 @@ def lean_dynamodb_transactions() -> Iterator[None]:
 
 class _GlobalIndexes:
     """One table's global secondary indexes as DynamoDB keeps them: for each index, its items by
-    their index hash value, kept up to date by every write."""
+    their index hash value, and in index order within each, kept up to date by every write."""
 
     def __init__(self, table: Table) -> None:
+        self.table_hash = table.hash_key_attr
         self.hash_attrs = {
             index.name: next(k["AttributeName"] for k in index.schema if k["KeyType"] == "HASH")
+            for index in table.global_indexes
+            if isinstance(index, GlobalSecondaryIndex)
+        }
+        self.range_attrs = {
+            index.name: next((k["AttributeName"] for k in index.schema if k["KeyType"] == "RANGE"), None)
             for index in table.global_indexes
             if isinstance(index, GlobalSecondaryIndex)
         }
         self.buckets: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
             name: {} for name in self.hash_attrs
         }
-        self.placed: dict[str, dict[str, tuple[str, str]]] = {}
+        self.orders: dict[str, dict[tuple[str, str], list[tuple[Any, str]]]] = {
+            name: {} for name in self.hash_attrs
+        }
+        """Per bucket, (index order, primary) sorted: moto's order, range value then table hash."""
+        self.placed: dict[str, dict[str, tuple[tuple[str, str], Any]]] = {}
         for item in table.all_items():
             self.place(_primary(item.hash_key, item.range_key), item)
 
+    def order_of(self, name: str, item: Any) -> Any:
+        """The item's place in index `name` within its bucket; None when the index has no range
+        key or the item lacks it (then DynamoDB does not index it for a ranged query)."""
+        attr = self.range_attrs[name]
+        if attr is None or attr not in item.attrs or self.table_hash not in item.attrs:
+            return None
+        return (_plain(item.attrs[attr]), _plain(item.attrs[self.table_hash]))
+
     def place(self, primary: str, item: Any | None) -> None:
         old = self.placed.pop(primary, {})
-        for name, where in old.items():
+        for name, (where, order) in old.items():
             self.buckets[name].get(where, {}).pop(primary, None)
+            if order is not None:
+                line = self.orders[name].get(where, [])
+                at = bisect.bisect_left(line, (order, primary))
+                if at < len(line) and line[at] == (order, primary):
+                    del line[at]
         if item is None:
             return
-        now: dict[str, tuple[str, str]] = {}
+        now: dict[str, tuple[tuple[str, str], Any]] = {}
         for name, attr in self.hash_attrs.items():
             value = item.attrs.get(attr)
             if value is not None:
                 where = (value.type, str(value.value))
                 self.buckets[name].setdefault(where, {})[primary] = item
-                now[name] = where
+                order = self.order_of(name, item)
+                if order is not None:
+                    bisect.insort(self.orders[name].setdefault(where, []), (order, primary))
+                now[name] = (where, order)
         self.placed[primary] = now
+
+    def page(
+        self, name: str, where: tuple[str, str], size: int, *, forward: bool, start: dict[str, Any] | None
+    ) -> list[Any]:
+        """The first `size` items of a bucket in index order after `start` (an
+        ExclusiveStartKey): a binary search, not a walk of the bucket."""
+        line = self.orders[name].get(where, [])
+        bucket = self.buckets[name].get(where, {})
+        attr = self.range_attrs[name]
+        at = 0 if forward else len(line)
+        if start and attr in start and self.table_hash in start:
+            after = (_plain(DynamoType(start[attr])), _plain(DynamoType(start[self.table_hash])))
+            # (order,) sorts before any (order, primary): right after or right before `start`.
+            at = (
+                bisect.bisect_right(line, (after, "\U0010ffff"))  # after every primary with this order
+                if forward
+                else bisect.bisect_left(line, (after,))
+            )
+        chosen = line[at : at + size] if forward else line[max(0, at - size) : at]
+        return [bucket[primary] for _, primary in chosen]
 
 
 _indexes: weakref.WeakKeyDictionary[Table, _GlobalIndexes] = weakref.WeakKeyDictionary()
@@ -362,13 +410,40 @@ def _indexed_query(original: Any) -> Any:
         conditions = bound.get("hash_key_conditions") or ()
         wanted = next((v for name, v in conditions if name == attr), bound.get("hash_key"))
         bucket = indexes.buckets[index_name].get((wanted.type, str(wanted.value)), {}) if wanted else {}
-        _walk.items = (self, list(bucket.values()))
+        items = list(bucket.values())
+        range_attr = indexes.range_attrs[index_name]
+        limit = bound.get("limit")
+        if (
+            range_attr is not None
+            and wanted is not None
+            and limit
+            and not bound.get("range_comparison")
+            and not bound.get("range_key_conditions")
+            and isinstance(bound.get("filter_expression"), OpDefault | None)
+        ):
+            # A page of a key's line: DynamoDB reads `limit` items in index order, not the whole
+            # key. moto sorts everything it is handed, so it gets only the page and the item past
+            # it (which tells moto there is more); the order is moto's own (range, table hash).
+            items = indexes.page(
+                index_name,
+                (wanted.type, str(wanted.value)),
+                limit + 1,
+                forward=bound.get("scan_index_forward", True) is not False,
+                start=bound.get("exclusive_start_key"),
+            )
+        _walk.items = (self, items)
         try:
             return original(self, *args, **kwargs)
         finally:
             _walk.items = None
 
     return query
+
+
+def _plain(value: DynamoType) -> Any:
+    """A key attribute's value as it sorts (keys are S, N or B): cheaper than `cast_value`,
+    which tests every type first."""
+    return float(value.value) if value.type == "N" else value.value
 
 
 def _all_items(original: Any) -> Any:

@@ -7,6 +7,7 @@ expression grammar where moto's differs from it.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from typing import Any
 from unittest import mock
@@ -21,6 +22,8 @@ from moto.dynamodb.parsing.expressions import UpdateExpressionParser  # type: ig
 
 from localcloud import moto_dynamodb
 from localcloud.moto_dynamodb import MOTO_VERSION, UnsupportedMotoError, lean_dynamodb_expressions
+from sluice_fanout.handlers.contract import KEYED_INDEXES
+from tests.support.idempotency import create_idempotency_table
 
 REGION = "us-east-1"
 # Powertools' idempotency writes, as the worker sends them.
@@ -219,3 +222,72 @@ def test_the_embedded_aws_installs_the_patches() -> None:
     with embedded_aws():
         assert ConditionExpressionParser._lex_condition_expression is not original
     assert ConditionExpressionParser._lex_condition_expression is original
+
+
+def _index_answers(ddb: Any, queries: list[dict[str, Any]]) -> list[Any]:
+    answers = []
+    for query in queries:
+        pages, start = [], None
+        for _ in range(50):  # every page of the query
+            page = ddb.query(TableName="keyed", **query, **({"ExclusiveStartKey": start} if start else {}))
+            pages.append([item["id"]["S"] for item in page["Items"]])
+            start = page.get("LastEvaluatedKey")
+            if start is None:
+                break
+        answers.append(pages)
+    return answers
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_index_queries_page_as_moto_does_without_the_patch(seed: int) -> None:
+    """The indexed queries hand moto only a page of a bucket, found by binary search in an order
+    kept by every write: the pages must be moto's own, whatever the writes did to the keys."""
+    rng = random.Random(seed)  # noqa: S311 - reproducible writes, not secrets
+    with mock_aws():
+        ddb = boto3.client("dynamodb", region_name="us-east-1")
+        create_idempotency_table(ddb, "keyed", keyed=True)
+        queries = [
+            {
+                "IndexName": index,
+                "KeyConditionExpression": f"{hash_name} = :h"
+                + (f" AND {range_name} >= :r" if ranged else ""),
+                "ExpressionAttributeValues": {":h": {"S": value}} | ({":r": low} if ranged else {}),
+                "Limit": limit,
+                "ScanIndexForward": forward,
+            }
+            for index, ((hash_name, _), (range_name, range_type)) in KEYED_INDEXES.items()
+            for value in ("a", "b")
+            for limit in (1, 3, 7)
+            for forward in (True, False)
+            for ranged in (False, True)
+            for low in [{"N": "5"} if range_type == "N" else {"S": "05"}]
+        ]
+        with moto_dynamodb.indexed_dynamodb_queries():
+            _index_answers(ddb, queries)  # the index exists from here on: every write keeps it
+            for n in range(300):
+                record = {"id": {"S": f"r{rng.randrange(60):02d}"}}
+                if rng.random() < 0.15:
+                    ddb.delete_item(TableName="keyed", Key=record)
+                    continue
+                for (hash_name, _), (range_name, range_type) in KEYED_INDEXES.values():
+                    if rng.random() < 0.8:
+                        record[hash_name] = {"S": rng.choice("ab")}
+                        number = rng.randrange(12)
+                        record[range_name] = (
+                            {"N": str(number)} if range_type == "N" else {"S": f"{number:02d}"}
+                        )
+                if n % 3:
+                    ddb.put_item(TableName="keyed", Item=record)
+                else:  # an update that moves an item within or between buckets
+                    names = {f"#a{i}": k for i, k in enumerate(record) if k != "id"}
+                    if names:
+                        ddb.update_item(
+                            TableName="keyed",
+                            Key={"id": record["id"]},
+                            UpdateExpression="SET " + ", ".join(f"{a} = :v{a[2:]}" for a in names),
+                            ExpressionAttributeNames=names,
+                            ExpressionAttributeValues={f":v{a[2:]}": record[k] for a, k in names.items()},
+                        )
+            patched = _index_answers(ddb, queries)
+        assert patched == _index_answers(ddb, queries)  # the patch is off again here
+        assert any(len(pages) > 1 for pages in patched)  # some queries did need several pages
