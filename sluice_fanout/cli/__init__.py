@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 COMMANDS = {
+    "batch": "how far a batch is (status), with its time to finish",
     "dlq": "inspect the dead-letter queues and redrive them to their source queues",
     "limits": "show and change the worker's limits at run time, without a deploy",
 }

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import TYPE_CHECKING, Any
 
+from botocore.exceptions import BotoCoreError
+
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 
@@ -30,3 +34,29 @@ def command_parser(prog: str, description: str | None, epilog: str) -> argparse.
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+EXIT_AWS_ERROR = 1
+EXIT_BAD_INPUT = 2
+
+
+def run_command(
+    name: str,
+    body: Callable[[], int],
+    *,
+    bad_input: tuple[type[Exception], ...],
+    aws_errors: tuple[type[Exception], ...],
+) -> int:
+    """Run a subcommand's body; its errors end it with a message on stderr and an exit status:
+    2 for input to fix (the message says how), 1 for AWS's errors."""
+    try:
+        return body()
+    except bad_input as exc:
+        print(f"sluice {name}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except aws_errors as exc:
+        print(f"sluice {name}: {exc}", file=sys.stderr)
+        return EXIT_AWS_ERROR
+    except BotoCoreError as exc:
+        print(f"sluice {name}: {exc} (check AWS credentials, --region and --endpoint-url)", file=sys.stderr)
+        return EXIT_AWS_ERROR

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import boto3
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
-from sluice_fanout.cli.common import command_parser, read_stack_outputs
+from sluice_fanout.cli.common import command_parser, read_stack_outputs, run_command
 from sluice_fanout.handlers.contract import ATTR_DEAD_LETTER_REASON, FIELD_TOKEN
 
 if TYPE_CHECKING:
@@ -45,8 +44,6 @@ DEFAULT_PEEK = 5
 DEFAULT_BODY_CHARS = 300
 DEFAULT_COPY_LIMIT = 10_000
 
-EXIT_AWS_ERROR = 1
-EXIT_BAD_INPUT = 2
 
 URL_EXAMPLE = "https://sqs.eu-west-1.amazonaws.com/123456789012/sluice-queues-high-dlq"
 # The task token resumes a waiting execution; anyone holding it can complete the item.
@@ -565,18 +562,12 @@ def options_from(args: argparse.Namespace) -> Options:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        options = options_from(args)
-        region = args.region or region_from_url(options.pairs[0].dlq_url)
-        client = boto3.client("sqs", region_name=region, endpoint_url=args.endpoint_url)
-        run(options, DeadLetterQueues(client), print)
-    except DlqInputError as exc:
-        print(f"sluice dlq: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except DlqAwsError as exc:
-        print(f"sluice dlq: {exc}", file=sys.stderr)
-        return EXIT_AWS_ERROR
-    except BotoCoreError as exc:
-        print(f"sluice dlq: {exc} (check AWS credentials, --region and --endpoint-url)", file=sys.stderr)
-        return EXIT_AWS_ERROR
+    return run_command("dlq", lambda: _run(args), bad_input=(DlqInputError,), aws_errors=(DlqAwsError,))
+
+
+def _run(args: argparse.Namespace) -> int:
+    options = options_from(args)
+    region = args.region or region_from_url(options.pairs[0].dlq_url)
+    client = boto3.client("sqs", region_name=region, endpoint_url=args.endpoint_url)
+    run(options, DeadLetterQueues(client), print)
     return 0

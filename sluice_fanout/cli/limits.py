@@ -6,7 +6,6 @@ import argparse
 import getpass
 import json
 import socket
-import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,9 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
-from sluice_fanout.cli.common import command_parser, read_stack_outputs
+from sluice_fanout.cli.common import command_parser, read_stack_outputs, run_command
 from sluice_fanout.handlers import contract
 from sluice_fanout.handlers.adapters import LambdaControls, LimitsStore, LimitsUnreadableError
 from sluice_fanout.handlers.controller import StateConflict
@@ -38,8 +37,6 @@ from sluice_fanout.handlers.runtime_limits import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-EXIT_AWS_ERROR = 1
-EXIT_BAD_INPUT = 2
 SAVE_TRIES = 3
 """Changes by someone else between this command's read and write: each time it reads again and
 applies its own assignments over theirs."""
@@ -332,32 +329,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        stack = stack_from_outputs(
-            read_stack_outputs(args.stack_outputs, LimitsInputError), str(args.stack_outputs)
-        )
-        region = args.region or stack.region
-        session = boto3.session.Session(region_name=region)
-        worker = Worker(session.client("lambda", endpoint_url=args.endpoint_url), stack)
-        store = LimitsStore(
-            session.client("dynamodb", endpoint_url=args.endpoint_url), stack.table, stack.worker
-        )
-        changes: list[str] = []
-        by = f"{getpass.getuser()}@{socket.gethostname()}"
-        if args.command == "set":
-            pairs = parse_assignments(args.assignments)
-            changes = change(stack, worker, store, lambda o, d: o.setting(pairs, d), by=by)
-        elif args.command == "unset":
-            changes = change(stack, worker, store, lambda o, d: o.unsetting(args.names, d), by=by)
-        data = report(stack, worker, store, changes)
-    except (LimitsInputError, LimitsError) as exc:
-        print(f"sluice limits: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except (ClientError, LimitsUnreadableError) as exc:
-        print(f"sluice limits: {exc}", file=sys.stderr)
-        return EXIT_AWS_ERROR
-    except BotoCoreError as exc:
-        print(f"sluice limits: {exc} (check AWS credentials, --region and --endpoint-url)", file=sys.stderr)
-        return EXIT_AWS_ERROR
+    return run_command(
+        "limits",
+        lambda: _run(args),
+        bad_input=(LimitsInputError, LimitsError),
+        aws_errors=(ClientError, LimitsUnreadableError),
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    outputs = read_stack_outputs(args.stack_outputs, LimitsInputError)
+    stack = stack_from_outputs(outputs, str(args.stack_outputs))
+    session = boto3.session.Session(region_name=args.region or stack.region)
+    worker = Worker(session.client("lambda", endpoint_url=args.endpoint_url), stack)
+    store = LimitsStore(session.client("dynamodb", endpoint_url=args.endpoint_url), stack.table, stack.worker)
+    changes: list[str] = []
+    by = f"{getpass.getuser()}@{socket.gethostname()}"
+    if args.command == "set":
+        pairs = parse_assignments(args.assignments)
+        changes = change(stack, worker, store, lambda o, d: o.setting(pairs, d), by=by)
+    elif args.command == "unset":
+        changes = change(stack, worker, store, lambda o, d: o.unsetting(args.names, d), by=by)
+    data = report(stack, worker, store, changes)
     print(json.dumps(data, indent=2) if args.json else "\n".join(format_report(data)))
     return 0

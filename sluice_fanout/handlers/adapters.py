@@ -33,6 +33,7 @@ from sluice_fanout.handlers.controller import (
 )
 from sluice_fanout.handlers.fair import KeyRule, Ledger
 from sluice_fanout.handlers.limits import SFN_MAX_CAUSE_CHARS, SFN_MAX_ERROR_CHARS
+from sluice_fanout.handlers.progress import RETRY_FIELD_PREFIX, Progress, Retry
 from sluice_fanout.handlers.rate import (
     RATE_RESERVATION_LEAD_S,
     Denied,
@@ -545,6 +546,76 @@ class ControllerGrant:
         if now is None:
             return True  # no step stored yet: the deployed limit holds
         return now > 0 and (self._limit is None or now >= self._limit)
+
+
+class BatchCounts:
+    """Each batch's progress record (`batch#<parent execution ARN>`) in the idempotency table:
+    one UpdateItem per item's final outcome and one per retry, never a read on the item's path
+    (`progress.Progress`). The record expires with the idempotency records."""
+
+    def __init__(
+        self, client: Any, table: str, ttl_s: int, clock: Callable[[], float] = time.time
+    ) -> None:  # a boto3 DynamoDB client
+        self._client = client
+        self._table = table
+        self._ttl_s = ttl_s
+        self._clock = clock
+
+    def _key(self, execution: str) -> dict[str, Any]:
+        return {IDEMPOTENCY_KEY_ATTRIBUTE: {"S": contract.BATCH_PROGRESS_PREFIX + execution}}
+
+    def finished(self, execution: str, index: int, *, ok: bool) -> None:
+        """Count the item's final outcome; it no longer retries."""
+        self._client.update_item(
+            TableName=self._table,
+            Key=self._key(execution),
+            UpdateExpression="SET #exp = :exp ADD #n :one REMOVE #r",
+            ExpressionAttributeNames={
+                "#exp": IDEMPOTENCY_EXPIRY_ATTRIBUTE,
+                "#n": "succeeded" if ok else "failed",
+                "#r": f"{RETRY_FIELD_PREFIX}{index}",
+            },
+            ExpressionAttributeValues={
+                ":one": {"N": "1"},
+                ":exp": {"N": str(int(self._clock()) + self._ttl_s)},
+            },
+        )
+
+    def retrying(self, execution: str, retry: Retry) -> None:
+        """Note the item's next attempt (replacing its last one)."""
+        self._client.update_item(
+            TableName=self._table,
+            Key=self._key(execution),
+            UpdateExpression="SET #r = :r, #exp = :exp",
+            ExpressionAttributeNames={
+                "#exp": IDEMPOTENCY_EXPIRY_ATTRIBUTE,
+                "#r": f"{RETRY_FIELD_PREFIX}{retry.index}",
+            },
+            ExpressionAttributeValues={
+                ":r": {"S": retry.encode()},
+                ":exp": {"N": str(int(self._clock()) + self._ttl_s)},
+            },
+        )
+
+    def load(self, execution: str) -> Progress:
+        item = self._client.get_item(
+            TableName=self._table, Key=self._key(execution), ConsistentRead=True
+        ).get("Item", {})
+        retries = tuple(
+            sorted(
+                (
+                    Retry.decode(int(name[len(RETRY_FIELD_PREFIX) :]), value["S"])
+                    for name, value in item.items()
+                    if name.startswith(RETRY_FIELD_PREFIX) and name[len(RETRY_FIELD_PREFIX) :].isdigit()
+                ),
+                key=lambda r: r.next_at,
+            )
+        )
+        return Progress(
+            succeeded=int(item.get("succeeded", {"N": "0"})["N"]),
+            failed=int(item.get("failed", {"N": "0"})["N"]),
+            retries=retries,
+        )
 
 
 class LimitsStore:

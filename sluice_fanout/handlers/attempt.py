@@ -7,8 +7,9 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from sluice_fanout.handlers import contract, priority, slot_time
-from sluice_fanout.handlers.completion import complete
+from sluice_fanout.handlers.completion import complete, count_outcome, note_retry
 from sluice_fanout.handlers.once import ItemInProgress, Outcome, task_output
+from sluice_fanout.handlers.progress import Retry
 from sluice_fanout.handlers.rate import RATE_LATE_S, RATE_LATE_TRIES, RATE_MAX_WAIT_SHARE, Denied
 from sluice_fanout.handlers.target import PermanentFailure, RetryLater, TargetContext
 from sluice_fanout.handlers.worker_config import logger
@@ -132,6 +133,7 @@ def work_item(
         logger.warning("attempts exhausted before this delivery", extra=log)
         deps.tokens.fail(message.token, contract.ERROR_RETRIES_EXHAUSTED, f"{exc} (worker crash or timeout)")
         metrics.count(contract.METRIC_FAILED, message.priority)
+        count_outcome(deps, message.execution, message.index, ok=False)
         return None
     except ItemInProgress as exc:
         # Never fail the token here, even out of attempts: the holder will complete it.
@@ -154,15 +156,17 @@ def work_item(
         )
         cause = f"{type(exc).__name__}: {exc}"
     else:
-        complete(message, outcome, deps, log | {"replayed": replayed})
+        complete(message, outcome, deps, log | {"replayed": replayed}, replayed=replayed)
         return None
 
     if exhausted:
         logger.warning("attempts exhausted", extra=log | {"cause": cause[:200]})
         deps.tokens.fail(message.token, contract.ERROR_RETRIES_EXHAUSTED, cause)
         metrics.count(contract.METRIC_FAILED, message.priority)
+        count_outcome(deps, message.execution, message.index, ok=False)
         return None
     deps.queues.change_visibility(queue.url, receipt_handle, delay)
+    note_retry(deps, message.execution, Retry(message.index, deps.clock() + delay, receive_count, cause))
     metrics.count(contract.METRIC_RETRIED, message.priority)
     logger.info("will retry", extra=log | {"delay_s": delay, "cause": cause[:200]})
     return delay

@@ -6,24 +6,58 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from botocore.exceptions import ClientError
+
 from sluice_fanout.handlers import contract
 from sluice_fanout.handlers.worker_config import logger
 
 if TYPE_CHECKING:
     from sluice_fanout.handlers.messages import MalformedMessage, WorkMessage
     from sluice_fanout.handlers.once import Outcome
+    from sluice_fanout.handlers.progress import Retry
     from sluice_fanout.handlers.worker_config import QueueRef, WorkerDeps
 
 
-def complete(message: WorkMessage, outcome: Outcome, deps: WorkerDeps, log: dict[str, Any]) -> None:
+def complete(
+    message: WorkMessage, outcome: Outcome, deps: WorkerDeps, log: dict[str, Any], *, replayed: bool = False
+) -> None:
+    """Send the item's outcome; count it in its batch's progress unless it is a replay of an
+    outcome counted when it was stored."""
     if outcome.output is None:
         deps.tokens.fail(message.token, outcome.error, outcome.cause)
         deps.metrics.count(contract.METRIC_FAILED, message.priority)
         logger.info("permanent failure", extra=log | {"error": outcome.error})
+    else:
+        deps.tokens.succeed(message.token, final_result(message, outcome.output))
+        deps.metrics.count(contract.METRIC_PROCESSED, message.priority)
+        logger.info("processed", extra=log)
+    if not replayed:
+        count_outcome(deps, message.execution, message.index, ok=outcome.output is not None)
+
+
+def count_outcome(deps: WorkerDeps, execution: str, index: int, *, ok: bool) -> None:
+    """The item's final outcome in its batch's progress record. Progress is for operators: a
+    failed write is logged, never an item's failure."""
+    if deps.progress is None:
         return
-    deps.tokens.succeed(message.token, final_result(message, outcome.output))
-    deps.metrics.count(contract.METRIC_PROCESSED, message.priority)
-    logger.info("processed", extra=log)
+    try:
+        deps.progress.finished(execution, index, ok=ok)
+    except ClientError:
+        logger.warning(
+            "batch progress not counted", extra={"execution": execution, "index": index}, exc_info=True
+        )
+
+
+def note_retry(deps: WorkerDeps, execution: str, retry: Retry) -> None:
+    """The item's next attempt in its batch's progress record (same rule as `count_outcome`)."""
+    if deps.progress is None:
+        return
+    try:
+        deps.progress.retrying(execution, retry)
+    except ClientError:
+        logger.warning(
+            "batch retry not noted", extra={"execution": execution, "index": retry.index}, exc_info=True
+        )
 
 
 def final_result(message: WorkMessage, output: str) -> str:

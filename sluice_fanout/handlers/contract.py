@@ -123,6 +123,9 @@ null (no breaker) or an object with error_threshold, min_calls, open_seconds, pr
 CONTROLLER_HANDLER = "sluice_fanout.handlers.adaptive.lambda_handler"
 CONTROLLER_STATE_PREFIX = "controller#"
 """State item key: prefix + worker function name (next to the rate limiter's `rate#` item)."""
+BATCH_PROGRESS_PREFIX = "batch#"
+"""A batch's progress record: prefix + parent execution ARN, in the idempotency table (the
+worker counts each item's outcome there and notes its retries; `sluice batch status`)."""
 LIMITS_PREFIX = "limits#"
 """Run-time limits item key (`sluice limits`, docs/limits.md): prefix + worker function name, in
 the idempotency table beside the controller's state."""

@@ -6,12 +6,15 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, cast
 
+from botocore.exceptions import ClientError
+
 from sluice_fanout.handlers.worker_config import logger
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from sluice_fanout.handlers.adapters import SqsQueues, TaskTokens
+    from sluice_fanout.handlers.adapters import BatchCounts, SqsQueues, TaskTokens
+    from sluice_fanout.handlers.progress import Retry
 
 
 class Completer:
@@ -103,3 +106,25 @@ class DeferredDeletes:
     def wrapping(self, wrap: Callable[[SqsQueues], Any]) -> DeferredDeletes:
         """The same deferral around `wrap(queues)`: deletes still wait for the completion."""
         return DeferredDeletes(cast("SqsQueues", wrap(self._queues)), self._completer)
+
+
+class DeferredProgress:
+    """BatchCounts whose writes go to the Completer after the item's completion. A failed write
+    is logged there and ends nothing: progress must never keep an item's deletes from running."""
+
+    def __init__(self, progress: BatchCounts, completer: Completer) -> None:
+        self._progress = progress
+        self._completer = completer
+
+    def finished(self, execution: str, index: int, *, ok: bool) -> None:
+        self._completer.add(lambda: _quietly(lambda: self._progress.finished(execution, index, ok=ok)))
+
+    def retrying(self, execution: str, retry: Retry) -> None:
+        self._completer.add(lambda: _quietly(lambda: self._progress.retrying(execution, retry)))
+
+
+def _quietly(write: Callable[[], None]) -> None:
+    try:
+        write()
+    except ClientError:
+        logger.warning("batch progress not written", exc_info=True)

@@ -14,8 +14,8 @@ from botocore.exceptions import ClientError
 
 from sluice_fanout.handlers import contract, fair, priority
 from sluice_fanout.handlers.attempt import MessageReturned, PayloadDropped, item_keys, work_item
-from sluice_fanout.handlers.completion import handle_malformed
-from sluice_fanout.handlers.deferred import Completer, DeferredDeletes, DeferredTokens
+from sluice_fanout.handlers.completion import count_outcome, handle_malformed
+from sluice_fanout.handlers.deferred import Completer, DeferredDeletes, DeferredProgress, DeferredTokens
 from sluice_fanout.handlers.messages import MalformedMessage, parse_message
 from sluice_fanout.handlers.worker_config import logger
 
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-    from sluice_fanout.handlers.adapters import Claimed, KeyedItems, SqsQueues, TaskTokens
+    from sluice_fanout.handlers.adapters import BatchCounts, Claimed, KeyedItems, SqsQueues, TaskTokens
     from sluice_fanout.handlers.worker_config import QueueRef, WorkerDeps
 
 MAX_EMPTY_TICKET_DELAY_S = 60
@@ -142,6 +142,7 @@ def keep_working(deps: WorkerDeps, deadline: float, longest_s: float) -> None:
         deps,
         tokens=cast("TaskTokens", DeferredTokens(deps.tokens, completer)),
         queues=cast("SqsQueues", DeferredDeletes(deps.queues, completer)),
+        progress=cast("BatchCounts", DeferredProgress(deps.progress, completer)) if deps.progress else None,
     )
     try:
         while not completer.failed:
@@ -296,6 +297,8 @@ def _work_keyed(
             # One ticket per item: this one is used up by failing its item, with no call.
             deps.tokens.fail(claimed.token, contract.ERROR_ORDER_BROKEN, claimed.order_broken)
             deps.metrics.count(contract.METRIC_FAILED, name)
+            if (where := _execution_and_index(claimed.body)) is not None:
+                count_outcome(deps, *where, ok=False)
             logger.warning(
                 "ordered item failed behind a failed one",
                 extra={"key": claimed.key, "item": claimed.item_id, "cause": claimed.order_broken},
@@ -374,6 +377,14 @@ def _keyed_queues(queues: SqsQueues, keyed: KeyedItems, claimed: Claimed) -> Sqs
     if isinstance(queues, DeferredDeletes):
         return cast("SqsQueues", queues.wrapping(lambda inner: _KeyedQueues(inner, keyed, claimed)))
     return cast("SqsQueues", _KeyedQueues(queues, keyed, claimed))
+
+
+def _execution_and_index(body: str) -> tuple[str, int] | None:
+    execution, index = (
+        _ticket_field(body, contract.FIELD_EXECUTION),
+        _ticket_field(body, contract.FIELD_INDEX),
+    )
+    return (execution, index) if isinstance(execution, str) and isinstance(index, int) else None
 
 
 def _ticket_priority(body: str) -> str | None:

@@ -16,6 +16,7 @@ from sluice_fanout.handlers import contract, dispatch_ticket, dispatch_yield
 from sluice_fanout.handlers.adapters import (
     KEYED_LEASE_MAX_S,
     AllGrants,
+    BatchCounts,
     ControllerGrant,
     DynamoStore,
     KeyedItems,
@@ -134,6 +135,7 @@ def _deps() -> WorkerDeps:
         if config.controlled
         else limits_grant,
         slot_time=slot_time,
+        progress=BatchCounts(ddb, config.idempotency_table, config.idempotency_ttl_seconds),
         keyed=KeyedItems(ddb, config.keyed_table, live.keys_rule, lease_s=KEYED_LEASE_MAX_S)
         if config.keys is not None
         else None,

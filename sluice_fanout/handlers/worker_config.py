@@ -19,7 +19,7 @@ from sluice_fanout.handlers.slot_time import SlotTime
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from sluice_fanout.handlers.adapters import KeyedItems, SqsQueues, TaskTokens
+    from sluice_fanout.handlers.adapters import BatchCounts, KeyedItems, SqsQueues, TaskTokens
     from sluice_fanout.handlers.once import OncePerItem, ResultSpill
     from sluice_fanout.handlers.rate import RateLimiter
     from sluice_fanout.handlers.target import Target
@@ -156,3 +156,6 @@ class WorkerDeps:
     """Where the invocation's time goes; its AWS clients are attached to it."""
     keyed: KeyedItems | None = None
     """Where keyed items wait (docs/keys.md); None: the stack has no keys."""
+    progress: BatchCounts | None = None
+    """Where each batch's outcomes and retries are counted (`sluice batch status`); None: not
+    counted."""
