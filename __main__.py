@@ -42,7 +42,7 @@ STR_ARGS = (
     "alarm_topic_arn",
 )
 BOOL_ARGS = ("dashboard", "alarms")
-OBJECT_ARGS = ("priorities", "throttle_rule", "input_bucket_arns")
+OBJECT_ARGS = ("priorities", "throttle_rule", "input_bucket_arns", "wait_objectives")
 CAMEL_OBJECT_ARGS = ("adaptive", "keys")
 """Objects whose keys are camelCase in config (`minConcurrency`) and snake_case as args."""
 HTTP_KEYS = {

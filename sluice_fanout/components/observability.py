@@ -39,6 +39,9 @@ class ObservabilityArgs(TypedDict):
     """An existing SNS topic told of every ALARM and OK; none: alarms only change state."""
     dashboard: NotRequired[bool]
     """Create the dashboard. Default True."""
+    wait_objectives: NotRequired[Mapping[str, int]]
+    """Longest wait by priority in seconds: an age alarm and a dashboard line each (the highest
+    priority's is `high_age_alarm_seconds` unless named here)."""
     keyed: NotRequired[bool]
     """The stack has `keys`: the dashboard shows the top keys by items waiting. Default False."""
     alarms: NotRequired[bool]
@@ -87,6 +90,7 @@ class Observability(pulumi.ComponentResource):
                             concurrency=args["concurrency"],
                             state_machine_arn=n["state_machine_arn"],
                             high_age_alarm_seconds=args["high_age_alarm_seconds"],
+                            wait_objectives=args.get("wait_objectives"),
                             keyed=args.get("keyed", False),
                         )
                     )
@@ -106,13 +110,15 @@ class Observability(pulumi.ComponentResource):
                     function_name=n["function_name"],
                     high_age_alarm_seconds=args["high_age_alarm_seconds"],
                     alarm_topic_arn=args.get("alarm_topic_arn"),
+                    wait_objectives=args.get("wait_objectives"),
                 )
             )
             # Which alarms exist is known from plain values; only their settings wait on names.
             roles = [f"dlq-{p.lower()}" for p in priorities]
             if "ticket_dlq_url" in args and args["ticket_dlq_url"] is not None:
                 roles.append("dlq-tickets")
-            roles += [f"age-{priorities[0].lower()}", "worker-errors"]
+            ages = {priorities[0], *args.get("wait_objectives", {})}
+            roles += [f"age-{p.lower()}" for p in priorities if p in ages] + ["worker-errors"]
             for role in roles:
                 alarms[role] = aws.cloudwatch.MetricAlarm(
                     f"{name}-alarm-{role}", **_alarm_inputs(specs, role), opts=child

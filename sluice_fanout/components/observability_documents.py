@@ -143,6 +143,7 @@ def build_dashboard_body(
     concurrency: int,
     state_machine_arn: str,
     high_age_alarm_seconds: int,
+    wait_objectives: Mapping[str, int] | None = None,
     keyed: bool = False,
 ) -> dict[str, Any]:
     """The dashboard: queues, DLQs, the worker against its limit, executions, and the worker's
@@ -168,7 +169,10 @@ def build_dashboard_body(
             region,
             _sqs("ApproximateAgeOfOldestMessage", {p: queue_names[p] for p in priorities}),
             "Maximum",
-            [{"label": f"{priorities[0]} age alarm", "value": high_age_alarm_seconds}],
+            [
+                {"label": f"{p} age alarm", "value": seconds}
+                for p, seconds in _objectives(priorities, high_age_alarm_seconds, wait_objectives).items()
+            ],
         ),
         _widget(
             "Dead-letter queue depth", region, _sqs("ApproximateNumberOfMessagesVisible", dlqs), "Maximum"
@@ -259,6 +263,14 @@ def _alarm(
     }
 
 
+def _objectives(
+    priorities: Sequence[str], high_age_alarm_seconds: int, wait_objectives: Mapping[str, int] | None
+) -> dict[str, int]:
+    """Each priority's longest-wait objective, highest priority first."""
+    given = {priorities[0]: high_age_alarm_seconds} | dict(wait_objectives or {})
+    return {p: given[p] for p in priorities if p in given}
+
+
 def build_alarm_specs(
     *,
     priorities: Sequence[str],
@@ -268,6 +280,7 @@ def build_alarm_specs(
     function_name: str,
     high_age_alarm_seconds: int,
     alarm_topic_arn: str | None,
+    wait_objectives: Mapping[str, int] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """MetricAlarm arguments by role (the role names the resource): one per DLQ, the highest
     priority's age, and worker errors. `alarm_topic_arn` gets both ALARM and OK notifications."""
@@ -291,19 +304,19 @@ def build_alarm_specs(
         )
         for role, queue in dlqs.items()
     }
-    top = priorities[0]
-    specs[f"age-{top.lower()}"] = _alarm(
-        description=f"{top} work has waited over {high_age_alarm_seconds}s in {queue_names[top]}.",
-        namespace="AWS/SQS",
-        metric="ApproximateAgeOfOldestMessage",
-        dimensions={"QueueName": queue_names[top]},
-        statistic="Maximum",
-        threshold=high_age_alarm_seconds,
-        evaluation_periods=HIGH_AGE_EVALUATION_PERIODS,
-        # An idle queue reports nothing: nothing is waiting.
-        treat_missing_data="notBreaching",
-        actions=actions,
-    )
+    for p, seconds in _objectives(priorities, high_age_alarm_seconds, wait_objectives).items():
+        specs[f"age-{p.lower()}"] = _alarm(
+            description=f"{p} work has waited over {seconds}s in {queue_names[p]}.",
+            namespace="AWS/SQS",
+            metric="ApproximateAgeOfOldestMessage",
+            dimensions={"QueueName": queue_names[p]},
+            statistic="Maximum",
+            threshold=seconds,
+            evaluation_periods=HIGH_AGE_EVALUATION_PERIODS,
+            # An idle queue reports nothing: nothing is waiting.
+            treat_missing_data="notBreaching",
+            actions=actions,
+        )
     specs["worker-errors"] = _alarm(
         description=f"Worker {function_name} crashed or timed out (item errors are returned, not raised).",
         namespace="AWS/Lambda",

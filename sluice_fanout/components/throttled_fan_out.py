@@ -159,6 +159,11 @@ class ThrottledFanOutArgs(TypedDict):
     high_age_alarm_seconds: NotRequired[int]
     """Alarm when the highest priority's oldest message is older than this for 3 minutes.
     Default 300."""
+    wait_objectives: NotRequired[Mapping[str, int]]
+    """The longest wait each priority should see, in seconds, e.g. {"HIGH": 60, "NORMAL": 900}:
+    an alarm when its oldest waiting item is older for 3 minutes, and a line on the dashboard's
+    age widget. The highest priority's defaults to `high_age_alarm_seconds` (name it here or
+    there, not both). Default: that one alone."""
     alarm_topic_arn: NotRequired[str]
     """An existing SNS topic (ARN) notified on ALARM and OK. Default none: alarms only change
     state (visible on the dashboard and in the console)."""
@@ -204,6 +209,7 @@ class ThrottledFanOut(pulumi.ComponentResource):
             "dashboard",
             "alarms",
             "high_age_alarm_seconds",
+            "wait_objectives",
             "alarm_topic_arn",
             "adaptive",
             "keys",
@@ -309,6 +315,16 @@ class ThrottledFanOut(pulumi.ComponentResource):
             high=HIGH_AGE_ALARM_RANGE[1],
         )
         topic = v.check_sns_topic_arn(COMPONENT, name, "alarm_topic_arn", args.get("alarm_topic_arn"))
+        objectives = _check_wait_objectives(name, args.get("wait_objectives", {}), priorities)
+        if priorities[0] in objectives and "high_age_alarm_seconds" in args:
+            raise v.fail(
+                COMPONENT,
+                name,
+                "wait_objectives",
+                f"names {priorities[0]!r}, whose objective high_age_alarm_seconds also sets; keep one",
+                dict(objectives),
+            )
+        objectives = {priorities[0]: high_age} | objectives
 
         super().__init__("sluice:index:ThrottledFanOut", name, {}, opts)
         child = pulumi.ResourceOptions(parent=self)
@@ -376,7 +392,8 @@ class ThrottledFanOut(pulumi.ComponentResource):
                 "function_name": worker.function_name,
                 "state_machine_arn": workflow.state_machine_arn,
                 "concurrency": worker_settings.concurrency,
-                "high_age_alarm_seconds": high_age,
+                "high_age_alarm_seconds": objectives[priorities[0]],
+                "wait_objectives": objectives,
                 "keyed": "keys" in args,
                 "alarm_topic_arn": topic,
                 "dashboard": dashboard,
@@ -422,6 +439,35 @@ def _check_keys(name: str, raw: Any, priorities: Sequence[str], dispatch: str) -
         return KeysSettings.parse(raw, priorities)
     except KeyRuleError as exc:
         raise v.SluiceConfigError(f"{COMPONENT} {name!r}: {exc}") from None
+
+
+def _check_wait_objectives(name: str, raw: Any, priorities: Sequence[str]) -> dict[str, int]:
+    """Seconds by priority; numbers written as text (as `pulumi config set --path` stores them)
+    are read as numbers."""
+    if not isinstance(raw, Mapping):
+        raise v.fail(
+            COMPONENT, name, "wait_objectives", 'must map priorities to seconds, e.g. {"NORMAL": 900}', raw
+        )
+    objectives = {}
+    for priority, seconds in raw.items():
+        if priority not in priorities:
+            raise v.fail(
+                COMPONENT,
+                name,
+                "wait_objectives",
+                f"names {priority!r}, not one of the priorities {list(priorities)}",
+                raw,
+            )
+        value = int(seconds) if isinstance(seconds, str) and seconds.strip().isdigit() else seconds
+        objectives[priority] = v.check_int(
+            COMPONENT,
+            name,
+            f"wait_objectives[{priority!r}]",
+            value,
+            low=HIGH_AGE_ALARM_RANGE[0],
+            high=HIGH_AGE_ALARM_RANGE[1],
+        )
+    return objectives
 
 
 def _ticket_args(queues: PriorityQueues) -> dict[str, Any]:

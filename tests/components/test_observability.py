@@ -349,3 +349,76 @@ def test_stack_config_sets_the_observability_args() -> None:
         lambda: runpy.run_path(str(root / "__main__.py")), config={**config, "sluice:alarms": "false"}
     )
     assert rec.of_type("aws:cloudwatch/metricAlarm:MetricAlarm") == []
+
+
+def test_each_priority_can_have_a_wait_objective_alarm_and_dashboard_line() -> None:
+    rec = build({"concurrency": 4, "http_target": HTTP, "wait_objectives": {"NORMAL": 900, "BATCH": "3600"}})
+    alarms = {r.name: r.inputs for r in rec.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")}
+    ages = {
+        name.rsplit("-", 1)[1]: (a["threshold"], a["dimensions"], a["evaluationPeriods"])
+        for name, a in alarms.items()
+        if "-alarm-age-" in name
+    }
+    assert ages == {
+        "high": (300, {"QueueName": QUEUES["HIGH"]}, 3),  # high_age_alarm_seconds' default
+        "normal": (900, {"QueueName": QUEUES["NORMAL"]}, 3),
+        "batch": (3600, {"QueueName": QUEUES["BATCH"]}, 3),
+    }
+    (board,) = rec.of_type("aws:cloudwatch/dashboard:Dashboard")
+    widgets = {
+        w["properties"]["title"]: w["properties"]
+        for w in json.loads(board.inputs["dashboardBody"])["widgets"]
+    }
+    assert widgets["Age of oldest message (s)"]["annotations"]["horizontal"] == [
+        {"label": "HIGH age alarm", "value": 300},
+        {"label": "NORMAL age alarm", "value": 900},
+        {"label": "BATCH age alarm", "value": 3600},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("objectives", "extra", "message"),
+    [
+        (
+            {"LOW": 600},
+            {},
+            "wait_objectives names 'LOW', not one of the priorities ['HIGH', 'NORMAL', 'BATCH']",
+        ),
+        ({"NORMAL": 59}, {}, "wait_objectives['NORMAL'] must be between 60 and 1209600, got 59"),
+        ([600], {}, 'wait_objectives must map priorities to seconds, e.g. {"NORMAL": 900}'),
+        (
+            {"HIGH": 60},
+            {"high_age_alarm_seconds": 120},
+            "names 'HIGH', whose objective high_age_alarm_seconds also sets",
+        ),
+    ],
+)
+def test_bad_wait_objectives_are_refused_by_name(
+    objectives: Any, extra: dict[str, Any], message: str
+) -> None:
+    failures: list[SluiceConfigError] = []
+
+    def program() -> None:
+        from sluice_fanout.components import ThrottledFanOut
+
+        try:
+            ThrottledFanOut(
+                "orders", {"concurrency": 4, "http_target": HTTP, "wait_objectives": objectives, **extra}
+            )  # type: ignore[misc]
+        except SluiceConfigError as exc:
+            failures.append(exc)
+
+    rec = run_program(program)
+    assert rec.resources == []
+    assert message in str(failures[0])
+
+
+def test_stack_config_sets_the_wait_objectives() -> None:
+    root = Path(__file__).resolve().parents[2]
+    config = {
+        "sluice:concurrency": "2",
+        "sluice:httpUrl": HTTP["url"],
+        "sluice:waitObjectives": '{"BATCH": 7200}',
+    }
+    rec = run_program(lambda: runpy.run_path(str(root / "__main__.py")), config=config)
+    assert rec.named("sluice-observability-alarm-age-batch").inputs["threshold"] == 7200

@@ -60,6 +60,11 @@ NON_SCALAR_INPUTS: dict[str, dict[str, Any]] = {
         "additionalProperties": {"$ref": "pulumi.json#/Any", "plain": True},
         "plain": True,
     },
+    "waitObjectives": {
+        "type": "object",
+        "additionalProperties": {"type": "integer", "plain": True},
+        "plain": True,
+    },
     "keys": {
         "type": "object",
         "additionalProperties": {"$ref": "pulumi.json#/Any", "plain": True},
