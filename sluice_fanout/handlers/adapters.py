@@ -52,7 +52,7 @@ from sluice_fanout.handlers.runtime_limits import (
 from sluice_fanout.handlers.runtime_limits import Deployed as LimitsDeployed
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from mypy_boto3_sqs import SQSClient
     from mypy_boto3_stepfunctions import SFNClient
@@ -566,17 +566,20 @@ class BatchCounts:
 
     def finished(self, execution: str, index: int, *, ok: bool) -> None:
         """Count the item's final outcome; it no longer retries."""
+        self.finished_many(execution, succeeded=int(ok), failed=int(not ok), indexes=[index])
+
+    def finished_many(self, execution: str, *, succeeded: int, failed: int, indexes: Sequence[int]) -> None:
+        """Count several items' final outcomes in one write (a kept slot's last second of them)."""
+        removed = {f"#r{n}": f"{RETRY_FIELD_PREFIX}{index}" for n, index in enumerate(indexes)}
         self._client.update_item(
             TableName=self._table,
             Key=self._key(execution),
-            UpdateExpression="SET #exp = :exp ADD #n :one REMOVE #r",
-            ExpressionAttributeNames={
-                "#exp": IDEMPOTENCY_EXPIRY_ATTRIBUTE,
-                "#n": "succeeded" if ok else "failed",
-                "#r": f"{RETRY_FIELD_PREFIX}{index}",
-            },
+            UpdateExpression="SET #exp = :exp ADD succeeded :ok, failed :failed"
+            + (f" REMOVE {', '.join(removed)}" if removed else ""),
+            ExpressionAttributeNames={"#exp": IDEMPOTENCY_EXPIRY_ATTRIBUTE, **removed},
             ExpressionAttributeValues={
-                ":one": {"N": "1"},
+                ":ok": {"N": str(succeeded)},
+                ":failed": {"N": str(failed)},
                 ":exp": {"N": str(int(self._clock()) + self._ttl_s)},
             },
         )

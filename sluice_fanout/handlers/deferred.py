@@ -3,7 +3,10 @@ item is picked and called (the work-conserving ticket loop)."""
 
 from __future__ import annotations
 
+import functools
+import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from botocore.exceptions import ClientError
@@ -108,19 +111,60 @@ class DeferredDeletes:
         return DeferredDeletes(cast("SqsQueues", wrap(self._queues)), self._completer)
 
 
-class DeferredProgress:
-    """BatchCounts whose writes go to the Completer after the item's completion. A failed write
-    is logged there and ends nothing: progress must never keep an item's deletes from running."""
+FLUSH_ITEMS = 25
+FLUSH_S = 1.0
+"""A kept slot counts its items' outcomes in one write per this many items or this long,
+whichever comes first, and at its end: the batch's record is written about once a second
+per slot, not once per item."""
 
-    def __init__(self, progress: BatchCounts, completer: Completer) -> None:
+
+@dataclass
+class _Tally:
+    succeeded: int = 0
+    failed: int = 0
+    indexes: list[int] = field(default_factory=list)
+
+
+class DeferredProgress:
+    """BatchCounts whose writes go to the Completer after the items' completions, outcomes
+    gathered per batch (`flush`). A failed write is logged there and ends nothing: progress must
+    never keep an item's deletes from running."""
+
+    def __init__(
+        self, progress: BatchCounts, completer: Completer, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._progress = progress
         self._completer = completer
+        self._clock = clock
+        self._tallies: dict[str, _Tally] = {}
+        self._held = 0
+        self._since = clock()
 
     def finished(self, execution: str, index: int, *, ok: bool) -> None:
-        self._completer.add(lambda: _quietly(lambda: self._progress.finished(execution, index, ok=ok)))
+        tally = self._tallies.setdefault(execution, _Tally())
+        tally.succeeded += ok
+        tally.failed += not ok
+        tally.indexes.append(index)
+        self._held += 1
+        if self._held >= FLUSH_ITEMS or self._clock() - self._since >= FLUSH_S:
+            self.flush()
 
     def retrying(self, execution: str, retry: Retry) -> None:
         self._completer.add(lambda: _quietly(lambda: self._progress.retrying(execution, retry)))
+
+    def flush(self) -> None:
+        """The outcomes gathered so far, one write per batch, after the completions before them."""
+        tallies, self._tallies, self._held, self._since = self._tallies, {}, 0, self._clock()
+        for execution, tally in tallies.items():
+            self._completer.add(functools.partial(_write_tally, self._progress, execution, tally))
+
+
+def _write_tally(progress: BatchCounts, execution: str, tally: _Tally) -> None:
+    _quietly(
+        lambda: progress.finished_many(
+            execution, succeeded=tally.succeeded, failed=tally.failed, indexes=tally.indexes
+        )
+    )
 
 
 def _quietly(write: Callable[[], None]) -> None:

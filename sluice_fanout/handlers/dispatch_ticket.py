@@ -138,11 +138,12 @@ def keep_working(deps: WorkerDeps, deadline: float, longest_s: float) -> None:
     """
     config = deps.config
     completer = Completer()
+    progress = DeferredProgress(deps.progress, completer) if deps.progress is not None else None
     item_deps = dataclasses.replace(
         deps,
         tokens=cast("TaskTokens", DeferredTokens(deps.tokens, completer)),
         queues=cast("SqsQueues", DeferredDeletes(deps.queues, completer)),
-        progress=cast("BatchCounts", DeferredProgress(deps.progress, completer)) if deps.progress else None,
+        progress=cast("BatchCounts", progress) if progress is not None else None,
     )
     try:
         while not completer.failed:
@@ -181,6 +182,9 @@ def keep_working(deps: WorkerDeps, deadline: float, longest_s: float) -> None:
                 break
             longest_s = max(longest_s, deps.timer() - started)
     finally:
+        if progress is not None:
+            progress.flush()
+            completer.send()
         completer.drain()
 
 

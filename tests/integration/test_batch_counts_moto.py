@@ -42,3 +42,11 @@ def test_outcomes_and_retries_are_kept_per_batch(ddb: Any) -> None:
     assert counts.load(OTHER) == Progress(succeeded=1)
     item = ddb.get_item(TableName="t", Key={"id": {"S": contract.BATCH_PROGRESS_PREFIX + PARENT}})["Item"]
     assert item["expiration"] == {"N": "4600"}  # the idempotency table's TTL drops it with the batch
+
+
+def test_many_outcomes_count_in_one_write_and_clear_their_retries(ddb: Any) -> None:
+    counts = BatchCounts(ddb, "t", ttl_s=3_600, clock=lambda: 1_000.0)
+    for index in (4, 6, 8):
+        counts.retrying(PARENT, Retry(index, 1_050.0, 1, "HTTP 503"))
+    counts.finished_many(PARENT, succeeded=2, failed=1, indexes=[4, 6, 7])
+    assert counts.load(PARENT) == Progress(succeeded=2, failed=1, retries=(Retry(8, 1_050.0, 1, "HTTP 503"),))

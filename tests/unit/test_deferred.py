@@ -6,10 +6,21 @@ import io
 import json
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sluice_fanout.handlers.deferred import Completer, DeferredDeletes, DeferredTokens
+from sluice_fanout.handlers.deferred import (
+    FLUSH_ITEMS,
+    FLUSH_S,
+    Completer,
+    DeferredDeletes,
+    DeferredProgress,
+    DeferredTokens,
+)
+from sluice_fanout.handlers.progress import Retry
 from sluice_fanout.handlers.worker_config import logger
+
+if TYPE_CHECKING:
+    from sluice_fanout.handlers.adapters import BatchCounts
 
 
 class _Tokens:
@@ -121,3 +132,36 @@ def test_a_deferred_completion_logs_with_its_items_keys() -> None:
     (line,) = [json.loads(text) for text in sink.getvalue().splitlines()]
     assert line["message"] == "task token already finished"
     assert (line["index"], line["priority"]) == (1, "HIGH")
+
+
+class Counts:
+    """BatchCounts' write side, recorded."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[str, int, int, list[int]]] = []
+        self.retries: list[tuple[str, int]] = []
+
+    def finished_many(self, execution: str, *, succeeded: int, failed: int, indexes: list[int]) -> None:
+        self.writes.append((execution, succeeded, failed, list(indexes)))
+
+    def retrying(self, execution: str, retry: Retry) -> None:
+        self.retries.append((execution, retry.index))
+
+
+def test_a_kept_slot_counts_its_outcomes_in_one_write_per_batch_and_flush() -> None:
+    counts, completer, now = Counts(), Completer(), [0.0]
+    progress = DeferredProgress(cast("BatchCounts", counts), completer, clock=lambda: now[0])
+    for index in range(FLUSH_ITEMS + 5):
+        progress.finished("b1" if index % 5 else "b2", index, ok=index % 7 != 0)
+    progress.retrying("b1", Retry(99, 10.0, 1, "HTTP 503"))  # a retry is written at once
+    now[0] += FLUSH_S  # the rest goes out a second later with the next outcome
+    progress.finished("b1", 100, ok=True)
+    completer.send()
+    completer.drain()
+    # The first 25 outcomes: one write per batch; then the other 5 and the late one together.
+    assert {w[0]: w[1] + w[2] for w in counts.writes[:2]} == {"b1": 20, "b2": 5}
+    assert {w[0]: w[1] + w[2] for w in counts.writes[2:]} == {"b1": 5, "b2": 1}
+    assert sum(w[1] + w[2] for w in counts.writes) == FLUSH_ITEMS + 6
+    assert sum(w[2] for w in counts.writes) == len([i for i in range(FLUSH_ITEMS + 5) if i % 7 == 0])
+    assert sorted(i for w in counts.writes for i in w[3]) == [*range(FLUSH_ITEMS + 5), 100]
+    assert counts.retries == [("b1", 99)]
