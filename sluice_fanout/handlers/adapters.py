@@ -799,7 +799,7 @@ class LiveRate:
         self._live = live
         self._clock = clock
         self._interval = 1.0
-        self._limiter = DynamoRateLimiter(client, table, function_name, lambda: self._interval)
+        self._limiter = DynamoRateLimiter(client, table, function_name, lambda: self._interval, clock=clock)
 
     def reserve(self, max_wait: float) -> Grant | Denied:
         rate = self._live.now().calls_per_second
