@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sluice_fanout.handlers.contract import (
+    DEFAULT_THROTTLE_RULE,
     DIRECT_PATH,
     ERROR_INVALID_KEY,
     ERROR_MALFORMED,
@@ -33,8 +34,6 @@ if TYPE_CHECKING:
 
     from sluice_fanout.handlers.fair import KeysSettings
 
-DEFAULT_THROTTLE_RULE: dict[str, Any] = {"Variable": "$.item.priority", "IsPresent": True}
-"""Items that carry a `priority` go through the queues; the rest take the direct path."""
 
 # Error names the worker reports are verdicts (it already retried); the state machine must not
 # send the item round again. Anything else a Task reports is a transient integration error.

@@ -11,7 +11,7 @@ import pulumi
 import pulumi_aws as aws
 
 from sluice_fanout.components import validation as v
-from sluice_fanout.components.definition import DEFAULT_THROTTLE_RULE, build_state_machine_definition
+from sluice_fanout.components.definition import build_state_machine_definition
 from sluice_fanout.components.function import sluice_function
 from sluice_fanout.components.policies import (
     build_aggregate_policy,
@@ -21,6 +21,7 @@ from sluice_fanout.components.policies import (
     build_state_machine_policy,
 )
 from sluice_fanout.handlers import contract, limits
+from sluice_fanout.handlers.contract import DEFAULT_THROTTLE_RULE
 from sluice_fanout.handlers.fair import KeysSettings
 
 COMPONENT = "FanOutWorkflow"

@@ -33,7 +33,7 @@ from sluice_fanout.handlers.controller import (
 )
 from sluice_fanout.handlers.fair import KeyRule, Ledger
 from sluice_fanout.handlers.limits import SFN_MAX_CAUSE_CHARS, SFN_MAX_ERROR_CHARS
-from sluice_fanout.handlers.progress import RETRY_FIELD_PREFIX, Progress, Retry
+from sluice_fanout.handlers.progress import RETRY_FIELD_PREFIX, Ended, Progress, Retry
 from sluice_fanout.handlers.rate import (
     RATE_RESERVATION_LEAD_S,
     Denied,
@@ -600,6 +600,27 @@ class BatchCounts:
             },
         )
 
+    def ended(self, execution: str, ended: Ended) -> None:
+        """Keep why the item ended where `ended_item` finds it by key alone (no scan)."""
+        self._client.put_item(
+            TableName=self._table,
+            Item=self._ended_key(execution, ended.index)
+            | {
+                "ended": {"S": ended.encode()},
+                IDEMPOTENCY_EXPIRY_ATTRIBUTE: {"N": str(int(self._clock()) + self._ttl_s)},
+            },
+        )
+
+    def ended_item(self, execution: str, index: int) -> Ended | None:
+        item = self._client.get_item(
+            TableName=self._table, Key=self._ended_key(execution, index), ConsistentRead=True
+        ).get("Item")
+        return Ended.decode(index, item["ended"]["S"]) if item and "ended" in item else None
+
+    @staticmethod
+    def _ended_key(execution: str, index: int) -> dict[str, Any]:
+        return {IDEMPOTENCY_KEY_ATTRIBUTE: {"S": f"{contract.ITEM_ENDED_PREFIX}{execution}#{index}"}}
+
     def load(self, execution: str) -> Progress:
         item = self._client.get_item(
             TableName=self._table, Key=self._key(execution), ConsistentRead=True
@@ -849,6 +870,16 @@ class Claimed:
     (`break_order`); None: work it."""
 
 
+@dataclass(frozen=True)
+class KeySpot:
+    waiting: bool
+    """The item's wait record is there and no worker holds it."""
+    pending: int
+    """Its key's unfinished items of its priority."""
+    busy: int
+    """Its key's items at the API now."""
+
+
 class KeyedItems:
     """Waiting keyed items and their keys' ledgers in the keyed table (docs/keys.md).
 
@@ -1022,6 +1053,23 @@ class KeyedItems:
             Limit=1,
         )
         return bool(page.get("Items"))
+
+    def spot(self, priority: str, key: str, seq: str, now: float) -> KeySpot:
+        """Where one keyed item stands (`sluice explain`): two GetItems by key, the item's wait
+        record and its key's ledger."""
+        wait = self._client.get_item(
+            TableName=self._table,
+            Key=self._id(f"{contract.KEYED_WAIT_PREFIX}{priority}#{key}#{seq}"),
+            ConsistentRead=True,
+        ).get("Item")
+        ledger = self._client.get_item(
+            TableName=self._table, Key=self._id(self._ledger_id(priority, key)), ConsistentRead=True
+        ).get("Item", {})
+        return KeySpot(
+            waiting=wait is not None and _free(wait, now),
+            pending=int(ledger.get("pending", {"N": "0"})["N"]),
+            busy=len(_ledger_of(ledger, now)[0].live(now)),
+        )
 
     def _clock_id(self, priority: str) -> str:
         return contract.KEYED_LEDGER_PREFIX + priority
@@ -1215,7 +1263,7 @@ class KeyedItems:
             UpdateExpression="SET broken_after = :after, broken_before = :before, broken_cause = :cause",
             ExpressionAttributeValues={
                 ":after": {"S": seq},
-                ":before": {"S": _sfn_time(self._clock())},
+                ":before": {"S": sfn_time(self._clock())},
                 ":cause": {"S": cause},
             },
         )
@@ -1323,7 +1371,7 @@ class KeyedItems:
         return items[:1] if head_only else items
 
 
-def _sfn_time(epoch_s: float) -> str:
+def sfn_time(epoch_s: float) -> str:
     """A time as Step Functions writes `$$.Execution.StartTime` (ISO 8601, milliseconds, Z), so
     it compares as text with the start times that begin every keyed item's sequence."""
     return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

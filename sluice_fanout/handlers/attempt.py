@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from sluice_fanout.handlers import contract, priority, slot_time
 from sluice_fanout.handlers.completion import complete, count_outcome, note_retry
 from sluice_fanout.handlers.once import ItemInProgress, Outcome, task_output
-from sluice_fanout.handlers.progress import Retry
+from sluice_fanout.handlers.progress import Ended, Retry
 from sluice_fanout.handlers.rate import RATE_LATE_S, RATE_LATE_TRIES, RATE_MAX_WAIT_SHARE, Denied
 from sluice_fanout.handlers.target import PermanentFailure, RetryLater, TargetContext
 from sluice_fanout.handlers.worker_config import logger
@@ -127,13 +127,19 @@ def work_item(
 
     try:
         outcome, replayed = deps.once.run(
-            execution=message.execution, index=message.index, remaining_ms=remaining_ms, attempt=attempt
+            execution=message.execution,
+            index=message.index,
+            remaining_ms=remaining_ms,
+            attempt=attempt,
+            number=receive_count,
         )
     except AttemptsSpent as exc:
         logger.warning("attempts exhausted before this delivery", extra=log)
-        deps.tokens.fail(message.token, contract.ERROR_RETRIES_EXHAUSTED, f"{exc} (worker crash or timeout)")
+        cause = f"{exc} (worker crash or timeout)"
+        deps.tokens.fail(message.token, contract.ERROR_RETRIES_EXHAUSTED, cause)
         metrics.count(contract.METRIC_FAILED, message.priority)
-        count_outcome(deps, message.execution, message.index, ok=False)
+        ended = Ended(message.index, deps.clock(), contract.ERROR_RETRIES_EXHAUSTED, cause, receive_count - 1)
+        count_outcome(deps, message.execution, message.index, ok=False, ended=ended)
         return None
     except ItemInProgress as exc:
         # Never fail the token here, even out of attempts: the holder will complete it.
@@ -163,10 +169,13 @@ def work_item(
         logger.warning("attempts exhausted", extra=log | {"cause": cause[:200]})
         deps.tokens.fail(message.token, contract.ERROR_RETRIES_EXHAUSTED, cause)
         metrics.count(contract.METRIC_FAILED, message.priority)
-        count_outcome(deps, message.execution, message.index, ok=False)
+        ended = Ended(message.index, deps.clock(), contract.ERROR_RETRIES_EXHAUSTED, cause, receive_count)
+        count_outcome(deps, message.execution, message.index, ok=False, ended=ended)
         return None
     deps.queues.change_visibility(queue.url, receipt_handle, delay)
-    note_retry(deps, message.execution, Retry(message.index, deps.clock() + delay, receive_count, cause))
+    last = priority.last_attempt(force_after_receives=force, max_attempts=config.max_attempts)
+    retry = Retry(message.index, deps.clock() + delay, receive_count, cause, last)
+    note_retry(deps, message.execution, retry)
     metrics.count(contract.METRIC_RETRIED, message.priority)
     logger.info("will retry", extra=log | {"delay_s": delay, "cause": cause[:200]})
     return delay

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from sluice_fanout.handlers import contract
+from sluice_fanout.handlers.messages import execution_and_index
+from sluice_fanout.handlers.progress import Ended
 from sluice_fanout.handlers.worker_config import logger
 
 if TYPE_CHECKING:
@@ -35,13 +37,18 @@ def complete(
         count_outcome(deps, message.execution, message.index, ok=outcome.output is not None)
 
 
-def count_outcome(deps: WorkerDeps, execution: str, index: int, *, ok: bool) -> None:
-    """The item's final outcome in its batch's progress record. Progress is for operators: a
-    failed write is logged, never an item's failure."""
+def count_outcome(
+    deps: WorkerDeps, execution: str, index: int, *, ok: bool, ended: Ended | None = None
+) -> None:
+    """The item's final outcome in its batch's progress record, and `ended` (why it failed, when
+    no idempotency record stores that) beside it. Progress is for operators: a failed write is
+    logged, never an item's failure."""
     if deps.progress is None:
         return
     try:
         deps.progress.finished(execution, index, ok=ok)
+        if ended is not None:
+            deps.progress.ended(execution, ended)
     except ClientError:
         logger.warning(
             "batch progress not counted", extra={"execution": execution, "index": index}, exc_info=True
@@ -74,12 +81,22 @@ def final_result(message: WorkMessage, output: str) -> str:
 def handle_malformed(
     exc: MalformedMessage, body: str, queue: QueueRef, deps: WorkerDeps, log: dict[str, Any]
 ) -> None:
+    where = execution_and_index(body)
     if exc.token is None:
         # Nobody is waiting on this message and retrying cannot fix it: straight to the DLQ.
         deps.queues.dead_letter(queue.dlq_url, body, exc.reason)
         logger.error("malformed message dead-lettered", extra=log | {"reason": exc.reason})
+        if where is not None and deps.progress is not None:
+            # Not counted as an outcome: its execution still waits, and ends by timing out.
+            ended = Ended(where[1], deps.clock(), exc.error, exc.reason, 0, dead_lettered=True)
+            try:
+                deps.progress.ended(where[0], ended)
+            except ClientError:
+                logger.warning("dead-lettering not recorded", extra=log, exc_info=True)
         return
     deps.tokens.fail(exc.token, exc.error, exc.reason)
     # Its own priority is unknown or untrusted: counted under the queue it came from.
     deps.metrics.count(contract.METRIC_FAILED, queue.priority)
     logger.error("malformed message failed", extra=log | {"reason": exc.reason, "error": exc.error})
+    if where is not None:
+        count_outcome(deps, *where, ok=False, ended=Ended(where[1], deps.clock(), exc.error, exc.reason, 0))

@@ -3,6 +3,8 @@ variables, message fields, metrics, errors, entry points. Standard library only.
 
 from __future__ import annotations
 
+from typing import Any
+
 # Environment variables of the worker function.
 ENV_QUEUES = "SLUICE_QUEUES"
 """JSON list of {"priority", "url", "arn", "dlq_url"}, highest priority first."""
@@ -126,6 +128,9 @@ CONTROLLER_STATE_PREFIX = "controller#"
 BATCH_PROGRESS_PREFIX = "batch#"
 """A batch's progress record: prefix + parent execution ARN, in the idempotency table (the
 worker counts each item's outcome there and notes its retries; `sluice batch status`)."""
+ITEM_ENDED_PREFIX = "ended#"
+"""An item that ended without a stored outcome (progress.Ended): prefix + parent execution ARN +
+"#" + index, in the idempotency table; one PutItem per such item, expiring with the records."""
 LIMITS_PREFIX = "limits#"
 """Run-time limits item key (`sluice limits`, docs/limits.md): prefix + worker function name, in
 the idempotency table beside the controller's state."""
@@ -199,6 +204,8 @@ RESULTS_PREFIX = "item-results/"
 """Where in the results bucket those results go (the Map's own output goes under results/)."""
 
 # Error names the worker sends with SendTaskFailure; the aggregate reports them verbatim.
+DEFAULT_THROTTLE_RULE: dict[str, Any] = {"Variable": "$.item.priority", "IsPresent": True}
+"""Items that carry a `priority` go through the queues; the rest take the direct path."""
 ERROR_PERMANENT = "Sluice.PermanentFailure"
 ERROR_RETRIES_EXHAUSTED = "Sluice.RetriesExhausted"
 ERROR_MALFORMED = "Sluice.MalformedMessage"

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from sluice_fanout.handlers.adapters import BatchCounts, SqsQueues, TaskTokens
-    from sluice_fanout.handlers.progress import Retry
+    from sluice_fanout.handlers.progress import Ended, Retry
 
 
 class Completer:
@@ -151,6 +151,9 @@ class DeferredProgress:
 
     def retrying(self, execution: str, retry: Retry) -> None:
         self._completer.add(lambda: _quietly(lambda: self._progress.retrying(execution, retry)))
+
+    def ended(self, execution: str, ended: Ended) -> None:
+        self._completer.add(lambda: _quietly(lambda: self._progress.ended(execution, ended)))
 
     def flush(self) -> None:
         """The outcomes gathered so far, one write per batch, after the completions before them."""

@@ -16,7 +16,8 @@ from sluice_fanout.handlers import contract, fair, priority
 from sluice_fanout.handlers.attempt import MessageReturned, PayloadDropped, item_keys, work_item
 from sluice_fanout.handlers.completion import count_outcome, handle_malformed
 from sluice_fanout.handlers.deferred import Completer, DeferredDeletes, DeferredProgress, DeferredTokens
-from sluice_fanout.handlers.messages import MalformedMessage, parse_message
+from sluice_fanout.handlers.messages import MalformedMessage, execution_and_index, parse_message
+from sluice_fanout.handlers.progress import Ended
 from sluice_fanout.handlers.worker_config import logger
 
 if TYPE_CHECKING:
@@ -301,8 +302,10 @@ def _work_keyed(
             # One ticket per item: this one is used up by failing its item, with no call.
             deps.tokens.fail(claimed.token, contract.ERROR_ORDER_BROKEN, claimed.order_broken)
             deps.metrics.count(contract.METRIC_FAILED, name)
-            if (where := _execution_and_index(claimed.body)) is not None:
-                count_outcome(deps, *where, ok=False)
+            if (where := execution_and_index(claimed.body)) is not None:
+                execution, index = where
+                ended = Ended(index, deps.clock(), contract.ERROR_ORDER_BROKEN, claimed.order_broken, 0)
+                count_outcome(deps, execution, index, ok=False, ended=ended)
             logger.warning(
                 "ordered item failed behind a failed one",
                 extra={"key": claimed.key, "item": claimed.item_id, "cause": claimed.order_broken},
@@ -381,14 +384,6 @@ def _keyed_queues(queues: SqsQueues, keyed: KeyedItems, claimed: Claimed) -> Sqs
     if isinstance(queues, DeferredDeletes):
         return cast("SqsQueues", queues.wrapping(lambda inner: _KeyedQueues(inner, keyed, claimed)))
     return cast("SqsQueues", _KeyedQueues(queues, keyed, claimed))
-
-
-def _execution_and_index(body: str) -> tuple[str, int] | None:
-    execution, index = (
-        _ticket_field(body, contract.FIELD_EXECUTION),
-        _ticket_field(body, contract.FIELD_INDEX),
-    )
-    return (execution, index) if isinstance(execution, str) and isinstance(index, int) else None
 
 
 def _ticket_priority(body: str) -> str | None:

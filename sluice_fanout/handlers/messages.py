@@ -70,3 +70,20 @@ def parse_message(body: str, priorities: Sequence[str]) -> WorkMessage:
     return WorkMessage(
         token=token, item=data[FIELD_ITEM], index=index, priority=priority, execution=execution
     )
+
+
+def execution_and_index(body: str) -> tuple[str, int] | None:
+    """Which batch item a message is about, if its body says so (even one that is malformed
+    otherwise): what its failure or dead-lettering is recorded under."""
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, TypeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    execution, index = data.get(FIELD_EXECUTION), data.get(FIELD_INDEX)
+    if not isinstance(execution, str) or not execution:
+        return None
+    return (
+        (execution, index) if isinstance(index, int) and not isinstance(index, bool) and index >= 0 else None
+    )

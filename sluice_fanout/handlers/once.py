@@ -7,14 +7,26 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
+from aws_lambda_powertools.utilities.idempotency import (
+    DynamoDBPersistenceLayer,
+    IdempotencyConfig,
+    idempotent_function,
+)
 from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyAlreadyInProgressError,
+    IdempotencyItemNotFoundError,
     IdempotencyPersistenceLayerError,
 )
+from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import STATUS_CONSTANTS
 
 from sluice_fanout.handlers import limits
-from sluice_fanout.handlers.contract import ERROR_PERMANENT, RESULT_POINTER_FIELD, RESULTS_PREFIX
+from sluice_fanout.handlers.contract import (
+    ERROR_PERMANENT,
+    IDEMPOTENCY_EXPIRY_ATTRIBUTE,
+    IDEMPOTENCY_KEY_ATTRIBUTE,
+    RESULT_POINTER_FIELD,
+    RESULTS_PREFIX,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -22,6 +34,8 @@ if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.idempotency.persistence.base import BasePersistenceLayer
     from mypy_boto3_s3 import S3Client
 
+STATUS_COMPLETED = STATUS_CONSTANTS["COMPLETED"]
+STATUS_EXPIRED = STATUS_CONSTANTS["EXPIRED"]
 KEY_PREFIX = "sluice-item"
 """Fixed, so renaming the function or module keeps the records of items still in flight."""
 
@@ -86,7 +100,13 @@ class OncePerItem:
     a permanent failure. Retryable errors are not stored, so the next attempt calls again.
     """
 
-    def __init__(self, persistence: BasePersistenceLayer, expires_after_seconds: int) -> None:
+    def __init__(
+        self,
+        persistence: BasePersistenceLayer,
+        expires_after_seconds: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._clock = clock
         self._config = IdempotencyConfig(
             raise_on_no_idempotency_key=True, expires_after_seconds=expires_after_seconds
         )
@@ -99,11 +119,18 @@ class OncePerItem:
         )
 
     def run(
-        self, *, execution: str, index: int, remaining_ms: int, attempt: Callable[[], Outcome]
+        self,
+        *,
+        execution: str,
+        index: int,
+        remaining_ms: int,
+        attempt: Callable[[], Outcome],
+        number: int = 0,
     ) -> tuple[Outcome, bool]:
         """The item's outcome, and whether it is a replay of a stored one rather than the
         attempt's (stored when the attempt returns; one that raises stores nothing, so the next
-        delivery calls again)."""
+        delivery calls again). The record also keeps when the outcome came and after how many
+        attempts (`number`), for `sluice explain`."""
         # The in-progress lease ends with this invocation: a crashed worker's record is
         # reclaimable by the redelivery, which comes after the visibility timeout (6x longer).
         self._config.register_lambda_context(_Deadline(remaining_ms))  # type: ignore[arg-type]  # only the remaining time is read
@@ -111,7 +138,7 @@ class OncePerItem:
 
         def recorded() -> dict[str, Any]:
             produced.append(attempt())
-            return produced[0].to_record()
+            return produced[0].to_record() | {"at": round(self._clock(), 3), "attempt": number}
 
         try:
             record = self._guarded(key={"execution": execution, "index": index}, attempt=recorded)
@@ -124,6 +151,54 @@ class OncePerItem:
                 return produced[0], False
             raise IdempotencyStoreUnavailable(str(exc)) from exc
         return Outcome.from_record(record), not produced
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    """An item's idempotency record as `sluice explain` reads it."""
+
+    finished: bool
+    """True: its outcome is stored; False: an attempt holds it now (the call is in flight)."""
+    outcome: Outcome | None
+    at: float | None
+    """When the outcome was stored (None: in progress, or stored before this was kept)."""
+    attempt: int | None
+    lease_until: float | None
+    """In progress: when the holder's lease ends (its invocation's deadline)."""
+
+
+def item_persistence(client: Any, table: str) -> DynamoDBPersistenceLayer:  # a boto3 DynamoDB client
+    """The items' idempotency records, as the worker writes them and `sluice explain` reads them."""
+    return DynamoDBPersistenceLayer(
+        table_name=table,
+        key_attr=IDEMPOTENCY_KEY_ATTRIBUTE,
+        expiry_attr=IDEMPOTENCY_EXPIRY_ATTRIBUTE,
+        boto3_client=client,
+    )
+
+
+def stored_item(persistence: BasePersistenceLayer, execution: str, index: int) -> StoredItem | None:
+    """One GetItem by the same key the worker's records have (Powertools' hash of the business
+    key), or None when the item has no record (not reached the API yet, or expired)."""
+    persistence.configure(IdempotencyConfig(), key_prefix=KEY_PREFIX)
+    try:
+        record = persistence.get_record({"execution": execution, "index": index})
+    except IdempotencyItemNotFoundError:
+        return None
+    if record is None or record.status == STATUS_EXPIRED:
+        return None
+    if record.status != STATUS_COMPLETED:
+        lease = record.in_progress_expiry_timestamp
+        return StoredItem(False, None, None, None, float(lease) / 1000 if lease else None)
+    data = record.response_json_as_dict() or {}
+    at, number = data.get("at"), data.get("attempt")
+    return StoredItem(
+        True,
+        Outcome.from_record(data),
+        float(at) if isinstance(at, (int, float)) else None,
+        int(number) if isinstance(number, int) and number > 0 else None,
+        None,
+    )
 
 
 def task_output(*, result: Any, spill: Callable[[bytes], dict[str, Any]] | None) -> Outcome:

@@ -79,7 +79,12 @@ def attempts_exhausted(*, receive_count: int, force_after_receives: int, max_att
     Receive counts include yields, and a message yields at most `force_after_receives - 1`
     times, so at this threshold the item has had at least `max_attempts` real attempts.
     """
-    return receive_count >= force_after_receives - 1 + max_attempts
+    return receive_count >= last_attempt(force_after_receives=force_after_receives, max_attempts=max_attempts)
+
+
+def last_attempt(*, force_after_receives: int, max_attempts: int) -> int:
+    """The receive count whose failed attempt is the item's last (see attempts_exhausted)."""
+    return force_after_receives - 1 + max_attempts
 
 
 def retry_delay(*, receive_count: int, base_seconds: float, max_seconds: float) -> int:

@@ -9,6 +9,8 @@ RETRY_FIELD_PREFIX = "r"
 """A retrying item's field in its batch's progress record: prefix + index."""
 MAX_RETRY_CAUSE_CHARS = 120
 """A retry's cause kept in the record: enough to name the error, small enough for thousands."""
+MAX_ENDED_CAUSE_CHARS = 500
+"""An ended item's cause, as long as the aggregate lists a failure's."""
 
 
 @dataclass(frozen=True)
@@ -21,14 +23,42 @@ class Retry:
     attempt: int
     """The attempt that failed (1 for the first)."""
     cause: str
+    last_attempt: int | None = None
+    """The attempt after which the item fails for good (None: not recorded)."""
 
     def encode(self) -> str:
-        return f"{self.next_at:.3f}|{self.attempt}|{self.cause[:MAX_RETRY_CAUSE_CHARS]}"
+        of = f"/{self.last_attempt}" if self.last_attempt is not None else ""
+        return f"{self.next_at:.3f}|{self.attempt}{of}|{self.cause[:MAX_RETRY_CAUSE_CHARS]}"
 
     @classmethod
     def decode(cls, index: int, text: str) -> Retry:
-        next_at, attempt, cause = text.split("|", 2)
-        return cls(index, float(next_at), int(attempt), cause)
+        next_at, attempts, cause = text.split("|", 2)
+        attempt, _, last = attempts.partition("/")
+        return cls(index, float(next_at), int(attempt), cause, int(last) if last else None)
+
+
+@dataclass(frozen=True)
+class Ended:
+    """An item that ended without an outcome stored under its idempotency record: it failed for
+    good without a call's verdict (attempts used up, its key's order broken, a malformed
+    message) or was dead-lettered. Kept as its own small record for `sluice explain`."""
+
+    index: int
+    at: float
+    error: str
+    cause: str
+    attempt: int
+    """Attempts made (0: none)."""
+    dead_lettered: bool = False
+
+    def encode(self) -> str:
+        fate = "dlq" if self.dead_lettered else "failed"
+        return f"{self.at:.3f}|{self.attempt}|{fate}|{self.error}|{self.cause[:MAX_ENDED_CAUSE_CHARS]}"
+
+    @classmethod
+    def decode(cls, index: int, text: str) -> Ended:
+        at, attempt, fate, error, cause = text.split("|", 4)
+        return cls(index, float(at), error, cause, int(attempt), dead_lettered=fate == "dlq")
 
 
 @dataclass(frozen=True)

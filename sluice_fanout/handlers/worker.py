@@ -28,7 +28,7 @@ from sluice_fanout.handlers.adapters import (
     TaskTokens,
 )
 from sluice_fanout.handlers.metrics import WorkerMetrics
-from sluice_fanout.handlers.once import OncePerItem, ResultSpill
+from sluice_fanout.handlers.once import OncePerItem, ResultSpill, item_persistence
 from sluice_fanout.handlers.runtime_limits import Deployed as LimitsDeployed
 from sluice_fanout.handlers.slot_time import SlotTime
 from sluice_fanout.handlers.target import load_target
@@ -83,7 +83,6 @@ def handle_batch(event: dict[str, Any], context: LambdaContext | None, deps: Wor
 def _deps() -> WorkerDeps:
     """Built on the first invocation, not at import, and reused while the sandbox lives."""
     import boto3  # noqa: PLC0415 - deferred so importing this module stays free of AWS set-up
-    from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer  # noqa: PLC0415 - same reason
     from botocore.config import Config  # noqa: PLC0415 - same reason
 
     config = WorkerConfig.from_env(os.environ)
@@ -91,12 +90,7 @@ def _deps() -> WorkerDeps:
     # SendTaskSuccess is retried by botocore rather than lost.
     client_config = Config(retries={"mode": "standard", "max_attempts": 5})
     ddb = boto3.client("dynamodb", config=client_config)
-    persistence = DynamoDBPersistenceLayer(
-        table_name=config.idempotency_table,
-        key_attr=contract.IDEMPOTENCY_KEY_ATTRIBUTE,
-        expiry_attr=contract.IDEMPOTENCY_EXPIRY_ATTRIBUTE,
-        boto3_client=ddb,
-    )
+    persistence = item_persistence(ddb, config.idempotency_table)
     function_name = os.environ.get("AWS_LAMBDA_FUNCTION_NAME", LOCAL_FUNCTION_NAME)
     slot_time = SlotTime()
     sqs = boto3.client("sqs", config=client_config)

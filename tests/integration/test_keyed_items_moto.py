@@ -334,3 +334,21 @@ def test_an_unordered_key_has_no_order_to_break(ddb: Any) -> None:
     second = store.pick("BATCH")
     assert second is not None
     assert second.order_broken is None
+
+
+def test_where_one_keyed_item_stands_is_two_reads_by_key(ddb: Any) -> None:
+    """What `sluice explain` reads for a keyed item: its wait record and its key's ledger."""
+    clock = Clock()
+    store = _store(ddb, clock, {"acme": KeyRule(cap=1)})
+    _submit(store, "acme", 3)
+    spot = store.spot("BATCH", "acme", f"{2:09d}", clock.now)
+    assert (spot.waiting, spot.pending, spot.busy) == (True, 3, 0)
+    first = store.pick("BATCH")
+    assert first is not None
+    taken, other = f"{_n(first):09d}", f"{2 - _n(first) // 2:09d}"  # a key's items go in any order
+    assert store.spot("BATCH", "acme", other, clock.now) == type(spot)(waiting=True, pending=3, busy=1)
+    # The claimed item is at the API: no longer waiting, and its lease counts as busy.
+    assert store.spot("BATCH", "acme", taken, clock.now).waiting is False
+    store.done(first)
+    assert store.spot("BATCH", "acme", other, clock.now) == type(spot)(waiting=True, pending=2, busy=0)
+    assert store.spot("BATCH", "other", f"{2:09d}", clock.now) == type(spot)(waiting=False, pending=0, busy=0)

@@ -26,10 +26,15 @@ import pytest
 from moto import mock_aws
 
 from localcloud.moto_fixes import atomic_dynamodb_writes, aws_like_heartbeats
-from sluice_fanout.components.definition import DEFAULT_THROTTLE_RULE, build_item_processor
-from sluice_fanout.handlers.adapters import DynamoRateLimiter, SqsQueues, TaskTokens
+from sluice_fanout.components.definition import build_item_processor
+from sluice_fanout.handlers.adapters import BatchCounts, DynamoRateLimiter, SqsQueues, TaskTokens
 from sluice_fanout.handlers.attempt import THROTTLE_HOLD_MAX_S
-from sluice_fanout.handlers.contract import ATTR_DEAD_LETTER_REASON, EVENT_SLOT_TIME, RESULT_POINTER_FIELD
+from sluice_fanout.handlers.contract import (
+    ATTR_DEAD_LETTER_REASON,
+    DEFAULT_THROTTLE_RULE,
+    EVENT_SLOT_TIME,
+    RESULT_POINTER_FIELD,
+)
 from sluice_fanout.handlers.metrics import WorkerMetrics
 from sluice_fanout.handlers.once import OncePerItem, ResultSpill
 from sluice_fanout.handlers.rate import (
@@ -98,6 +103,7 @@ class Rig:
             recording,
             once=OncePerItem(idempotency_store(self.ddb, TABLE), 3_600),
             spill=ResultSpill(self.s3, BUCKET),
+            progress=BatchCounts(self.ddb, TABLE, 3_600),
         )
 
     def receive(self, priority: str, wait_s: float = DEADLINE_S) -> dict[str, Any]:
@@ -220,6 +226,9 @@ def test_retryable_errors_return_the_message_then_fail_once_the_budget_is_spent(
     message_id = first["Records"][0]["messageId"]
     assert handle_batch(first, None, deps) == {"batchItemFailures": [{"itemIdentifier": message_id}]}
     assert rig.sfn_calls["SendTaskFailure"] == 0
+    counts = BatchCounts(rig.ddb, TABLE, 3_600)
+    (retry,) = counts.load("arn:parent").retries
+    assert (retry.attempt, retry.last_attempt, retry.cause) == (1, 2, "ConnectionError: API down")
     second = rig.receive("HIGH")  # visible again after the 1 s backoff
     assert second["Records"][0]["attributes"]["ApproximateReceiveCount"] == "2"
     assert handle_batch(second, None, deps) == {"batchItemFailures": []}
@@ -227,6 +236,15 @@ def test_retryable_errors_return_the_message_then_fail_once_the_budget_is_spent(
     assert out["error"]["Error"] == "Sluice.RetriesExhausted"
     assert len(rig.target_calls) == 2
     assert rig.sfn_calls["SendTaskFailure"] == 1
+    # Why it ended, where `sluice explain` finds it: no idempotency record stores this failure.
+    ended = counts.ended_item("arn:parent", 0)
+    assert ended is not None
+    assert (ended.error, ended.attempt, ended.cause) == (
+        "Sluice.RetriesExhausted",
+        2,
+        "ConnectionError: API down",
+    )
+    assert counts.load("arn:parent").retries == ()
 
 
 def test_a_delivery_past_the_budget_fails_the_item_without_calling_the_api(rig: Rig) -> None:
@@ -244,6 +262,9 @@ def test_a_delivery_past_the_budget_fails_the_item_without_calling_the_api(rig: 
     }
     assert rig.target_calls == []
     assert rig.output(execution)["error"]["Error"] == "Sluice.RetriesExhausted"
+    ended = BatchCounts(rig.ddb, TABLE, 3_600).ended_item("arn:parent", 0)
+    assert ended is not None
+    assert (ended.error, ended.attempt) == ("Sluice.RetriesExhausted", 1)
 
 
 def test_retry_later_sets_the_visibility_the_api_asked_for(rig: Rig) -> None:
@@ -378,10 +399,18 @@ def test_malformed_messages_neither_crash_the_batch_nor_loop(rig: Rig) -> None:
     stolen_record = rig.receive("NORMAL")["Records"][0]
     stolen_token = json.loads(stolen_record["body"])["token"]
     normal = rig.queues["NORMAL"]
-    for body in ("{not json", json.dumps({"token": stolen_token, "index": 1, "priority": "NORMAL"})):
+    tokenless = json.dumps({"index": 5, "execution": good, "item": {}, "priority": "NORMAL"})
+    for body in (
+        "{not json",
+        json.dumps({"token": stolen_token, "index": 1, "priority": "NORMAL", "execution": stolen}),
+        tokenless,
+    ):
         rig.sqs.send_message(QueueUrl=normal.url, MessageBody=body)
     junk = rig.receive("NORMAL")
-    assert len(junk["Records"]) == 2
+    for _ in range(10):  # moto may hand the three over in more than one receive
+        if len(junk["Records"]) == len(("not json", "stolen", "tokenless")):
+            break
+        junk["Records"] += rig.receive("NORMAL", wait_s=1)["Records"]
     event = {"Records": [real, *junk["Records"]]}
 
     assert handle_batch(event, None, rig.deps(ok)) == {"batchItemFailures": []}
@@ -393,10 +422,29 @@ def test_malformed_messages_neither_crash_the_batch_nor_loop(rig: Rig) -> None:
     dead = rig.sqs.receive_message(QueueUrl=normal.dlq_url, MessageAttributeNames=["All"], WaitTimeSeconds=0)[
         "Messages"
     ]
-    assert [m["Body"] for m in dead] == ["{not json"]
+    for _ in range(10):
+        if len(dead) == len(("not json", "tokenless")):
+            break
+        dead += rig.sqs.receive_message(QueueUrl=normal.dlq_url, MessageAttributeNames=["All"]).get(
+            "Messages", []
+        )
+    dead.sort(key=lambda m: m["Body"] != "{not json")
+    assert [m["Body"] for m in dead] == ["{not json", tokenless]
     assert "not JSON" in dead[0]["MessageAttributes"][ATTR_DEAD_LETTER_REASON]["StringValue"]
     assert token not in dead[0]["Body"]
     assert [item["id"] for item, _ in rig.target_calls] == ["f"]
+    # What `sluice explain` reads: the failure with a token, and the dead-lettering of a message
+    # that still says which item it is about (one that is not JSON cannot say).
+    counts = BatchCounts(rig.ddb, TABLE, 3_600)
+    malformed = counts.ended_item(stolen, 1)
+    assert malformed is not None
+    assert (malformed.error, malformed.dead_lettered) == ("Sluice.MalformedMessage", False)
+    assert counts.load(stolen).failed == 1
+    lettered = counts.ended_item(good, 5)
+    assert lettered is not None
+    assert lettered.dead_lettered
+    assert "no task token" in lettered.cause
+    assert counts.load(good).failed == 0  # its execution still waits: not an outcome
 
 
 # ---- ticket dispatch --------------------------------------------------------------------------

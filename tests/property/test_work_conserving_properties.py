@@ -102,7 +102,9 @@ class Tokens:
 
 
 class Once:
-    def run(self, *, execution: str, index: int, remaining_ms: int, attempt: Any) -> tuple[Any, bool]:
+    def run(
+        self, *, execution: str, index: int, remaining_ms: int, attempt: Any, number: int = 0
+    ) -> tuple[Any, bool]:
         return attempt(), False
 
 

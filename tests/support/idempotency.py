@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import TYPE_CHECKING, Any
 
-from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+import boto3
+from moto import mock_aws
 
 from sluice_fanout.handlers.contract import (
     IDEMPOTENCY_EXPIRY_ATTRIBUTE,
     IDEMPOTENCY_KEY_ATTRIBUTE,
     KEYED_INDEXES,
 )
+from sluice_fanout.handlers.once import item_persistence
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
 
 def create_idempotency_table(ddb: Any, name: str, *, keyed: bool = False) -> None:
@@ -44,9 +52,13 @@ def create_idempotency_table(ddb: Any, name: str, *, keyed: bool = False) -> Non
 
 
 def idempotency_store(ddb: Any, name: str) -> DynamoDBPersistenceLayer:
-    return DynamoDBPersistenceLayer(
-        table_name=name,
-        key_attr=IDEMPOTENCY_KEY_ATTRIBUTE,
-        expiry_attr=IDEMPOTENCY_EXPIRY_ATTRIBUTE,
-        boto3_client=ddb,
-    )
+    return item_persistence(ddb, name)
+
+
+@contextlib.contextmanager
+def moto_idempotency_table(name: str) -> Iterator[Any]:
+    """A DynamoDB client of a fresh moto account holding the idempotency table `name`."""
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        create_idempotency_table(client, name)
+        yield client

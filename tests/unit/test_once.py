@@ -15,9 +15,49 @@ from sluice_fanout.handlers.once import (
     ItemInProgress,
     OncePerItem,
     Outcome,
+    StoredItem,
+    stored_item,
     task_output,
 )
-from tests.support.idempotency import create_idempotency_table, idempotency_store
+from tests.support.idempotency import create_idempotency_table, idempotency_store, moto_idempotency_table
+
+
+@pytest.fixture
+def ddb() -> Iterator[Any]:
+    with moto_idempotency_table("idem") as client:
+        yield client
+
+
+def test_what_explain_reads_is_what_the_worker_stored(ddb: Any) -> None:
+    """Read through a persistence layer of its own, as `sluice explain` reads it."""
+    once = OncePerItem(idempotency_store(ddb, "idem"), 3_600, clock=lambda: 1_700_000_000.25)
+    reader = idempotency_store(ddb, "idem")
+    seen: list[StoredItem | None] = []
+
+    def attempt() -> Outcome:
+        seen.append(stored_item(reader, "arn:e", 4))
+        return Outcome(output='{"ok": true}')
+
+    assert stored_item(reader, "arn:e", 4) is None
+    once.run(execution="arn:e", index=4, remaining_ms=30_000, attempt=attempt, number=2)
+    (during,) = seen
+    assert during is not None
+    assert (during.finished, during.outcome) == (False, None)
+    assert during.lease_until is not None  # the invocation's deadline
+    assert stored_item(reader, "arn:e", 4) == StoredItem(
+        True, Outcome(output='{"ok": true}'), 1_700_000_000.25, 2, None
+    )
+    once.run(
+        execution="arn:e",
+        index=5,
+        remaining_ms=30_000,
+        attempt=lambda: Outcome(error=ERROR_PERMANENT, cause="HTTP 400"),
+        number=1,
+    )
+    failed = stored_item(reader, "arn:e", 5)
+    assert failed is not None
+    assert (failed.outcome, failed.attempt) == (Outcome(error=ERROR_PERMANENT, cause="HTTP 400"), 1)
+    assert stored_item(reader, "arn:other", 4) is None
 
 
 @pytest.fixture

@@ -7,10 +7,14 @@ import json
 import re
 from typing import Any
 
+import boto3
 import pytest
+from moto import mock_aws
 
 from sluice_fanout.handlers import contract
-from sluice_fanout.handlers.order import BatchSourceError, OrderSettings, handle, order
+from sluice_fanout.handlers.order import BatchSourceError, OrderSettings, Placed, handle, order, placed_item
+
+PRIORITY_CYCLE = ("BATCH", "HIGH", None, "URGENT")
 
 SETTINGS = OrderSettings(bucket="results", priorities=["HIGH", "NORMAL", "BATCH"], default_priority="NORMAL")
 
@@ -25,7 +29,7 @@ class FakeS3:
         return {"Body": io.BytesIO(self.objects[Bucket, Key])}
 
     def put_object(self, *, Bucket: str, Key: str, Body: bytes, ContentType: str) -> None:  # noqa: N803
-        assert ContentType == "application/json"
+        assert ContentType == ("application/octet-stream" if Key.endswith(".lookup") else "application/json")
         self.objects[Bucket, Key] = Body
 
 
@@ -101,3 +105,28 @@ def test_settings_come_from_the_environment_the_component_sets() -> None:
         contract.ENV_ORDER_DEFAULT_PRIORITY: "NORMAL",
     }
     assert OrderSettings.from_env(env) == SETTINGS
+
+
+def test_one_item_of_an_ordered_batch_is_found_with_two_ranged_reads() -> None:
+    """What `sluice explain` reads: the item's lookup entry, then the item's bytes, in real S3
+    (moto) with Range; never the whole batch."""
+    items = [{"id": f"o-{n}", "priority": PRIORITY_CYCLE[n % 4], "note": "é" * (n % 3)} for n in range(203)]
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="results")
+        s3.create_bucket(Bucket="inputs")
+        s3.put_object(Bucket="inputs", Key="batch.json", Body=json.dumps(items).encode())
+        event = {"batch": {"source": {"bucket": "inputs", "key": "batch.json"}}, "execution": "run-2"}
+        handle(event, SETTINGS, lambda: s3)
+        ordered = order(items, SETTINGS.priorities, SETTINGS.default_priority)
+        where = {entry["index"]: position for position, entry in enumerate(ordered)}
+        reads: list[str | None] = []
+        s3.meta.events.register(
+            "provide-client-params.s3.GetObject", lambda params, **_: reads.append(params.get("Range"))
+        )
+        for index in (0, 1, 2, 3, 101, 202):
+            assert placed_item(s3, "results", "run-2", index) == Placed(where[index], items[index])
+        assert len(reads) == 12
+        assert all(r is not None for r in reads)
+        assert placed_item(s3, "results", "run-2", 203) is None  # past the end
+        assert placed_item(s3, "results", "no-such-run", 0) is None  # ordered before lookups existed
