@@ -10,7 +10,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 NODE_STAMP := node_modules/.installed
 OUT := out
 
-.PHONY: test lint typecheck pytest venv tools demo bench bench-capacity bench-scale bench-fairness clean
+.PHONY: test lint typecheck pytest venv tools demo bench bench-capacity bench-scale bench-fairness bench-explain clean
 
 test: lint typecheck pytest
 
@@ -70,6 +70,12 @@ SCALE_SIZES ?= 1000 10000 100000
 bench-scale: $(LOCAL_STAMP)
 	mkdir -p $(OUT)
 	$(BIN)/python -m localcloud scale --sizes $(SCALE_SIZES) --out $(OUT)/scale.json --markdown $(OUT)/scale.md --plot $(OUT)/scale.png
+
+# How long `sluice explain` takes in a running batch of 1,000 and of 100,000 items from S3
+# (BENCHMARKS.md's operations section; about 3 minutes on 2 cores).
+bench-explain: $(LOCAL_STAMP)
+	mkdir -p $(OUT)
+	$(BIN)/python -m localcloud explain-bench --out $(OUT)/explain.json --markdown $(OUT)/explain.md
 
 clean:
 	rm -rf $(VENV) node_modules $(OUT)

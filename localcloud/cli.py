@@ -13,8 +13,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from localcloud.demo_operator import DemoOperator
 from localcloud.report import build_report
-from localcloud.runner import ExecutionRecord, RunResult, run_scenario
+from localcloud.runner import ExecutionRecord, RunResult, batch_items, run_scenario
 from localcloud.scenario import DEMO, Scenario, ScenarioError, load
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 console = Console(stderr=True)
 
 
-def run_with_progress(scenario: Scenario) -> RunResult:
+def run_with_progress(scenario: Scenario, operator: DemoOperator | None = None) -> RunResult:
     totals: Counter[str] = Counter()
     for batch in scenario.batches:
         totals.update(batch.counts)
@@ -46,8 +47,22 @@ def run_with_progress(scenario: Scenario) -> RunResult:
                     done[call.priority].add(call.key)
             for p, task in tasks.items():
                 progress.update(task, completed=len(done[p]))
+            if operator is not None:
+                operator.tick(api, _executions)
 
-        return run_scenario(scenario, tick)
+        return run_scenario(scenario, tick, operator.deployed if operator is not None else None)
+
+
+def _longest_waiting(scenario: Scenario) -> int:
+    """The first batch's last item of its lowest priority: it waits behind all the others."""
+    items = batch_items(scenario, 0)
+    lowest = [i for i, item in enumerate(items) if item.get("priority") is not None]
+    return max(lowest, key=lambda i: (_rank(items[i].get("priority")), i)) if lowest else 0
+
+
+def _rank(priority: Any) -> int:
+    order = ("HIGH", "NORMAL", "BATCH")
+    return order.index(priority) if priority in order else len(order)
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
@@ -298,6 +313,18 @@ def run_scale_command(
     return 0 if scale_bench.ok(results) else 1
 
 
+def run_explain_bench_command(sizes: list[int], out: Path | None, markdown: Path | None) -> int:
+    from localcloud import explain_bench  # noqa: PLC0415 - only this command needs it
+
+    if any(n < 2 for n in sizes):
+        console.print(f"[red]explain-bench: --sizes must be >= 2, got {sizes}[/red]")
+        return 2
+    results = explain_bench.run(sizes)
+    console.print(explain_bench.markdown(results), highlight=False)
+    explain_bench.write(results, out, markdown)
+    return 0 if all(r["explained"] and not r["refused"] for r in results["sizes"]) else 1
+
+
 def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one return per command
     parser = argparse.ArgumentParser(prog="python -m localcloud", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -345,7 +372,16 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one return pe
     scale.add_argument("--out", type=Path, help="write the figures as JSON here")
     scale.add_argument("--markdown", type=Path, help="write the table as Markdown here")
     scale.add_argument("--plot", type=Path, help="write a log-log PNG of time against size")
+    explain_bench = sub.add_parser(
+        "explain-bench",
+        help="how long `sluice explain` takes in a running batch of 1,000 and of 100,000 items",
+    )
+    explain_bench.add_argument("--sizes", type=int, nargs="+", default=[1_000, 100_000])
+    explain_bench.add_argument("--out", type=Path, help="write the figures as JSON here")
+    explain_bench.add_argument("--markdown", type=Path, help="write the table as Markdown here")
     args = parser.parse_args(argv)
+    if args.command == "explain-bench":
+        return run_explain_bench_command(args.sizes, args.out, args.markdown)
     if args.command == "scale":
         if any(n < 2 for n in args.sizes) or (args.deadline and any(d <= 0 for d in args.deadline)):
             console.print(
@@ -368,17 +404,35 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one return pe
         return run_capacity_command(args.time_scale, args.out, args.markdown, args.plot)
     if args.command == "bench":
         return run_bench_command(args.scenarios, args.scale, args.out, args.markdown, args.plot)
+    return run_command(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """`demo` or `run`: one scenario with progress bars, then its summary."""
     try:
         scenario = DEMO.scaled(args.scale) if args.command == "demo" else load(args.scenario)
     except ScenarioError as exc:
         console.print(f"[red]{exc}[/red]")
         return 2
-    result = run_with_progress(scenario)
+    operator = DemoOperator(_longest_waiting(scenario)) if args.command == "demo" else None
+    try:
+        result = run_with_progress(scenario, operator)
+    finally:
+        if operator is not None:
+            operator.close()
     report = build_report(result)
     out = Console(width=110)
     out.print(summary_table(report))
     for line in summary_lines(report):
         out.print(line, highlight=False)
+    if operator is not None and operator.lines():
+        out.print("\nAn operator's view of the first batch (docs/operations.md):", highlight=False)
+        for line in operator.lines():
+            out.print(line, highlight=False, markup=False, soft_wrap=True)
     if args.report:
         args.report.write_text(json.dumps(report, indent=2) + "\n")
         console.print(f"report: {args.report}")
@@ -387,7 +441,3 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one return pe
         console.print(f"plot: {args.plot}")
     ok = report["items"]["lost"] == 0 and report["downstream"]["over_limit"] == 0
     return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

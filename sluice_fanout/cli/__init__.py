@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 COMMANDS = {
     "batch": "how far a batch is (status), with its time to finish",
+    "explain": "why one item of a batch is where it is, in a sentence",
     "dlq": "inspect the dead-letter queues and redrive them to their source queues",
     "limits": "show and change the worker's limits at run time, without a deploy",
 }

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from pathlib import Path
 
 
 def read_stack_outputs(path: Path, error: type[Exception]) -> Any:
@@ -34,6 +34,15 @@ def command_parser(prog: str, description: str | None, epilog: str) -> argparse.
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the stack is: its outputs file, and where its AWS calls go."""
+    parser.add_argument(
+        "--stack-outputs", type=Path, required=True, metavar="FILE", help="`pulumi stack output --json`"
+    )
+    parser.add_argument("--region", help="AWS region (default: the state machine's)")
+    parser.add_argument("--endpoint-url", help="AWS endpoint, e.g. the embedded AWS's http://127.0.0.1:PORT")
 
 
 EXIT_AWS_ERROR = 1

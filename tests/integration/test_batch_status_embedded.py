@@ -1,5 +1,6 @@
-"""`sluice batch status` against the embedded AWS: run mid-batch and at its end over HTTP from
-the stack outputs, as an operator would, with items that fail and items that retry.
+"""`sluice batch status` and `sluice explain` against the embedded AWS: run mid-batch and at its
+end over HTTP from the stack outputs, as an operator would, with items that fail and items that
+retry.
 
 What this cannot prove: AWS's Map run counts as they move (moto's come from the same children,
 at once), and a batch of 100,000 (the counts are one record and one Map run read, whatever the
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +21,14 @@ import pytest
 from localcloud.legacy_api import ApiProfile, LegacyApi
 from localcloud.runner import ExecutionRecord, RunResult, run_scenario
 from localcloud.scenario import Batch, Scenario
-from sluice_fanout.cli import batch
+from sluice_fanout.cli import batch, explain
 from sluice_fanout.cli.common import EXIT_BAD_INPUT
 
 pytestmark = pytest.mark.slow
 
 ITEMS = 160
+RETRIED = (5, 9)
+"""Their first two calls answer 500: each retries twice, and `explain` is asked about them every tick."""
 SCENARIO = Scenario(
     name="status",
     batches=(
@@ -33,6 +37,7 @@ SCENARIO = Scenario(
             counts={},
             items=tuple(
                 {"id": f"o-{n}", "priority": "BATCH" if n % 4 else "NORMAL", "reject": n % 40 == 0}
+                | ({"fail_first": 2} if n in RETRIED else {})
                 for n in range(ITEMS)
             ),
         ),
@@ -50,6 +55,8 @@ class Operator:
         self.mid: list[dict[str, Any]] = []
         self.end: dict[str, Any] | None = None
         self.errors: dict[str, tuple[int, str]] = {}
+        self.explained_mid: dict[int, list[str]] = {}
+        self.explained_end: dict[int, str] = {}
 
     def deployed(self, endpoint: str, outputs: dict[str, Any]) -> None:
         self.endpoint = endpoint
@@ -62,6 +69,13 @@ class Operator:
             code = batch.main([*argv, *extra])
         return code, out.getvalue(), err.getvalue()
 
+    def explain(self, execution: str, item: str, *extra: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        argv = [execution, item, "--stack-outputs", str(self.outputs), "--endpoint-url", self.endpoint]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = explain.main([*argv, *extra])
+        return code, out.getvalue(), err.getvalue()
+
     def tick(self, api: LegacyApi, executions: list[ExecutionRecord]) -> None:
         del api
         if not executions:
@@ -71,6 +85,11 @@ class Operator:
             code, out, _ = self.status(record.arn, "--json")
             assert code == 0
             self.mid.append(json.loads(out))
+            # A different handful of items each tick, so that some are caught mid-way.
+            for index in (*range(len(self.mid) % 4, ITEMS, 23), *RETRIED):
+                code, out, _ = self.explain(record.arn, str(index), "--json")
+                assert code == 0
+                self.explained_mid.setdefault(index, []).append(json.loads(out)["explanation"])
         elif record.status != "RUNNING" and self.end is None:
             code, out, _ = self.status(record.arn, "--json")
             assert code == 0
@@ -79,6 +98,13 @@ class Operator:
             unknown = record.arn.rsplit(":", 1)[0] + ":no-such-batch"
             self.errors["unknown"] = self.status(unknown)[0::2]  # type: ignore[assignment]
             self.errors["not an arn"] = self.status("o-1")[0::2]  # type: ignore[assignment]
+            for index in [*range(0, ITEMS, 40), *range(1, ITEMS, 9)]:
+                code, out, _ = self.explain(record.arn, str(index))
+                assert code == 0
+                self.explained_end[index] = out
+            self.errors["item not in it"] = self.explain(record.arn, str(ITEMS))[0::2]  # type: ignore[assignment]
+            self.errors["no such id"] = self.explain(record.arn, "o-x", "--id-field", "id")[0::2]  # type: ignore[assignment]
+            self.by_id = self.explain(record.arn, "o-40", "--id-field", "id")[1]
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +152,54 @@ def test_a_batch_that_is_not_there_is_refused_with_status_2(run: tuple[RunResult
     code, err = operator.errors["not an arn"]
     assert code == EXIT_BAD_INPUT
     assert "'o-1' is not an execution ARN" in err
+
+
+def test_explain_at_the_end_agrees_with_the_aggregate(run: tuple[RunResult, Operator]) -> None:
+    result, operator = run
+    (record,) = result.executions
+    failed = {f["index"] for f in record.output["failures"]}
+    assert len(operator.explained_end) > 20
+    for index, text in operator.explained_end.items():
+        assert text.startswith(f"item {index} of batch {record.arn.rsplit(':', 1)[-1]}: ")
+        if index % 40 == 0:  # rejected by the API: its verdict, not retried
+            assert "failed at" in text
+            assert "after 1 attempt: Sluice.PermanentFailure: HTTP 400" in text
+        elif index in failed:
+            assert "failed at" in text
+            assert "Sluice.RetriesExhausted" in text
+        else:
+            assert re.search(r": succeeded at \d\d:\d\d:\d\d UTC after [1-3] attempts?\.$", text.strip()), (
+                text
+            )
+    assert operator.by_id == operator.explained_end[40]
+
+
+def test_explain_mid_batch_says_waiting_retrying_and_done_and_never_goes_back(
+    run: tuple[RunResult, Operator],
+) -> None:
+    result, operator = run
+    (record,) = result.executions
+    failed = {f["index"] for f in record.output["failures"]}
+    seen = [text for texts in operator.explained_mid.values() for text in texts]
+    assert any(
+        t.startswith("waiting in BATCH since its batch started") and "API slots are busy" in t for t in seen
+    )
+    assert any(t.startswith("retrying after ApiUnavailable") and " of 3 failed; " in t for t in seen)
+    assert any(t.startswith("succeeded at") for t in seen)
+    for index, texts in operator.explained_mid.items():
+        finals = [t for t in texts if t.startswith(("succeeded", "failed"))]
+        # Once an item is explained as done it stays so, with the outcome it ends with.
+        assert all(t == finals[0] for t in finals)
+        if finals:
+            assert texts[texts.index(finals[0]) :] == finals
+            assert finals[0].startswith("failed") == (index in failed)
+
+
+def test_explain_refuses_an_item_that_is_not_in_the_batch(run: tuple[RunResult, Operator]) -> None:
+    _, operator = run
+    code, err = operator.errors["item not in it"]
+    assert code == EXIT_BAD_INPUT
+    assert f"item {ITEMS} is not in this batch of {ITEMS} items (indexes 0 to {ITEMS - 1})" in err
+    code, err = operator.errors["no such id"]
+    assert code == EXIT_BAD_INPUT
+    assert "no item of this batch has id = 'o-x'" in err

@@ -21,7 +21,7 @@ import pytest
 from localcloud.legacy_api import ApiProfile, Call, LegacyApi
 from localcloud.runner import ExecutionRecord, RunResult, run_scenario
 from localcloud.scenario import Batch, Scenario
-from sluice_fanout.cli import limits
+from sluice_fanout.cli import explain, limits
 from tests.support.api_calls import most_at_once
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ OBEY_WITHIN_S = 10.0
 SET_AFTER_CALLS = 40
 RATE = 6
 RATE_AFTER_S = 12.0
+EXPLAINED = 8
 
 
 def _items(tenant: str, count: int) -> tuple[dict[str, Any], ...]:
@@ -58,6 +59,7 @@ class Operator:
         self.rate_at: float | None = None
         self.printed: list[str] = []
         self.codes: list[int] = []
+        self.explained: list[str] = []
 
     def deployed(self, endpoint: str, outputs: dict[str, Any]) -> None:
         self.endpoint = endpoint
@@ -72,8 +74,26 @@ class Operator:
         self.codes.append(code)
         self.printed.append(out.getvalue())
 
+    def explain(self, execution: str, index: int) -> None:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = explain.main(
+                [execution, str(index), "--stack-outputs", str(self.outputs), "--endpoint-url", self.endpoint]
+            )
+        assert code == 0
+        self.explained.append(out.getvalue())
+
     def tick(self, api: LegacyApi, executions: list[ExecutionRecord]) -> None:
-        del executions
+        if (
+            self.set_at is not None
+            and time.time() >= self.set_at + OBEY_WITHIN_S
+            and len(self.explained) < EXPLAINED
+            and executions
+            and executions[0].status == "RUNNING"
+        ):
+            # The last item of each tenant: tenant a's cap is now 1.
+            self.explain(executions[0].arn, 239)
+            self.explain(executions[0].arn, 479)
         if self.set_at is None:
             if len(api.snapshot()) >= SET_AFTER_CALLS:
                 self.run("set", "concurrency=2", "keys.concurrencyPerKey.a=1")
@@ -154,3 +174,11 @@ def test_set_prints_each_limit_deployed_overridden_and_in_effect(run: tuple[RunR
     assert rows["callsPerSecond"] == ["none", "6", "6"]
     assert rows["concurrency"] == ["6", "2", "2"]  # the second change kept the first
     assert "version 2, changed" in second
+
+
+def test_explain_says_what_holds_a_keyed_item(run: tuple[RunResult, Operator]) -> None:
+    _, operator = run
+    assert len(operator.explained) >= 2
+    waiting = [t for t in operator.explained if "its key" in t]
+    assert any("its key 'a' (BATCH): the key's cap of 1 call at once is in use" in t for t in waiting)
+    assert any("waiting for its key 'b''s turn (BATCH)" in t for t in waiting)
