@@ -72,7 +72,7 @@ bench-scale: $(LOCAL_STAMP)
 	$(BIN)/python -m localcloud scale --sizes $(SCALE_SIZES) --out $(OUT)/scale.json --markdown $(OUT)/scale.md --plot $(OUT)/scale.png
 
 # How long `sluice explain` takes in a running batch of 1,000 and of 100,000 items from S3
-# (BENCHMARKS.md's operations section; about 3 minutes on 2 cores).
+# (BENCHMARKS.md, "How long `sluice explain` takes"; about 4 minutes on 2 cores).
 bench-explain: $(LOCAL_STAMP)
 	mkdir -p $(OUT)
 	$(BIN)/python -m localcloud explain-bench --out $(OUT)/explain.json --markdown $(OUT)/explain.md

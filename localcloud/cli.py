@@ -313,13 +313,13 @@ def run_scale_command(
     return 0 if scale_bench.ok(results) else 1
 
 
-def run_explain_bench_command(sizes: list[int], out: Path | None, markdown: Path | None) -> int:
+def run_explain_bench_command(sizes: list[int], mix: str, out: Path | None, markdown: Path | None) -> int:
     from localcloud import explain_bench  # noqa: PLC0415 - only this command needs it
 
     if any(n < 2 for n in sizes):
         console.print(f"[red]explain-bench: --sizes must be >= 2, got {sizes}[/red]")
         return 2
-    results = explain_bench.run(sizes)
+    results = explain_bench.run(sizes, mix)
     console.print(explain_bench.markdown(results), highlight=False)
     explain_bench.write(results, out, markdown)
     return 0 if all(r["explained"] and not r["refused"] for r in results["sizes"]) else 1
@@ -377,11 +377,17 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one return pe
         help="how long `sluice explain` takes in a running batch of 1,000 and of 100,000 items",
     )
     explain_bench.add_argument("--sizes", type=int, nargs="+", default=[1_000, 100_000])
+    explain_bench.add_argument(
+        "--mix",
+        choices=["waiting", "scale"],
+        default="waiting",
+        help="waiting: every item throttled, a slow API; scale: the scale benchmark's batch and fast API",
+    )
     explain_bench.add_argument("--out", type=Path, help="write the figures as JSON here")
     explain_bench.add_argument("--markdown", type=Path, help="write the table as Markdown here")
     args = parser.parse_args(argv)
     if args.command == "explain-bench":
-        return run_explain_bench_command(args.sizes, args.out, args.markdown)
+        return run_explain_bench_command(args.sizes, args.mix, args.out, args.markdown)
     if args.command == "scale":
         if any(n < 2 for n in args.sizes) or (args.deadline and any(d <= 0 for d in args.deadline)):
             console.print(

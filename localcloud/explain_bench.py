@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from localcloud import scale_bench
+from localcloud.legacy_api import ApiProfile
 from localcloud.runner import run_scenario
+from localcloud.scenario import SOURCE_S3, Batch, Scenario
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -33,15 +35,42 @@ ROUNDS_AT_S = (8.0, 25.0, 45.0)
 WINDOW_S = 60.0
 """Each size's run ends here (its batch unfinished)."""
 SAMPLES = 12
-"""Items explained per round, spread evenly over the batch."""
+"""Items explained per round spread evenly over the batch (and EARLY)."""
 COMMAND_TIMEOUT_S = 60.0
 
 
+EARLY = (250, 500, 750)
+"""Also asked about: items the Map opens first (the batch lists HIGH first), likely waiting."""
+
+
 def indexes(size: int, count: int = SAMPLES) -> list[int]:
-    return sorted({round(n * (size - 1) / (count - 1)) for n in range(count)})
+    spread = {round(n * (size - 1) / (count - 1)) for n in range(count)}
+    return sorted(spread | {i for i in EARLY if i < size})
 
 
-def run_size(size: int) -> dict[str, Any]:
+SLOW_API = ApiProfile(concurrency_limit=4, service_time_s=0.05)
+"""A slow legacy API (80 calls a second at most): the batch's items wait, as when an operator asks."""
+MIXES = ("waiting", "scale")
+
+
+def scenario(size: int, mix: str) -> Scenario:
+    """`waiting`: every item throttled (10% HIGH, 30% NORMAL, 60% BATCH) against SLOW_API, so the
+    Map keeps its children open and most items wait; `scale`: the scale benchmark's mix (half
+    direct) against its fast API, the emulator as busy as it gets."""
+    if mix == "scale":
+        return scale_bench.scenario(size, deadline_s=WINDOW_S)
+    counts = {p: round(size * share) for p, share in scale_bench.PRIORITY_SHARES[:-1]}
+    counts[scale_bench.PRIORITY_SHARES[-1][0]] = size - sum(counts.values())
+    return Scenario(
+        name=f"explain-{size}",
+        batches=(Batch(start_s=0.0, counts=counts),),
+        api=SLOW_API,
+        deadline_s=WINDOW_S,
+        source=SOURCE_S3,
+    )
+
+
+def run_size(size: int, mix: str = MIXES[0]) -> dict[str, Any]:
     """Explain `SAMPLES` items at each of ROUNDS_AT_S; times in seconds, with each sentence's
     opening words (to show which reads answered it)."""
     timings: list[dict[str, Any]] = []
@@ -71,12 +100,12 @@ def run_size(size: int) -> dict[str, Any]:
                     timing = _explain(executions[0].arn, index, outputs, where)
                     timings.append({"round_s": round_s, "index": index} | timing)
 
-        scenario = scale_bench.scenario(size, deadline_s=WINDOW_S)
-        run_scenario(scenario, tick, deployed)
+        run_scenario(scenario(size, mix), tick, deployed)
     ok = [t for t in timings if t["code"] == 0]
     seconds = [t["seconds"] for t in ok]
     return {
         "size": size,
+        "mix": mix,
         "explained": len(seconds),
         "refused": len(timings) - len(ok),
         "median_s": round(statistics.median(seconds), 3) if seconds else None,
@@ -134,15 +163,15 @@ def _explain(execution: str, index: int, outputs: Path, where: dict[str, str]) -
     }
 
 
-def run(sizes: Sequence[int] = SIZES) -> dict[str, Any]:
-    rows = [run_size(size) for size in sizes]
+def run(sizes: Sequence[int] = SIZES, mix: str = MIXES[0]) -> dict[str, Any]:
+    rows = [run_size(size, mix) for size in sizes]
     small, large = rows[0], rows[-1]
     ratio = (
         round(large["median_s"] / small["median_s"], 2)
         if len(rows) > 1 and large["median_s"] and small["median_s"]
         else None
     )
-    return {"sizes": rows, "median_ratio_largest_to_smallest": ratio}
+    return {"mix": mix, "sizes": rows, "median_ratio_largest_to_smallest": ratio}
 
 
 def markdown(results: dict[str, Any]) -> str:
