@@ -174,6 +174,9 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+LISTEN_BACKLOG = 1024
+
+
 class FrontServer(ThreadingHTTPServer):
     """Reads each request once and hands it to `dispatch`: only the front door is new.
 
@@ -185,6 +188,10 @@ class FrontServer(ThreadingHTTPServer):
     """
 
     daemon_threads = True
+    # socketserver's default backlog is 5: a burst of new connections (sandboxes starting, an
+    # operator command's parallel reads) overflowed it, and each dropped SYN came back a second
+    # later (the kernel's retry), a stall no AWS endpoint has.
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, region: str) -> None:
         self.region = region

@@ -61,6 +61,12 @@ class Call:
     """Answered from the stored result of an earlier call with the same key: no new effect."""
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default backlog of 5 dropped connections in bursts, each retried by the
+    # kernel a second later: a stall the simulated API would not have.
+    request_queue_size = 1024
+
+
 @dataclass
 class _Simulator:
     """The API itself, run by the server process."""
@@ -119,7 +125,7 @@ class _Simulator:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/api/items"
