@@ -52,8 +52,10 @@ calls-per-second limit holds it, and an estimate of the time left), or not start
 It reads, whatever the batch's size: the execution, its state machine and Map run, the item's
 idempotency record and its ended record (one GetItem each, by key), the batch's progress record,
 the worker's settings and run-time limits, the queues' depths, the breaker's state and, for a
-keyed item, its wait record and its key's ledger. An item of a batch read from S3 needs the
-batch file once (GetObject). --json prints the sentence with what it was made from."""
+keyed item, its wait record and its key's ledger: 15 requests, in three waves at once. An item
+of a batch the Map reads in priority order (from S3, or larger than the Map opens at once) is
+read with two ranged GETs through the order function's lookup; --id-field reads the whole batch
+once. --json prints the sentence with what it was made from."""
 
 
 class ExplainInputError(BatchInputError):
