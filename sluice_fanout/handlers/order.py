@@ -157,8 +157,6 @@ def placed_item(s3: S3Client, bucket: str, execution_name: str, index: int) -> P
         entry = s3.get_object(
             Bucket=bucket, Key=lookup_key, Range=f"bytes={start}-{start + LOOKUP_ENTRY.size - 1}"
         )
-    except s3.exceptions.NoSuchKey:
-        return None
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("InvalidRange", "NoSuchKey", "404"):
             return None
