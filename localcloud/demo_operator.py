@@ -20,6 +20,18 @@ if TYPE_CHECKING:
     from localcloud.legacy_api import LegacyApi
     from localcloud.runner import ExecutionRecord
 
+
+def sluice_command(
+    main: Callable[[list[str]], int], argv: list[str], outputs: Path, endpoint: str
+) -> tuple[int, str, str]:
+    """One `sluice` subcommand (its module's `main`) run against a stack's outputs file and the
+    embedded AWS's endpoint, as an operator would: its exit status, stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([*argv, "--stack-outputs", str(outputs), "--endpoint-url", endpoint])
+    return code, out.getvalue(), err.getvalue()
+
+
 ASK_AFTER_S = 3.5
 """When the item is explained the first time: after the demo's HIGH batch (3 s) has arrived."""
 
@@ -69,10 +81,8 @@ class DemoOperator:
         return self._run(explain.main, [execution, str(self._index)]).strip()
 
     def _run(self, main: Callable[[list[str]], int], argv: list[str]) -> str:
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main([*argv, "--stack-outputs", str(self._outputs), "--endpoint-url", self._endpoint])
-        return out.getvalue() if code == 0 else f"(exit {code}) {err.getvalue().strip()}"
+        code, out, err = sluice_command(main, argv, self._outputs, self._endpoint)
+        return out if code == 0 else f"(exit {code}) {err.strip()}"
 
     def _command_line(self, command: str, execution: str, *extra: str) -> str:
         return " ".join(["$ sluice", command, execution, *extra, "--stack-outputs stack.json"])

@@ -9,8 +9,6 @@ size; BENCHMARKS.md's scale section runs such batches).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from localcloud.demo_operator import sluice_command
 from localcloud.legacy_api import ApiProfile, LegacyApi
 from localcloud.runner import ExecutionRecord, RunResult, run_scenario
 from localcloud.scenario import Batch, Scenario
@@ -63,18 +62,10 @@ class Operator:
         self.outputs.write_text(json.dumps(outputs))
 
     def status(self, execution: str, *extra: str) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        argv = ["status", execution, "--stack-outputs", str(self.outputs), "--endpoint-url", self.endpoint]
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = batch.main([*argv, *extra])
-        return code, out.getvalue(), err.getvalue()
+        return sluice_command(batch.main, ["status", execution, *extra], self.outputs, self.endpoint)
 
     def explain(self, execution: str, item: str, *extra: str) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        argv = [execution, item, "--stack-outputs", str(self.outputs), "--endpoint-url", self.endpoint]
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = explain.main([*argv, *extra])
-        return code, out.getvalue(), err.getvalue()
+        return sluice_command(explain.main, [execution, item, *extra], self.outputs, self.endpoint)
 
     def tick(self, api: LegacyApi, executions: list[ExecutionRecord]) -> None:
         del api

@@ -8,8 +8,6 @@ UpdateEventSourceMapping (here the embedded control plane follows within a secon
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import time
 from collections import defaultdict
@@ -18,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from localcloud.demo_operator import sluice_command
 from localcloud.legacy_api import ApiProfile, Call, LegacyApi
 from localcloud.runner import ExecutionRecord, RunResult, run_scenario
 from localcloud.scenario import Batch, Scenario
@@ -66,22 +65,14 @@ class Operator:
         self.outputs.write_text(json.dumps(outputs))
 
     def run(self, *argv: str) -> None:
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            code = limits.main(
-                [argv[0], "--stack-outputs", str(self.outputs), "--endpoint-url", self.endpoint, *argv[1:]]
-            )
+        code, out, _ = sluice_command(limits.main, list(argv), self.outputs, self.endpoint)
         self.codes.append(code)
-        self.printed.append(out.getvalue())
+        self.printed.append(out)
 
     def explain(self, execution: str, index: int) -> None:
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            code = explain.main(
-                [execution, str(index), "--stack-outputs", str(self.outputs), "--endpoint-url", self.endpoint]
-            )
+        code, out, _ = sluice_command(explain.main, [execution, str(index)], self.outputs, self.endpoint)
         assert code == 0
-        self.explained.append(out.getvalue())
+        self.explained.append(out)
 
     def tick(self, api: LegacyApi, executions: list[ExecutionRecord]) -> None:
         if (

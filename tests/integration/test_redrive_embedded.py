@@ -5,8 +5,6 @@ they were called again.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import time
 from pathlib import Path
@@ -15,6 +13,7 @@ from typing import Any
 import boto3
 import pytest
 
+from localcloud.demo_operator import sluice_command
 from localcloud.legacy_api import ApiProfile, Call, LegacyApi
 from localcloud.runner import ExecutionRecord, RunResult, run_scenario
 from localcloud.scenario import Batch, Scenario
@@ -66,11 +65,7 @@ class Operator:
         self.stack = outputs
 
     def command(self, *argv: str) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        common = ["--stack-outputs", str(self.outputs), "--endpoint-url", self.endpoint]
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = batch.main([*argv, *common])
-        return code, out.getvalue(), err.getvalue()
+        return sluice_command(batch.main, list(argv), self.outputs, self.endpoint)
 
     def executions(self) -> list[dict[str, Any]]:
         sfn = boto3.client("stepfunctions", endpoint_url=self.endpoint, region_name="us-east-1")
